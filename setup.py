@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="advunlearn",
+    version="0.1.0",
+    description="Robust concept erasure (AdvUnlearn) for Stable Diffusion v1.x text encoders",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["advunlearn_fast", "advunlearn_fast.*"]),
+    include_package_data=True,
+    package_data={"advunlearn_fast": ["data/*", "world/weights/*", "world/weights/*/*"]},
+    install_requires=[
+        "torch>=2.1",
+        "diffusers>=0.30",
+        "transformers>=4.40",
+        "safetensors",
+        "huggingface_hub",
+        "click>=8.0",
+        "tqdm",
+        "pyyaml",
+        "tomli; python_version<'3.11'",
+        "matplotlib",
+        "numpy",
+        "pillow",
+    ],
+    extras_require={
+        "gpu": ["xformers", "bitsandbytes", "triton"],
+        "dev": ["pytest", "triton"],
+    },
+    entry_points={"console_scripts": ["advunlearn=advunlearn_fast.cli.main:main"]},
+)
