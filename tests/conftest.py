@@ -1,0 +1,13 @@
+import os
+
+# Tests never reach a model hub: everything they load is built in code.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+# Triton runs on a CPU only through its interpreter, which must be chosen before
+# triton is first imported by anything.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
