@@ -1,0 +1,38 @@
+"""The soft-prompt attacker: continuous word embeddings optimised against the current model."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+def random_token_embeddings(table: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """Embeddings of `count` vocabulary tokens drawn uniformly: the `random` attack start."""
+    ids = torch.randint(table.shape[0], (count,), generator=generator).to(table.device)
+    return table[ids].detach().clone()
+
+
+def soft_prompt_attack(
+    adv_init: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    steps: int,
+    lr: float,
+    sign_grad: bool,
+) -> tuple[torch.Tensor, list[float]]:
+    """Minimise `loss_fn(adv)` over the adversarial embeddings with Adam (PGD-style, unbounded).
+
+    Each step uses only its own gradient (the reference code let them accumulate
+    across steps). With `sign_grad` (fast-AT) the gradient is replaced by its sign.
+    Returns the final embeddings and the loss seen at each step.
+    """
+    adv = adv_init.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([adv], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn(adv)
+        (grad,) = torch.autograd.grad(loss, adv)
+        adv.grad = grad.sign() if sign_grad else grad
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return adv.detach(), losses

@@ -1,0 +1,102 @@
+"""The `advunlearn` command: thin click wrappers that validate input and call the engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+
+import click
+from click.core import ParameterSource
+
+from ..config import TrainConfig, config_fields, read_config_file
+from ..errors import UserError
+
+# Flags whose name or shape differs from the config field they set.
+FLAG_NAMES = {"concepts": "--concept"}
+
+
+def _click_type(f: dataclasses.Field):
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    return {int: int, float: float, str: str, bool: bool}.get(base, str)
+
+
+def config_options(func):
+    """One option per TrainConfig field, its help taken from the field's documentation."""
+    for f in reversed(list(config_fields().values())):
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.name == "concepts":
+            opt = click.option("--concept", "concepts", multiple=True, help=help_text)
+        elif f.name == "final_norm":
+            opt = click.option("--final-norm/--no-final-norm", "final_norm", default=None, help=help_text)
+        elif f.name == "resume":
+            opt = click.option("--resume", "resume", is_flag=True, default=False, help=help_text)
+        else:
+            flag = "--" + f.name.replace("_", "-")
+            shown = f" [default: {default}]" if default is not None else ""
+            opt = click.option(flag, f.name, type=_click_type(f), default=default, help=help_text + shown)
+        func = opt(func)
+    return func
+
+
+def resolve_config(ctx: click.Context, values: dict, config_file: str | None) -> TrainConfig:
+    """Field defaults, then the --config file, then flags given on the command line."""
+    settings = read_config_file(config_file) if config_file else {}
+    for name, value in values.items():
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            settings[name] = list(value) if name == "concepts" else value
+    try:
+        return TrainConfig(**settings).validate()
+    except TypeError as err:  # a config-file value of the wrong shape
+        raise UserError(f"--config: {err}") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="advunlearn")
+def cli():
+    """Robust concept erasure (AdvUnlearn) for Stable Diffusion v1.x."""
+
+
+@cli.command()
+@config_options
+@click.option("--config", "config_file", type=str, default=None, help="YAML or TOML file of settings; flags override it")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@click.pass_context
+def train(ctx, config_file, quiet, **values):
+    """Erase a concept: train the text encoder adversarially (AdvUnlearn), or plain ESD with --attack none.
+
+    Writes OUT/text_encoder (loadable by CLIPTextModel.from_pretrained), OUT/tokenizer,
+    run.json, log.jsonl, loss.png and OUT/checkpoints/step-NNNNNN.
+    """
+    from ..trainer import train as run_training
+
+    cfg = resolve_config(ctx, values, config_file)
+    summary = run_training(cfg, progress=not quiet)
+    final = summary.get("final") or {}
+    click.echo(
+        f"done: {cfg.out}/{'text_encoder' if cfg.train == 'text-encoder' else 'unet'} "
+        f"(final loss {final.get('loss', float('nan')):.5g}, {summary['seconds']:.1f} s)"
+    )
+
+
+def main(argv=None) -> None:
+    try:
+        cli.main(args=argv, prog_name="advunlearn", standalone_mode=False)
+    except UserError as err:
+        click.echo(f"advunlearn: error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("advunlearn: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("advunlearn: interrupted; continue from the last checkpoint with --resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

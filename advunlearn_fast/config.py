@@ -1,0 +1,134 @@
+"""Training configuration: one dataclass, validated field by field, naming the flag at fault.
+
+Defaults are the published AdvUnlearn nudity run (ALGORITHM.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .errors import UserError
+from .insertion import INSERT_MODES
+
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+ATTACKS = ("pgd", "fast-at", "none")
+ATTACK_INITS = ("random", "latest")
+COMPONENTS = ("all", "attn", "mlp")
+TRAIN_TARGETS = ("text-encoder", "unet-xattn", "unet-noxattn")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "SD v1.x model: diffusers folder, .safetensors/.ckpt file, hub id, or 'tiny'"})
+    model_config: Optional[str] = field(default=None, metadata={"help": "local diffusers folder with the configs for a single-file checkpoint"})
+    concepts: list = field(default_factory=list, metadata={"help": "concept to erase (repeatable; one is sampled per iteration)"})
+    train: str = field(default="text-encoder", metadata={"help": "what is trained: text-encoder, or the UNet ablations unet-xattn (ESD-x) / unet-noxattn (ESD-u)"})
+    layers: str = field(default="all", metadata={"help": "text-encoder layers to train: all, 0-5, 0,1,2 (exact indices)"})
+    component: str = field(default="all", metadata={"help": "part of each selected layer to train: all, attn or mlp"})
+    final_norm: Optional[bool] = field(default=None, metadata={"help": "train the final layer norm (default: yes with --layers all)"})
+    out: str = field(default="out", metadata={"help": "output folder"})
+    iterations: int = field(default=1000, metadata={"help": "training iterations"})
+    warmup: int = field(default=200, metadata={"help": "iterations without attack at the start"})
+    attack: str = field(default="pgd", metadata={"help": "attacker: pgd, fast-at (sign gradient) or none (plain ESD)"})
+    attack_steps: int = field(default=30, metadata={"help": "attack optimisation steps per round"})
+    attack_lr: float = field(default=1e-3, metadata={"help": "attack learning rate (Adam)"})
+    adv_tokens: int = field(default=1, metadata={"help": "adversarial token embeddings"})
+    insert: str = field(default="prefix", metadata={"help": "where adversarial tokens go: " + ", ".join(INSERT_MODES)})
+    attack_init: str = field(default="latest", metadata={"help": "attack start: random tokens, or the latest round's result"})
+    attack_every: int = field(default=1, metadata={"help": "iterations between attack rounds"})
+    lr: float = field(default=1e-5, metadata={"help": "learning rate of the trained parameters (Adam)"})
+    retain_batch: int = field(default=5, metadata={"help": "retain prompts per iteration"})
+    retain_weight: float = field(default=0.3, metadata={"help": "weight of the utility-retaining loss"})
+    retain_prompts: Optional[str] = field(default=None, metadata={"help": "retain prompts (.txt one per line, or .csv with a prompt column)"})
+    start_guidance: float = field(default=3.0, metadata={"help": "guidance of the frozen rollouts that produce z_t"})
+    negative_guidance: float = field(default=1.0, metadata={"help": "eta of the ESD target e_0 - eta (e_p - e_0)"})
+    ddim_steps: int = field(default=50, metadata={"help": "DDIM steps of the rollouts"})
+    image_size: Optional[int] = field(default=None, metadata={"help": "image size in pixels (default: the model's native size)"})
+    save_every: int = field(default=200, metadata={"help": "checkpoint interval in iterations"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --out"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+
+    def validate(self) -> "TrainConfig":
+        self.concepts = [" ".join(str(c).split()) for c in self.concepts]
+        if not self.concepts or any(not c for c in self.concepts):
+            raise UserError("--concept must be given and non-empty")
+        _choice("train", self.train, TRAIN_TARGETS)
+        _choice("component", self.component, COMPONENTS)
+        _choice("attack", self.attack, ATTACKS)
+        _choice("insert", self.insert, INSERT_MODES)
+        _choice("attack-init", self.attack_init, ATTACK_INITS)
+        _choice("device", self.device, DEVICES)
+        for name in ("iterations", "attack_steps", "adv_tokens", "attack_every", "retain_batch", "ddim_steps", "save_every"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise UserError(f"--warmup must be >= 0, got {self.warmup}")
+        for name in ("lr", "attack_lr"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        for name in ("retain_weight", "start_guidance", "negative_guidance"):
+            if not getattr(self, name) >= 0:
+                raise UserError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.image_size is not None and self.image_size <= 0:
+            raise UserError(f"--image-size must be a positive integer, got {self.image_size}")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise UserError(f"--out {self.out} is a file, not a folder")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise UserError(f"--{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def config_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def read_config_file(path: str) -> dict:
+    """Settings from a YAML or TOML file, keys as field names or flag names (dashes)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--config file not found: {path}")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover - depends on the interpreter
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as err:  # any parser's error is the user's file being malformed
+        raise UserError(f"--config {path} cannot be parsed: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path} must hold a mapping of settings")
+    known = config_fields()
+    settings = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name == "concept":
+            name, value = "concepts", value if isinstance(value, list) else [value]
+        if name not in known:
+            raise UserError(f"--config {path}: unknown setting {key!r}")
+        settings[name] = value
+    return settings

@@ -1,0 +1,109 @@
+"""Where the attacker's adversarial token embeddings go in a prompt (pure functions).
+
+A prompt's token row is [start, w_1 .. w_n, end, pad ...] of the tokenizer's
+length L. Each mode returns that row with k placeholder slots for the
+adversarial embeddings and the slots' indices:
+- prefix:  [start, a_1..a_k, w_1..w_n, end, pad ...] (right after the start token)
+- suffix:  [start, w_1..w_n, a_1..a_k, end, pad ...]
+- replace: [start, a_1..a_k, end, end ...] (the words are dropped, the rest is end tokens)
+- add:     [start, w_1..w_n, end, pad ...], k = n, a_i is ADDED to w_i's embedding
+- mid:     [start, w_1..w_m, a_1..a_k, w_m+1..w_n, end, ...] with m = n // 2
+- insert:  a_i placed after word floor(i * n / (k + 1)), i = 1..k (equal intervals)
+Placeholder slots hold the end-token id: the ids only matter for pooling, which
+SD v1.x does not use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UserError
+
+INSERT_MODES = ("prefix", "suffix", "replace", "add", "mid", "insert")
+
+
+@dataclass(frozen=True)
+class AdversarialLayout:
+    ids: torch.Tensor  # [L] token ids with placeholders in the adversarial slots
+    positions: torch.Tensor  # [k] indices of the adversarial slots
+    add: bool  # True: the adversarial rows are added to the word embeddings there
+
+    @property
+    def k(self) -> int:
+        return int(self.positions.numel())
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    bos: int
+    eos: int
+    pad: int
+    length: int
+
+    @classmethod
+    def of(cls, tokenizer) -> "SpecialTokens":
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return cls(tokenizer.bos_token_id, tokenizer.eos_token_id, pad, tokenizer.model_max_length)
+
+
+def prompt_words(tokenizer, prompt: str) -> list[int]:
+    """The prompt's token ids without start/end tokens."""
+    return list(tokenizer(prompt, add_special_tokens=False).input_ids)
+
+
+def adversarial_token_count(mode: str, n_words: int, k: int) -> int:
+    """How many adversarial rows a mode uses: `add` perturbs each word, the others insert k."""
+    return n_words if mode == "add" else k
+
+
+def build_layout(words: list[int], mode: str, k: int, special: SpecialTokens) -> AdversarialLayout:
+    if mode not in INSERT_MODES:
+        raise UserError(f"--insert must be one of {', '.join(INSERT_MODES)}, got {mode!r}")
+    n = len(words)
+    k = adversarial_token_count(mode, n, k)
+    slot = -1  # marks an adversarial slot until the ids are finalised
+    if mode == "prefix":
+        body = [slot] * k + words
+    elif mode == "suffix":
+        body = words + [slot] * k
+    elif mode == "replace":
+        body = [slot] * k
+    elif mode == "add":
+        body = [slot] * n
+    elif mode == "mid":
+        body = words[: n // 2] + [slot] * k + words[n // 2 :]
+    else:  # insert
+        cuts = [(i * n) // (k + 1) for i in range(1, k + 1)]
+        body, start = [], 0
+        for cut in cuts:
+            body += words[start:cut] + [slot]
+            start = cut
+        body += words[start:]
+    if len(body) + 2 > special.length:
+        raise UserError(
+            f"the prompt ({n} tokens) plus {k} adversarial tokens does not fit the "
+            f"tokenizer's {special.length} tokens; use fewer --adv-tokens or a shorter concept"
+        )
+    filler = special.eos if mode == "replace" else special.pad
+    row = [special.bos] + body + [special.eos] + [filler] * (special.length - len(body) - 2)
+    positions = [i for i, tok in enumerate(row) if tok == slot]
+    if mode == "add":
+        ids = [special.bos] + words + row[len(words) + 1 :]
+    else:
+        ids = [special.eos if tok == slot else tok for tok in row]
+    return AdversarialLayout(torch.tensor(ids), torch.tensor(positions, dtype=torch.long), mode == "add")
+
+
+def assemble_word_embeddings(
+    table: torch.Tensor, ids: torch.Tensor, adv: torch.Tensor, positions: torch.Tensor, add: bool
+) -> torch.Tensor:
+    """Word embeddings of `ids` [B, L] with `adv` [B, k, D] written (or added) at `positions` [B, k].
+
+    A gather plus an indexed write: gradients reach `adv` only through its own slots.
+    """
+    embeds = table[ids].detach()
+    rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(positions)
+    values = embeds[rows, positions] + adv if add else adv
+    return embeds.index_put((rows, positions), values.to(embeds.dtype))

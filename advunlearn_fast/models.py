@@ -1,0 +1,153 @@
+"""Loading what training needs from a Stable Diffusion v1.x model: tokenizer, text
+encoder, UNet and the noise schedule (no VAE: training never decodes images).
+
+A model is a local diffusers folder, a single-file .safetensors/.ckpt checkpoint,
+a hub id (downloaded or already cached), or the built-in `tiny` model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+NEEDED_PARTS = ("tokenizer", "text_encoder", "unet", "scheduler")
+
+
+@dataclass
+class ModelParts:
+    tokenizer: object
+    text_encoder: object
+    unet: object
+    scheduler_config: dict
+    vae_scale: int  # pixels per latent pixel; 1 for pixel-space models
+    source: str
+
+    @property
+    def native_image_size(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+
+def _vae_scale_from_config(config: dict) -> int:
+    return 2 ** (len(config["block_out_channels"]) - 1)
+
+
+def _fail(what: str, path, err: Exception) -> UserError:
+    first = (str(err).strip().splitlines() or [err.__class__.__name__])[0]
+    return UserError(f"cannot load {what} from {path}: {first}")
+
+
+def load_model_folder(folder: Path) -> ModelParts:
+    """A diffusers Stable Diffusion folder (model_index.json and component subfolders)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    missing = [p for p in NEEDED_PARTS if not (folder / p).is_dir()]
+    if missing:
+        raise UserError(f"{folder} is not a Stable Diffusion diffusers folder: missing {', '.join(missing)}/")
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    except Exception as err:
+        raise _fail("the tokenizer", folder / "tokenizer", err) from None
+    try:
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
+    except Exception as err:
+        raise _fail("the text encoder", folder / "text_encoder", err) from None
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    except Exception as err:
+        raise _fail("the UNet", folder / "unet", err) from None
+    scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
+    vae_config = folder / "vae" / "config.json"
+    vae_scale = _vae_scale_from_config(_read_json(vae_config)) if vae_config.is_file() else 1
+    return ModelParts(tokenizer, text_encoder, unet, scheduler_config, vae_scale, str(folder))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"missing {path}") from None
+    except (OSError, ValueError) as err:
+        raise _fail("the config", path, err) from None
+
+
+def load_single_file(path: Path, config_dir: str | None) -> ModelParts:
+    """An original-format SD v1.x checkpoint through diffusers' single-file loader."""
+    from diffusers import StableDiffusionPipeline
+
+    if config_dir is not None and not (Path(config_dir) / "unet").is_dir():
+        raise UserError(f"--model-config {config_dir} is not a diffusers Stable Diffusion folder (no unet/)")
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(path), config=config_dir, local_files_only=config_dir is not None or _offline(),
+            safety_checker=None, requires_safety_checker=False,
+        )
+    except Exception as err:
+        text = str(err)
+        if "weights_only" in text or "Unpickl" in err.__class__.__name__ or "pickle" in text.lower():
+            raise UserError(
+                f"{path} was refused: it holds pickled objects that weights-only loading will not "
+                "run; convert it to .safetensors or use a trusted diffusers folder"
+            ) from None
+        if config_dir is None:
+            raise UserError(
+                f"cannot load {path} without its configs: pass --model-config DIR, a local SD v1.x "
+                "diffusers folder (its unet/, text_encoder/, tokenizer/ and scheduler/ configs are used)"
+            ) from None
+        raise _fail("the checkpoint", path, err) from None
+    return ModelParts(
+        pipe.tokenizer, pipe.text_encoder, pipe.unet, dict(pipe.scheduler.config),
+        _vae_scale_from_config(dict(pipe.vae.config)), str(path),
+    )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def load_hub_model(repo_id: str) -> ModelParts:
+    """A hub id: its diffusers folder from the local cache, downloaded first when online."""
+    from huggingface_hub import snapshot_download
+
+    patterns = [f"{p}/*" for p in NEEDED_PARTS] + ["vae/config.json", "model_index.json"]
+    try:
+        folder = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=_offline())
+    except Exception:
+        raise UserError(
+            f"model {repo_id!r} is not a local path and could not be found in the Hugging Face cache "
+            "or downloaded; pass --model /path/to/a/diffusers/folder (or a .safetensors/.ckpt file "
+            "with --model-config DIR)"
+        ) from None
+    return load_model_folder(Path(folder))
+
+
+def load_model(spec: str, config_dir: str | None = None, seed: int = 0) -> ModelParts:
+    """Everything training needs from `spec`; every failure is one clear UserError."""
+    if spec == "tiny":
+        from .tiny import build_tiny_model
+
+        parts = build_tiny_model(seed=0)
+        return ModelParts(
+            parts["tokenizer"], parts["text_encoder"], parts["unet"], dict(parts["scheduler"].config),
+            _vae_scale_from_config(dict(parts["vae"].config)), "tiny",
+        )
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return load_model_folder(path)
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise UserError(f"--model {spec} is a file but not a .safetensors/.ckpt checkpoint")
+        return load_single_file(path, config_dir)
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(SINGLE_FILE_SUFFIXES) or spec.count("/") != 1
+    if looks_like_path:
+        raise UserError(f"--model {spec} does not exist")
+    return load_hub_model(spec)

@@ -1,0 +1,54 @@
+"""CLIP text encoder passes, including one that starts from word embeddings.
+
+transformers 5's `CLIPTextModel.forward` takes no `inputs_embeds`, but the
+attack optimises word embeddings directly, so `encode_embeddings` runs the text
+model's parts (position embeddings, causal encoder, final layer norm) by hand.
+Only `last_hidden_state` is produced: SD v1.x conditions on it, never on the
+pooled output, so nothing here depends on the config's end-token id (SD v1.4's
+text encoder config still carries the legacy bos 0 / eos 2 / pad 1).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import CLIPTextModel
+from transformers.masking_utils import create_causal_mask
+
+
+def _text_transformer(text_encoder: CLIPTextModel):
+    # transformers 4.x nests the parts under `.text_model`; 5.x holds them directly.
+    return getattr(text_encoder, "text_model", text_encoder)
+
+
+def token_table(text_encoder: CLIPTextModel) -> torch.Tensor:
+    """The word-embedding matrix [vocab, dim]."""
+    return _text_transformer(text_encoder).embeddings.token_embedding.weight
+
+
+def position_table(text_encoder: CLIPTextModel) -> torch.Tensor:
+    """The position-embedding matrix [max_positions, dim]."""
+    return _text_transformer(text_encoder).embeddings.position_embedding.weight
+
+
+def word_embeddings(text_encoder: CLIPTextModel, ids: torch.Tensor) -> torch.Tensor:
+    """Word embeddings (before positions) of token ids [B, L] -> [B, L, D]."""
+    return _text_transformer(text_encoder).embeddings.token_embedding(ids)
+
+
+def encode_hidden(text_encoder: CLIPTextModel, hidden: torch.Tensor) -> torch.Tensor:
+    """Last hidden state from embeddings that already include positions [B, L, D]."""
+    model = _text_transformer(text_encoder)
+    mask = create_causal_mask(config=model.config, inputs_embeds=hidden, attention_mask=None, cache=None)
+    out = model.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
+    return model.final_layer_norm(out)
+
+
+def encode_embeddings(text_encoder: CLIPTextModel, embeds: torch.Tensor) -> torch.Tensor:
+    """Last hidden state from word embeddings [B, L, D] (positions are added here)."""
+    model = _text_transformer(text_encoder)
+    return encode_hidden(text_encoder, model.embeddings(inputs_embeds=embeds))
+
+
+def encode_ids(text_encoder: CLIPTextModel, ids: torch.Tensor) -> torch.Tensor:
+    """Last hidden state of token ids [B, L] through the stock forward."""
+    return text_encoder(input_ids=ids).last_hidden_state

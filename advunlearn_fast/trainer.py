@@ -1,0 +1,355 @@
+"""The AdvUnlearn training loop (ALGORITHM.md), read top to bottom.
+
+Each iteration: (1) after warm-up, the attacker finds adversarial embeddings for
+the concept prompt against the current model; (2) the defender draws a DDIM step
+k and timestep t, gets z_t from a guided partial rollout of the frozen model,
+and takes one Adam step on the unlearning loss (ESD target, adversarial prompt)
+plus the weighted retain loss. z_t, timesteps and frozen predictions come from
+`sampling`; losses and the attack are pure functions.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .attack import random_token_embeddings, soft_prompt_attack
+from .config import TrainConfig
+from .errors import UserError
+from .insertion import SpecialTokens, assemble_word_embeddings, build_layout, prompt_words
+from .layers import (
+    freeze_all_but, parse_layer_spec, text_encoder_depth, text_encoder_parameters, unet_parameters,
+)
+from .losses import attack_loss, esd_target, retain_loss, total_loss, unlearn_loss
+from .models import ModelParts, load_model
+from .outputs import (
+    atomic_dir, load_module_weights, write_json_atomic, write_text_encoder, write_tokenizer, write_unet,
+)
+from .prompts import retain_prompts
+from .runlog import IterationLog, plot_losses
+from .sampling import ddim_scheduler, draw_noise, draw_step_and_timestep, partial_rollout, predict_noise
+from .text_encoding import encode_embeddings, encode_ids, token_table
+
+# Settings a resumed run may change; every other one must match the checkpoint.
+RESUMABLE_CHANGES = {"iterations", "out", "resume", "device", "save_every"}
+STATE_FILE = "training_state.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    return tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+@dataclass
+class Setup:
+    """Everything the loop reads: models, fixed conditionings, prompts, trainable parameters."""
+
+    cfg: TrainConfig
+    parts: ModelParts
+    device: torch.device
+    te: torch.nn.Module  # TE_theta (the trained encoder, or the frozen one in UNet ablations)
+    unet_frozen: torch.nn.Module  # the original UNet: rollouts and targets
+    unet: torch.nn.Module  # UNet_theta: the same object unless the UNet is trained
+    trained: torch.nn.Module  # the module whose parameters the optimiser updates
+    trainable: dict
+    scheduler: object
+    latent_shape: tuple
+    concept_ids: torch.Tensor  # [C, L]
+    concept_conds: torch.Tensor  # [C, L, D] from TE_0
+    layouts: list  # AdversarialLayout per concept
+    uncond: torch.Tensor  # [1, L, D] TE_0("")
+    retain_texts: list
+    retain_ids: torch.Tensor  # [N, L]
+    retain_conds: torch.Tensor  # [N, L, D] from TE_0
+    layer_indices: list = field(default_factory=list)
+
+
+def build_setup(cfg: TrainConfig) -> Setup:
+    device = resolve_device(cfg.device)
+    parts = load_model(cfg.model, cfg.model_config)
+    tokenizer, te = parts.tokenizer, parts.text_encoder.to(device)
+    depth = text_encoder_depth(te)
+    layer_indices = parse_layer_spec(cfg.layers, depth) if cfg.train == "text-encoder" else []
+
+    # Conditionings of the ORIGINAL encoder are constants of the run.
+    special = SpecialTokens.of(tokenizer)
+    layouts = [build_layout(prompt_words(tokenizer, c), cfg.insert, cfg.adv_tokens, special) for c in cfg.concepts]
+    retain_texts = retain_prompts(cfg.concepts, cfg.retain_prompts)
+    if cfg.retain_batch > len(retain_texts):
+        raise UserError(f"--retain-batch {cfg.retain_batch} exceeds the {len(retain_texts)} retain prompts available")
+    concept_ids = tokenize(tokenizer, cfg.concepts).to(device)
+    retain_ids = tokenize(tokenizer, retain_texts).to(device)
+    te.eval().requires_grad_(False)
+    with torch.no_grad():
+        uncond = encode_ids(te, tokenize(tokenizer, [""]).to(device))
+        concept_conds = encode_ids(te, concept_ids)
+        retain_conds = torch.cat([encode_ids(te, chunk) for chunk in retain_ids.split(64)])
+
+    unet_frozen = parts.unet.to(device).eval().requires_grad_(False)
+    if cfg.train == "text-encoder":
+        unet = unet_frozen
+        final_norm = cfg.final_norm if cfg.final_norm is not None else cfg.layers.strip().lower() == "all"
+        trainable = text_encoder_parameters(te, layer_indices, cfg.component, final_norm)
+        trained = te
+    else:
+        unet = copy.deepcopy(unet_frozen)
+        trainable = unet_parameters(unet, cfg.train)
+        trained = unet
+    if not trainable:
+        raise UserError("the chosen --layers/--component select no parameters to train")
+    freeze_all_but(trained, trainable)
+
+    image_size = cfg.image_size or parts.native_image_size
+    down = 2 ** (len(unet.config.block_out_channels) - 1)
+    if image_size % (parts.vae_scale * down):
+        raise UserError(f"--image-size must be a multiple of {parts.vae_scale * down} for this model, got {image_size}")
+    latent = image_size // parts.vae_scale
+    return Setup(
+        cfg=cfg, parts=parts, device=device, te=te, unet_frozen=unet_frozen, unet=unet, trained=trained,
+        trainable=trainable, scheduler=ddim_scheduler(parts.scheduler_config, cfg.ddim_steps),
+        latent_shape=(parts.latent_channels, latent, latent), concept_ids=concept_ids,
+        concept_conds=concept_conds, layouts=layouts, uncond=uncond, retain_texts=retain_texts,
+        retain_ids=retain_ids, retain_conds=retain_conds, layer_indices=layer_indices,
+    )
+
+
+def adversarial_condition(s: Setup, concept: int, adv: torch.Tensor) -> torch.Tensor:
+    """TE_theta's conditioning for the concept prompt with `adv` [k, D] in its slots."""
+    layout = s.layouts[concept]
+    embeds = assemble_word_embeddings(
+        token_table(s.te), layout.ids[None].to(s.device), adv[None], layout.positions[None].to(s.device), layout.add
+    )
+    return encode_embeddings(s.te, embeds)
+
+
+def concept_point(s: Setup, concept: int, generator: torch.Generator):
+    """A fresh (t, z_t, e_p) for the concept prompt from the frozen model."""
+    k, t = draw_step_and_timestep(generator, s.cfg.ddim_steps, s.scheduler.config.num_train_timesteps)
+    cond = s.concept_conds[concept : concept + 1]
+    noise = draw_noise(generator, 1, s.latent_shape, s.device, cond.dtype)
+    z = partial_rollout(s.unet_frozen, s.scheduler, cond, s.uncond, noise, k, s.cfg.start_guidance)
+    with torch.no_grad():
+        e_p = predict_noise(s.unet_frozen, z, t, cond)
+    return t, z, e_p
+
+
+def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.Generator):
+    """One attack round: the current model is frozen while the adversarial embeddings move."""
+
+    def loss_fn(adv):
+        t, z, e_p = concept_point(s, concept, generator)
+        return attack_loss(predict_noise(s.unet, z, t, adversarial_condition(s, concept, adv)), e_p)
+
+    was_training = s.trained.training
+    s.trained.eval()
+    for p in s.trainable.values():
+        p.requires_grad_(False)
+    try:
+        return soft_prompt_attack(adv_init, loss_fn, s.cfg.attack_steps, s.cfg.attack_lr, s.cfg.attack == "fast-at")
+    finally:
+        for p in s.trainable.values():
+            p.requires_grad_(True)
+        s.trained.train(was_training)
+
+
+def defender_step(s: Setup, concept: int, adv, optimizer, generator: torch.Generator) -> dict:
+    """One Adam step on L_u (ESD target, adversarial or clean prompt) + gamma * L_r."""
+    cfg = s.cfg
+    k, t = draw_step_and_timestep(generator, cfg.ddim_steps, s.scheduler.config.num_train_timesteps)
+    chosen = torch.randperm(len(s.retain_texts), generator=generator)[: cfg.retain_batch].to(s.device)
+    c_p = s.concept_conds[concept : concept + 1]
+    conds = torch.cat([c_p, s.retain_conds[chosen]])
+    noise = draw_noise(generator, conds.shape[0], s.latent_shape, s.device, conds.dtype)
+    z = partial_rollout(s.unet_frozen, s.scheduler, conds, s.uncond, noise, k, cfg.start_guidance)
+    z_p, z_r = z[:1], z[1:]
+    with torch.no_grad():
+        e_0 = predict_noise(s.unet_frozen, z_p, t, s.uncond)
+        e_p = predict_noise(s.unet_frozen, z_p, t, c_p)
+        retain_target = predict_noise(s.unet_frozen, z_r, t, s.retain_conds[chosen])
+    target = esd_target(e_0, e_p, cfg.negative_guidance)
+
+    if adv is not None:
+        cond = adversarial_condition(s, concept, adv)
+    else:
+        cond = encode_ids(s.te, s.concept_ids[concept : concept + 1])
+    loss_u = unlearn_loss(predict_noise(s.unet, z_p, t, cond), target)
+    loss_r = retain_loss(predict_noise(s.unet, z_r, t, encode_ids(s.te, s.retain_ids[chosen])), retain_target)
+    loss = total_loss(loss_u, loss_r, cfg.retain_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": loss.item(), "unlearn_loss": loss_u.item(), "retain_loss": loss_r.item(), "k": k, "t": t}
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Run AdvUnlearn as configured; returns the run summary also written to run.json."""
+    cfg.validate()
+    out = Path(cfg.out)
+    start_checkpoint = prepare_output(out, cfg)
+    s = build_setup(cfg)
+    optimizer = torch.optim.Adam(list(s.trainable.values()), lr=cfg.lr)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    latest_adv: dict[int, torch.Tensor] = {}
+    start = 0
+    if start_checkpoint is not None:
+        start = restore_checkpoint(start_checkpoint, s, optimizer, generator, latest_adv)
+    log = IterationLog(out / "log.jsonl", keep_until_step=start)
+    summary = run_summary(cfg, s, status="running")
+    write_json_atomic(out / "run.json", summary)
+
+    s.trained.train()
+    table = token_table(s.te)
+    began = time.time()
+    bar = tqdm(total=cfg.iterations, initial=start, disable=not progress, desc="advunlearn", unit="it")
+    record = {}
+    for step in range(start, cfg.iterations):
+        tick = time.time()
+        concept = int(torch.randint(len(cfg.concepts), (1,), generator=generator))
+        attacking = cfg.attack != "none" and step >= cfg.warmup
+        attack_losses = None
+        if attacking and (step - cfg.warmup) % cfg.attack_every == 0:
+            count = s.layouts[concept].k
+            previous = latest_adv.get(concept)
+            if cfg.attack_init == "latest" and previous is not None:
+                adv_init = previous
+            else:
+                adv_init = random_token_embeddings(table, count, generator)
+            latest_adv[concept], attack_losses = run_attack(s, concept, adv_init, generator)
+        adv = latest_adv.get(concept) if attacking else None
+
+        record = defender_step(s, concept, adv, optimizer, generator)
+        record.update(
+            step=step + 1, concept=cfg.concepts[concept], adversarial=adv is not None,
+            attack_loss_start=attack_losses[0] if attack_losses else None,
+            attack_loss_end=attack_losses[-1] if attack_losses else None,
+            seconds=round(time.time() - tick, 4),
+        )
+        log.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4g}", attack=f"{record['attack_loss_end'] or 0:.4g}")
+        bar.update(1)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.iterations:
+            save_checkpoint(out, step + 1, s, optimizer, generator, latest_adv)
+    bar.close()
+
+    write_final_outputs(out, s)
+    records = log.records()
+    if records:
+        plot_losses(records, out / "loss.png")
+    summary = run_summary(cfg, s, status="complete")
+    summary["seconds"] = round(time.time() - began, 3)
+    summary["final"] = {k: records[-1][k] for k in ("loss", "unlearn_loss", "retain_loss")} if records else None
+    write_json_atomic(out / "run.json", summary)
+    return summary
+
+
+def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
+    import diffusers
+    import transformers
+
+    return {
+        "status": status,
+        "config": cfg.to_dict(),
+        "model_source": s.parts.source,
+        "device": str(s.device),
+        "trained_parameters": sorted(s.trainable),
+        "trained_parameter_count": sum(p.numel() for p in s.trainable.values()),
+        "layers": s.layer_indices,
+        "retain_prompt_count": len(s.retain_texts),
+        "versions": {
+            "advunlearn": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+        },
+    }
+
+
+# ---------------------------------------------------------------- outputs and checkpoints
+
+
+def prepare_output(out: Path, cfg: TrainConfig) -> Path | None:
+    """Create the output folder; with --resume, return the checkpoint to continue from."""
+    checkpoints = sorted((out / "checkpoints").glob("step-*")) if out.is_dir() else []
+    resumable = [c for c in checkpoints if (c / STATE_FILE).is_file()]
+    if cfg.resume:
+        if not resumable:
+            raise UserError(f"--resume: no checkpoint to resume from in {out / 'checkpoints'}")
+        return resumable[-1]
+    if checkpoints or (out / "run.json").exists():
+        raise UserError(f"--out {out} already holds a run; pass --resume to continue it or choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _trained_folder_name(s: Setup) -> str:
+    return "text_encoder" if s.trained is s.te else "unet"
+
+
+def _write_trained(s: Setup, folder: Path) -> None:
+    if s.trained is s.te:
+        write_text_encoder(s.te, folder)
+    else:
+        write_unet(s.unet, folder)
+
+
+def save_checkpoint(out: Path, step: int, s: Setup, optimizer, generator, latest_adv) -> None:
+    root = out / "checkpoints"
+    with atomic_dir(root / f"step-{step:06d}") as tmp:
+        _write_trained(s, tmp / _trained_folder_name(s))
+        torch.save(
+            {
+                "step": step,
+                "config": s.cfg.to_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "latest_adv": {k: v.cpu() for k, v in latest_adv.items()},
+            },
+            tmp / STATE_FILE,
+        )
+    # Only the newest checkpoint keeps the (large) optimizer state needed to resume.
+    for older in root.glob("step-*"):
+        if older.name != f"step-{step:06d}":
+            (older / STATE_FILE).unlink(missing_ok=True)
+
+
+def restore_checkpoint(folder: Path, s: Setup, optimizer, generator, latest_adv) -> int:
+    try:
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"cannot read checkpoint {folder}: {str(err).splitlines()[0]}") from None
+    changed = [
+        k for k, v in s.cfg.to_dict().items() if k not in RESUMABLE_CHANGES and state["config"].get(k) != v
+    ]
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise UserError(f"--resume: {flags} differ from the checkpoint's run; keep them as they were")
+    if state["step"] >= s.cfg.iterations:
+        raise UserError(f"--resume: the checkpoint is at iteration {state['step']}; raise --iterations to go further")
+    name = _trained_folder_name(s)
+    weights = folder / name / ("model.safetensors" if name == "text_encoder" else "diffusion_pytorch_model.safetensors")
+    load_module_weights(s.trained, weights)
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    latest_adv.update({int(k): v.to(s.device) for k, v in state["latest_adv"].items()})
+    return int(state["step"])
+
+
+def write_final_outputs(out: Path, s: Setup) -> None:
+    with atomic_dir(out / "tokenizer") as tmp:
+        write_tokenizer(s.parts.tokenizer, tmp)
+    with atomic_dir(out / _trained_folder_name(s)) as tmp:
+        _write_trained(s, tmp)
