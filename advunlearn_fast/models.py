@@ -52,7 +52,7 @@ def load_model_folder(folder: Path) -> ModelParts:
 
     missing = [p for p in NEEDED_PARTS if not (folder / p).is_dir()]
     if missing:
-        raise UserError(f"{folder} is not a Stable Diffusion diffusers folder: missing {', '.join(missing)}/")
+        raise UserError(f"{folder} is not a Stable Diffusion diffusers folder: missing {', '.join(p + '/' for p in missing)}")
     try:
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     except Exception as err:

@@ -5,9 +5,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 # Triton runs on a CPU only through its interpreter, which must be chosen before
 # triton is first imported by anything.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def sd_folder(tmp_path_factory):
+    """The tiny model saved as an SD v1.4-style diffusers folder (shared, read-only)."""
+    from helpers import save_sd_folder
+
+    folder = tmp_path_factory.mktemp("sd") / "tiny-sd"
+    save_sd_folder(folder)
+    return folder

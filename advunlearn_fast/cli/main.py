@@ -53,7 +53,27 @@ def resolve_config(ctx: click.Context, values: dict, config_file: str | None) ->
         raise UserError(f"--config: {err}") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class BadInput(click.ClickException):
+    """A UserError from the engine: one line, exit status 2."""
+
+    exit_code = 2
+
+    def show(self, file=None):
+        click.echo(f"advunlearn: error: {self.message}", err=True)
+
+
+class AdvUnlearnGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            raise BadInput(str(err)) from None
+        except KeyboardInterrupt:
+            click.echo("advunlearn: interrupted; continue from the last checkpoint with --resume", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=AdvUnlearnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="advunlearn")
 def cli():
     """Robust concept erasure (AdvUnlearn) for Stable Diffusion v1.x."""
@@ -81,21 +101,8 @@ def train(ctx, config_file, quiet, **values):
     )
 
 
-def main(argv=None) -> None:
-    try:
-        cli.main(args=argv, prog_name="advunlearn", standalone_mode=False)
-    except UserError as err:
-        click.echo(f"advunlearn: error: {err}", err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("advunlearn: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        click.echo("advunlearn: interrupted; continue from the last checkpoint with --resume", err=True)
-        sys.exit(130)
+def main() -> None:
+    cli(prog_name="advunlearn")
 
 
 if __name__ == "__main__":

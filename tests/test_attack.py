@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from advunlearn_fast.attack import random_token_embeddings, soft_prompt_attack
+from advunlearn_fast.config import TrainConfig
+from advunlearn_fast.losses import attack_loss
+from advunlearn_fast.sampling import predict_noise
+from advunlearn_fast.trainer import adversarial_condition, build_setup, concept_point
+
+
+def _adam_reference(x0, grad_fn, steps, lr, sign):
+    """Adam applied to each step's own gradient, written out by hand."""
+    x, m, v = x0.clone(), torch.zeros_like(x0), torch.zeros_like(x0)
+    for step in range(1, steps + 1):
+        g = grad_fn(x)
+        g = g.sign() if sign else g
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        x = x - lr * (m / (1 - 0.9**step)) / ((v / (1 - 0.999**step)).sqrt() + 1e-8)
+    return x
+
+
+@pytest.mark.parametrize("sign", [False, True])
+def test_attack_uses_a_fresh_gradient_every_step(sign):
+    target = torch.tensor([[3.0, -2.0, 0.5]])
+    scale = torch.tensor([[1.0, 10.0, 0.1]])
+
+    def loss_fn(x):
+        return (scale * (x - target) ** 2).sum()
+
+    x0 = torch.zeros(1, 3)
+    got, losses = soft_prompt_attack(x0, loss_fn, steps=25, lr=0.01, sign_grad=sign)
+    expected = _adam_reference(x0, lambda x: 2 * scale * (x - target), 25, 0.01, sign)
+    # Accumulated gradients (the reference code's bug) would follow a different path; lr is
+    # small enough that no coordinate reaches its optimum, where a sign step is ill-defined.
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert losses[-1] < losses[0]
+    assert len(losses) == 25
+
+
+def test_attack_lowers_its_loss_on_the_tiny_model():
+    cfg = TrainConfig(model="tiny", concepts=["Van Gogh"], out="unused", ddim_steps=4, adv_tokens=2).validate()
+    s = build_setup(cfg)
+    generator = torch.Generator().manual_seed(0)
+    adv0 = random_token_embeddings(s.te.get_input_embeddings().weight, 2, generator)
+    points = [concept_point(s, 0, torch.Generator().manual_seed(100 + i)) for i in range(6)]
+
+    def mean_loss(adv):
+        with torch.no_grad():
+            return sum(
+                attack_loss(predict_noise(s.unet, z, t, adversarial_condition(s, 0, adv)), e_p).item()
+                for t, z, e_p in points
+            ) / len(points)
+
+    cycle = iter(points * 4)
+
+    def loss_fn(adv):
+        t, z, e_p = next(cycle)
+        return attack_loss(predict_noise(s.unet, z, t, adversarial_condition(s, 0, adv)), e_p)
+
+    adv, _ = soft_prompt_attack(adv0, loss_fn, steps=24, lr=0.02, sign_grad=False)
+    assert mean_loss(adv) < 0.8 * mean_loss(adv0)

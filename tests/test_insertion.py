@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from advunlearn_fast.errors import UserError
+from advunlearn_fast.insertion import (
+    INSERT_MODES, SpecialTokens, assemble_word_embeddings, build_layout, prompt_words,
+)
+from advunlearn_fast.tiny import build_tiny_model
+
+SP = SpecialTokens(bos=100, eos=101, pad=102, length=12)
+WORDS = [1, 2, 3, 4]
+A = -1  # where an adversarial slot is expected
+
+EXPECTED = {
+    "prefix": [100, A, A, 1, 2, 3, 4, 101, 102, 102, 102, 102],
+    "suffix": [100, 1, 2, 3, 4, A, A, 101, 102, 102, 102, 102],
+    "replace": [100, A, A, 101, 101, 101, 101, 101, 101, 101, 101, 101],
+    "mid": [100, 1, 2, A, A, 3, 4, 101, 102, 102, 102, 102],
+    "insert": [100, 1, A, 2, A, 3, 4, 101, 102, 102, 102, 102],
+}
+
+
+@pytest.mark.parametrize("mode", sorted(EXPECTED))
+def test_each_mode_places_slots_as_specified(mode):
+    layout = build_layout(WORDS, mode, 2, SP)
+    expected = EXPECTED[mode]
+    assert layout.positions.tolist() == [i for i, v in enumerate(expected) if v == A]
+    non_slot = [i for i, v in enumerate(expected) if v != A]
+    assert layout.ids[non_slot].tolist() == [expected[i] for i in non_slot]
+    assert not layout.add
+
+
+def test_add_mode_perturbs_every_word():
+    layout = build_layout(WORDS, "add", 7, SP)
+    assert layout.add and layout.k == 4
+    assert layout.positions.tolist() == [1, 2, 3, 4]
+    assert layout.ids.tolist()[:6] == [100, 1, 2, 3, 4, 101]
+
+
+def test_no_adversarial_tokens_gives_the_tokenizers_own_row():
+    tok = build_tiny_model()["tokenizer"]
+    layout = build_layout(prompt_words(tok, "a photo of a cat"), "prefix", 0, SpecialTokens.of(tok))
+    stock = tok("a photo of a cat", padding="max_length", max_length=77).input_ids
+    assert layout.ids.tolist() == stock
+
+
+def test_overflowing_prompt_is_refused():
+    with pytest.raises(UserError, match="does not fit"):
+        build_layout(list(range(8)), "prefix", 3, SP)
+    assert all(build_layout(list(range(8)), m, 2, SP).ids.numel() == 12 for m in INSERT_MODES)
+
+
+@pytest.mark.parametrize("add", [False, True])
+def test_assembly_writes_slots_and_sends_gradient_only_to_them(add):
+    torch.manual_seed(0)
+    table = torch.randn(50, 8, requires_grad=True)
+    ids = torch.randint(0, 50, (2, 6))
+    positions = torch.tensor([[1, 3], [2, 5]])
+    adv = torch.randn(2, 2, 8, requires_grad=True)
+    out = assemble_word_embeddings(table, ids, adv, positions, add)
+    for b in range(2):
+        for l in range(6):
+            hit = (positions[b] == l).nonzero()
+            expected = table[ids[b, l]].detach()
+            if len(hit):
+                j = int(hit[0])
+                expected = expected + adv[b, j].detach() if add else adv[b, j].detach()
+            torch.testing.assert_close(out[b, l].detach(), expected)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    assert table.grad is None
+    rows = torch.arange(2)[:, None]
+    torch.testing.assert_close(adv.grad, weights[rows, positions])

@@ -1,0 +1,57 @@
+import pytest
+
+from advunlearn_fast.errors import UserError
+from advunlearn_fast.prompts import (
+    builtin_retain_prompts, concept_terms, filter_retain_prompts, read_prompt_file, retain_prompts,
+)
+
+
+def test_builtin_retain_set_is_large_and_unique():
+    prompts = builtin_retain_prompts()
+    assert len(prompts) >= 200
+    assert len(set(prompts)) == len(prompts)
+
+
+@pytest.mark.parametrize("concept", ["nudity", "Van Gogh", "church", "cat", "garbage truck"])
+def test_filtered_set_never_mentions_the_concept(concept):
+    kept = retain_prompts([concept], None)
+    assert len(kept) >= 200
+    banned = concept_terms(concept)
+    for prompt in kept:
+        assert not (set(prompt.lower().replace(",", " ").split()) & banned), prompt
+
+
+def test_filter_drops_plurals_and_related_terms():
+    prompts = ["a photo of cats", "a photo of a dog", "a woman in a dress", "a starry night painting"]
+    assert filter_retain_prompts(prompts, ["cat"]) == prompts[1:]
+    assert filter_retain_prompts(prompts, ["nudity"]) == ["a photo of cats", "a photo of a dog", "a starry night painting"]
+    assert filter_retain_prompts(prompts, ["Van Gogh"]) == prompts[:3]
+
+
+def test_prompt_files(tmp_path):
+    txt = tmp_path / "p.txt"
+    txt.write_text("a photo of a boat\n\n  a red car  \n")
+    assert read_prompt_file(txt) == ["a photo of a boat", "a red car"]
+    csv = tmp_path / "p.csv"
+    csv.write_text('case_number,prompt,evaluation_seed\n1,"a cat, sitting",3\n2,a dog,4\n')
+    assert read_prompt_file(csv) == ["a cat, sitting", "a dog"]
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [("missing.txt", None, "not found"), ("empty.txt", "\n \n", "holds no prompts"),
+     ("bad.csv", "text\nhello\n", "no 'prompt' column")],
+)
+def test_bad_prompt_files_are_refused(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        read_prompt_file(path)
+
+
+def test_retain_file_all_about_the_concept_is_refused(tmp_path):
+    path = tmp_path / "r.txt"
+    path.write_text("a church\nchurches at night\n")
+    with pytest.raises(UserError, match="every retain prompt"):
+        retain_prompts(["church"], str(path))
