@@ -15,6 +15,7 @@ setup(
         "diffusers>=0.30",
         "transformers>=4.40",
         "safetensors",
+        "accelerate",
         "huggingface_hub",
         "click>=8.0",
         "tqdm",

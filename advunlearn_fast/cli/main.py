@@ -77,6 +77,18 @@ class AdvUnlearnGroup(click.Group):
 @click.version_option(package_name="advunlearn")
 def cli():
     """Robust concept erasure (AdvUnlearn) for Stable Diffusion v1.x."""
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Our own progress bar and errors are the output; the libraries' loading chatter is not."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
 
 
 @cli.command()
