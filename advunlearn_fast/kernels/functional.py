@@ -89,7 +89,8 @@ def project_simplex(x: torch.Tensor, iters: int = PROJECT_SIMPLEX_ITERS, backend
 
     Bisection on the threshold tau (`iters` halvings of a bracket at most 1 wide) followed by an
     exact step on the bracketed support; the default gives fp32 accuracy for V = 49408. fp32
-    arithmetic, output in x's dtype. Differentiable (the Jacobian on the support).
+    arithmetic, output in x's dtype. Entries equal to -inf come out as exact zeros, a way to
+    keep tokens out of the search. Differentiable (the Jacobian on the support).
     """
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"project_simplex: x needs a non-empty last dimension, got shape {tuple(x.shape)}")

@@ -100,7 +100,8 @@ def project_simplex_reference(x: torch.Tensor, iters: int = PROJECT_SIMPLEX_ITER
         lo = torch.where(mid_below_tau, mid, lo)
         hi = torch.where(mid_below_tau, hi, mid)
     support = xd > lo
-    tau = ((xf * support).sum(-1, keepdim=True) - 1) / support.sum(-1, keepdim=True)
+    # where, not a product with the mask: -inf entries (excluded tokens) would give NaN.
+    tau = (torch.where(support, xf, 0.0).sum(-1, keepdim=True) - 1) / support.sum(-1, keepdim=True)
     return (xf - tau).clamp(min=0).to(x.dtype)
 
 

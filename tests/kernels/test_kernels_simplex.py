@@ -76,6 +76,17 @@ def test_output_is_on_simplex_and_idempotent(backend, kind):
     assert_projection_close(project_simplex(p, backend=backend), p, p, "projection of a projection")
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_minus_infinity_excludes_tokens(backend):
+    x = rows("randn", (2, 300), seed=6)
+    x[:, ::3] = float("-inf")
+    x[1, 1] = 50.0  # a row whose whole mass goes to one token
+    p = project_simplex(x, backend=backend)
+    assert bool((p[:, ::3] == 0).all()) and bool(torch.isfinite(p).all())
+    finite = torch.where(torch.isinf(x), torch.full_like(x, -1e4), x)
+    assert_projection_close(p, x[:, 1::3], project_simplex_sort_reference(finite), "vs sorted, -inf as -1e4")
+
+
 @needs_triton
 @pytest.mark.parametrize("shape", [(3, 37), (2, 1000)], ids=str)
 def test_kernel_gradient_matches_reference_autograd(shape):
