@@ -1,0 +1,54 @@
+"""Straight-through one-hot tokens from relaxed vocabulary vectors (plain PyTorch).
+
+argmax / multinomial and a scatter are one launch each already, so there is no Triton kernel
+here; what matters is that the embedding lookup is a gather and that only the backward touches
+the [V, D] table, once, as a [k, D] x [D, V] product.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def choose_tokens(relaxed: torch.Tensor, sample: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """Token index per row of `relaxed` [..., V]: argmax, or a draw with the row as weights."""
+    rows = relaxed.detach().reshape(-1, relaxed.shape[-1])
+    if sample:
+        # multinomial needs non-negative weights and a float dtype it supports on every device;
+        # after the simplex projection the rows are already distributions.
+        index = torch.multinomial(rows.float().clamp(min=0), 1, generator=generator).squeeze(-1)
+    else:
+        index = rows.argmax(-1)
+    return index.reshape(relaxed.shape[:-1])
+
+
+class StraightThroughOneHotFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, relaxed, index):
+        return torch.zeros_like(relaxed).scatter_(-1, index.unsqueeze(-1), 1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return grad_out, None
+
+
+class OneHotEmbeddingFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, relaxed, token_table, index):
+        ctx.save_for_backward(token_table, index)
+        ctx.relaxed_dtype = relaxed.dtype
+        return F.embedding(index, token_table.detach())
+
+    @staticmethod
+    def backward(ctx, grad_emb):
+        token_table, index = ctx.saved_tensors
+        grad_relaxed = grad_table = None
+        if ctx.needs_input_grad[0]:
+            # d(onehot @ table)/d(onehot) = grad @ table.T, passed straight through to relaxed.
+            grad_relaxed = (grad_emb.to(token_table.dtype) @ token_table.t()).to(ctx.relaxed_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_table = torch.zeros_like(token_table).index_add_(
+                0, index.reshape(-1), grad_emb.reshape(-1, grad_emb.shape[-1]).to(token_table.dtype)
+            )
+        return grad_relaxed, grad_table, None
