@@ -6,6 +6,8 @@ from typing import Callable
 
 import torch
 
+from .kernels import adversarial_adam_step_
+
 
 def random_token_embeddings(table: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """Embeddings of `count` vocabulary tokens drawn uniformly: the `random` attack start."""
@@ -19,20 +21,22 @@ def soft_prompt_attack(
     steps: int,
     lr: float,
     sign_grad: bool,
+    backend: str = "torch",
 ) -> tuple[torch.Tensor, list[float]]:
     """Minimise `loss_fn(adv)` over the adversarial embeddings with Adam (PGD-style, unbounded).
 
     Each step uses only its own gradient (the reference code let them accumulate
     across steps). With `sign_grad` (fast-AT) the gradient is replaced by its sign.
-    Returns the final embeddings and the loss seen at each step.
+    Returns the final embeddings and the loss seen at each step. `backend` picks the
+    fused update kernel or its PyTorch reference (advunlearn_fast.kernels).
     """
-    adv = adv_init.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([adv], lr=lr)
+    adv = adv_init.detach().clone().contiguous().requires_grad_(True)
+    exp_avg, exp_avg_sq = torch.zeros_like(adv), torch.zeros_like(adv)
     losses = []
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         loss = loss_fn(adv)
         (grad,) = torch.autograd.grad(loss, adv)
-        adv.grad = grad.sign() if sign_grad else grad
-        optimizer.step()
+        with torch.no_grad():
+            adversarial_adam_step_(adv, grad, exp_avg, exp_avg_sq, step, lr, sign_grad=sign_grad, backend=backend)
         losses.append(float(loss.detach()))
     return adv.detach(), losses

@@ -95,15 +95,3 @@ def build_layout(words: list[int], mode: str, k: int, special: SpecialTokens) ->
         ids = [special.eos if tok == slot else tok for tok in row]
     return AdversarialLayout(torch.tensor(ids), torch.tensor(positions, dtype=torch.long), mode == "add")
 
-
-def assemble_word_embeddings(
-    table: torch.Tensor, ids: torch.Tensor, adv: torch.Tensor, positions: torch.Tensor, add: bool
-) -> torch.Tensor:
-    """Word embeddings of `ids` [B, L] with `adv` [B, k, D] written (or added) at `positions` [B, k].
-
-    A gather plus an indexed write: gradients reach `adv` only through its own slots.
-    """
-    embeds = table[ids].detach()
-    rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(positions)
-    values = embeds[rows, positions] + adv if add else adv
-    return embeds.index_put((rows, positions), values.to(embeds.dtype))

@@ -23,7 +23,8 @@ from . import __version__
 from .attack import random_token_embeddings, soft_prompt_attack
 from .config import TrainConfig
 from .errors import UserError
-from .insertion import SpecialTokens, assemble_word_embeddings, build_layout, prompt_words
+from .insertion import SpecialTokens, build_layout, prompt_words
+from .kernels import assemble_prompt_embeddings
 from .layers import (
     freeze_all_but, parse_layer_spec, text_encoder_depth, text_encoder_parameters, unet_parameters,
 )
@@ -35,11 +36,16 @@ from .outputs import (
 from .prompts import retain_prompts
 from .runlog import IterationLog, plot_losses
 from .sampling import ddim_scheduler, draw_noise, draw_step_and_timestep, partial_rollout, predict_noise
-from .text_encoding import encode_embeddings, encode_ids, token_table
+from .text_encoding import encode_hidden, encode_ids, position_table, token_table
 
 # Settings a resumed run may change; every other one must match the checkpoint.
 RESUMABLE_CHANGES = {"iterations", "out", "resume", "device", "save_every"}
 STATE_FILE = "training_state.pt"
+
+
+def kernel_backend(device: torch.device) -> str:
+    # Triton kernels on GPUs; on a CPU their PyTorch references (the interpreter is for tests).
+    return "auto" if device.type == "cuda" else "torch"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,10 +138,11 @@ def build_setup(cfg: TrainConfig) -> Setup:
 def adversarial_condition(s: Setup, concept: int, adv: torch.Tensor) -> torch.Tensor:
     """TE_theta's conditioning for the concept prompt with `adv` [k, D] in its slots."""
     layout = s.layouts[concept]
-    embeds = assemble_word_embeddings(
-        token_table(s.te), layout.ids[None].to(s.device), adv[None], layout.positions[None].to(s.device), layout.add
+    hidden = assemble_prompt_embeddings(
+        token_table(s.te), layout.ids[None].to(s.device), adv[None], layout.positions[None].to(s.device),
+        position_table(s.te), add=layout.add, backend=kernel_backend(s.device),
     )
-    return encode_embeddings(s.te, embeds)
+    return encode_hidden(s.te, hidden)
 
 
 def concept_point(s: Setup, concept: int, generator: torch.Generator):
@@ -161,7 +168,9 @@ def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.
     for p in s.trainable.values():
         p.requires_grad_(False)
     try:
-        return soft_prompt_attack(adv_init, loss_fn, s.cfg.attack_steps, s.cfg.attack_lr, s.cfg.attack == "fast-at")
+        return soft_prompt_attack(
+            adv_init, loss_fn, s.cfg.attack_steps, s.cfg.attack_lr, s.cfg.attack == "fast-at", kernel_backend(s.device)
+        )
     finally:
         for p in s.trainable.values():
             p.requires_grad_(True)

@@ -60,3 +60,25 @@ def test_attack_lowers_its_loss_on_the_tiny_model():
 
     adv, _ = soft_prompt_attack(adv0, loss_fn, steps=24, lr=0.02, sign_grad=False)
     assert mean_loss(adv) < 0.8 * mean_loss(adv0)
+
+
+def test_adversarial_condition_with_real_token_rows_equals_the_stock_encoder():
+    """Slots filled with real tokens' embeddings give exactly the prompt with those tokens."""
+    from advunlearn_fast.text_encoding import encode_ids, token_table
+
+    for mode in ("suffix", "insert", "add"):
+        cfg = TrainConfig(model="tiny", concepts=["Van Gogh"], out="unused", adv_tokens=2, insert=mode).validate()
+        s = build_setup(cfg)
+        layout = s.layouts[0]
+        extra = torch.tensor([40, 41, 42, 43][: layout.k])
+        ids = layout.ids.clone()
+        table = token_table(s.te).detach()
+        if mode == "add":  # adding (e_extra - e_word) turns each word into the extra token
+            adv = table[extra] - table[ids[layout.positions]]
+        else:
+            adv = table[extra]
+        ids[layout.positions] = extra
+        with torch.no_grad():
+            ours = adversarial_condition(s, 0, adv)
+            stock = encode_ids(s.te, ids[None])
+        torch.testing.assert_close(ours, stock, rtol=0, atol=1e-5)
