@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ ATTACK_INITS = ("random", "latest")
 COMPONENTS = ("all", "attn", "mlp")
 TRAIN_TARGETS = ("text-encoder", "unet-xattn", "unet-noxattn")
 DEVICES = ("auto", "cpu", "cuda")
+ENGINES = ("fast", "reference")
 
 
 @dataclass
@@ -54,6 +56,11 @@ class TrainConfig:
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --out"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    engine: str = field(default="fast", metadata={"help": "fast, or reference (the authors' loop structure and precision, the benchmark baseline)"})
+    bank: bool = field(default=True, metadata={"help": "fast engine: sample z_t and targets from a trajectory bank built once (--no-bank: fresh rollouts)"})
+    bank_dir: str = field(default_factory=lambda: os.environ.get("ADVUNLEARN_BANK_DIR", "~/.cache/advunlearn/bank"), metadata={"help": "where trajectory banks are kept (reused across runs on the same model)"})
+    bank_size: int = field(default=32, metadata={"help": "bank trajectories per concept prompt"})
+    retain_bank_size: int = field(default=2, metadata={"help": "bank trajectories per retain prompt"})
 
     def validate(self) -> "TrainConfig":
         self.concepts = [" ".join(str(c).split()) for c in self.concepts]
@@ -65,7 +72,9 @@ class TrainConfig:
         _choice("insert", self.insert, INSERT_MODES)
         _choice("attack-init", self.attack_init, ATTACK_INITS)
         _choice("device", self.device, DEVICES)
-        for name in ("iterations", "attack_steps", "adv_tokens", "attack_every", "retain_batch", "ddim_steps", "save_every"):
+        _choice("engine", self.engine, ENGINES)
+        for name in ("iterations", "attack_steps", "adv_tokens", "attack_every", "retain_batch", "ddim_steps", "save_every",
+                     "bank_size", "retain_bank_size"):
             if getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}")
         if self.warmup < 0:

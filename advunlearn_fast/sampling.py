@@ -1,15 +1,20 @@
 """How the frozen diffusion model produces z_t and noise predictions.
 
-The algorithm (losses, attack, schedule) never touches a scheduler: it asks this
-module for a DDIM step index k, a training timestep t, a partially denoised
-latent z_t, and frozen noise predictions. Keeping it here lets another engine
-obtain the same quantities differently (a cache of rollouts, lower precision).
+The algorithm (losses, attack, schedule) never touches a scheduler: it asks a
+trajectory source for a DDIM step index k, training timesteps t, partially
+denoised latents z_t and the frozen model's predictions there. `FreshRollouts`
+runs the rollouts every time (the authors' structure); `bank.TrajectoryBank`
+reads them from a cache built once.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from diffusers import DDIMScheduler
+
+from .costs import CostMeter
 
 
 def ddim_scheduler(scheduler_config: dict, steps: int) -> DDIMScheduler:
@@ -22,15 +27,18 @@ def ddim_scheduler(scheduler_config: dict, steps: int) -> DDIMScheduler:
 def draw_step_and_timestep(generator: torch.Generator, ddim_steps: int, train_timesteps: int) -> tuple[int, int]:
     """DDIM step index k in [0, K) and training timestep t uniform in [k*T/K, (k+1)*T/K)."""
     k = int(torch.randint(ddim_steps, (1,), generator=generator))
+    return k, draw_timestep(generator, k, ddim_steps, train_timesteps)
+
+
+def draw_timestep(generator: torch.Generator, k: int, ddim_steps: int, train_timesteps: int) -> int:
     low = round(k * train_timesteps / ddim_steps)
     high = round((k + 1) * train_timesteps / ddim_steps)
-    t = int(torch.randint(low, high, (1,), generator=generator))
-    return k, t
+    return int(torch.randint(low, high, (1,), generator=generator))
 
 
-def predict_noise(unet, z: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
-    """UNet noise prediction for a batch of latents at one timestep."""
-    timesteps = torch.full((z.shape[0],), t, device=z.device, dtype=torch.long)
+def predict_noise(unet, z: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
+    """UNet noise prediction; `t` is one timestep or one per latent."""
+    timesteps = torch.as_tensor(t, device=z.device, dtype=torch.long).expand(z.shape[0])
     return unet(z, timesteps, encoder_hidden_states=cond.to(z.dtype)).sample
 
 
@@ -38,23 +46,93 @@ def guided_noise(unet, z: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Ten
     """Classifier-free guided prediction, conditional and unconditional in one UNet call."""
     batch = z.shape[0]
     both = torch.cat([uncond.expand(batch, -1, -1), cond])
-    timesteps = torch.full((2 * batch,), int(t), device=z.device, dtype=torch.long)
-    eps_u, eps_c = unet(torch.cat([z, z]), timesteps, encoder_hidden_states=both.to(z.dtype)).sample.chunk(2)
+    eps_u, eps_c = predict_noise(unet, torch.cat([z, z]), int(t), both).chunk(2)
     return eps_u + guidance * (eps_c - eps_u)
 
 
 @torch.no_grad()
-def partial_rollout(
-    unet, scheduler: DDIMScheduler, cond: torch.Tensor, uncond: torch.Tensor, noise: torch.Tensor, k: int, guidance: float
-) -> torch.Tensor:
-    """z after the first k DDIM steps from `noise`, guided toward `cond` [B, L, D]."""
+def rollout_steps(unet, scheduler: DDIMScheduler, cond, uncond, noise, k: int, guidance: float):
+    """Yield z after 0, 1, ..., k DDIM steps from `noise`, guided toward `cond` [B, L, D]."""
     z = noise
+    yield z
     for t in scheduler.timesteps[:k]:
         eps = guided_noise(unet, z, t, cond, uncond, guidance)
         z = scheduler.step(eps, t, z).prev_sample
+        yield z
+
+
+def partial_rollout(unet, scheduler, cond, uncond, noise, k: int, guidance: float) -> torch.Tensor:
+    """z after the first k DDIM steps."""
+    for z in rollout_steps(unet, scheduler, cond, uncond, noise, k, guidance):
+        pass
     return z
 
 
 def draw_noise(generator: torch.Generator, batch: int, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
     # Drawn on the CPU generator so that a seed gives the same run on any device.
     return torch.randn((batch, *shape), generator=generator).to(device=device, dtype=dtype)
+
+
+@dataclass
+class FrozenModel:
+    """The original model's pieces that every trajectory source needs."""
+
+    unet: torch.nn.Module
+    scheduler: DDIMScheduler
+    uncond: torch.Tensor  # [1, L, D]
+    concept_conds: torch.Tensor  # [C, L, D]
+    retain_conds: torch.Tensor  # [N, L, D]
+    latent_shape: tuple
+    guidance: float
+    meter: CostMeter
+
+    @property
+    def ddim_steps(self) -> int:
+        return len(self.scheduler.timesteps)
+
+    @property
+    def train_timesteps(self) -> int:
+        return self.scheduler.config.num_train_timesteps
+
+    def rollout(self, cond, k: int, generator) -> torch.Tensor:
+        noise = draw_noise(generator, cond.shape[0], self.latent_shape, cond.device, self.unet.dtype)
+        self.meter.add("rollout", 2 * cond.shape[0] * k)
+        return partial_rollout(self.unet, self.scheduler, cond, self.uncond, noise, k, self.guidance)
+
+    @torch.no_grad()
+    def predict(self, z, t, cond) -> torch.Tensor:
+        self.meter.add("targets", z.shape[0])
+        return predict_noise(self.unet, z, t, cond)
+
+
+@dataclass
+class DefenderDraw:
+    t: torch.Tensor  # [1 + R] timesteps: the concept sample's, then each retain sample's
+    z: torch.Tensor  # [1 + R] latents, concept first
+    e_uncond: torch.Tensor  # [1] frozen prediction for "" at the concept latent
+    e_concept: torch.Tensor  # [1] frozen prediction for the concept
+    e_retain: torch.Tensor  # [R] frozen predictions for the retain prompts
+
+
+class FreshRollouts:
+    """A new guided rollout for every draw, as the reference code does."""
+
+    def __init__(self, frozen: FrozenModel):
+        self.frozen = frozen
+
+    def attack_draw(self, concept: int, generator):
+        f = self.frozen
+        k, t = draw_step_and_timestep(generator, f.ddim_steps, f.train_timesteps)
+        cond = f.concept_conds[concept : concept + 1]
+        z = f.rollout(cond, k, generator)
+        return torch.tensor([t]), z, f.predict(z, t, cond)
+
+    def defender_draw(self, concept: int, retain: torch.Tensor, generator) -> DefenderDraw:
+        """One k and t for the concept and every retain prompt, one batched rollout."""
+        f = self.frozen
+        k, t = draw_step_and_timestep(generator, f.ddim_steps, f.train_timesteps)
+        c_p = f.concept_conds[concept : concept + 1]
+        z = f.rollout(torch.cat([c_p, f.retain_conds[retain]]), k, generator)
+        e_0, e_p = f.predict(torch.cat([z[:1], z[:1]]), t, torch.cat([f.uncond, c_p])).chunk(2)
+        e_r = f.predict(z[1:], t, f.retain_conds[retain])
+        return DefenderDraw(torch.full((z.shape[0],), t), z, e_0, e_p, e_r)

@@ -35,11 +35,13 @@ from .outputs import (
 )
 from .prompts import retain_prompts
 from .runlog import IterationLog, plot_losses
-from .sampling import ddim_scheduler, draw_noise, draw_step_and_timestep, partial_rollout, predict_noise
+from .bank import TrajectoryBank
+from .costs import CostMeter
+from .sampling import FreshRollouts, FrozenModel, ddim_scheduler, predict_noise
 from .text_encoding import encode_hidden, encode_ids, position_table, token_table
 
 # Settings a resumed run may change; every other one must match the checkpoint.
-RESUMABLE_CHANGES = {"iterations", "out", "resume", "device", "save_every"}
+RESUMABLE_CHANGES = {"iterations", "out", "resume", "device", "save_every", "bank_dir"}
 STATE_FILE = "training_state.pt"
 
 
@@ -70,30 +72,38 @@ class Setup:
     parts: ModelParts
     device: torch.device
     te: torch.nn.Module  # TE_theta (the trained encoder, or the frozen one in UNet ablations)
-    unet_frozen: torch.nn.Module  # the original UNet: rollouts and targets
-    unet: torch.nn.Module  # UNet_theta: the same object unless the UNet is trained
+    unet: torch.nn.Module  # UNet_theta: the frozen UNet itself unless the UNet is trained
     trained: torch.nn.Module  # the module whose parameters the optimiser updates
     trainable: dict
-    scheduler: object
-    latent_shape: tuple
+    frozen: FrozenModel  # the original model's UNet, schedule and conditionings
+    source: object  # FreshRollouts or TrajectoryBank: where z_t and targets come from
+    meter: CostMeter
     concept_ids: torch.Tensor  # [C, L]
-    concept_conds: torch.Tensor  # [C, L, D] from TE_0
     layouts: list  # AdversarialLayout per concept
-    uncond: torch.Tensor  # [1, L, D] TE_0("")
     retain_texts: list
     retain_ids: torch.Tensor  # [N, L]
-    retain_conds: torch.Tensor  # [N, L, D] from TE_0
     layer_indices: list = field(default_factory=list)
+    bank_built: int = 0
+    bank_seconds: float = 0.0
 
 
-def build_setup(cfg: TrainConfig) -> Setup:
+def unet_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    """The frozen UNet's precision: the reference keeps fp32; the fast engine uses bf16 (fp16
+    on GPUs without it) on CUDA. A trained UNet (ablation) keeps fp32 master weights."""
+    if cfg.engine == "reference" or device.type != "cuda" or cfg.train != "text-encoder":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def build_setup(cfg: TrainConfig, progress: bool = False) -> Setup:
     device = resolve_device(cfg.device)
     parts = load_model(cfg.model, cfg.model_config)
     tokenizer, te = parts.tokenizer, parts.text_encoder.to(device)
     depth = text_encoder_depth(te)
     layer_indices = parse_layer_spec(cfg.layers, depth) if cfg.train == "text-encoder" else []
 
-    # Conditionings of the ORIGINAL encoder are constants of the run.
+    # Conditionings of the ORIGINAL encoder are constants of the run: computed once, so
+    # no frozen copy of the encoder is kept.
     special = SpecialTokens.of(tokenizer)
     layouts = [build_layout(prompt_words(tokenizer, c), cfg.insert, cfg.adv_tokens, special) for c in cfg.concepts]
     retain_texts = retain_prompts(cfg.concepts, cfg.retain_prompts)
@@ -107,14 +117,15 @@ def build_setup(cfg: TrainConfig) -> Setup:
         concept_conds = encode_ids(te, concept_ids)
         retain_conds = torch.cat([encode_ids(te, chunk) for chunk in retain_ids.split(64)])
 
-    unet_frozen = parts.unet.to(device).eval().requires_grad_(False)
+    unet_frozen = parts.unet.to(device, unet_dtype(cfg, device)).eval().requires_grad_(False)
+    # The reference engine keeps a separate frozen copy for targets, as the authors' code does.
+    separate_copy = cfg.train != "text-encoder" or cfg.engine == "reference"
+    unet = copy.deepcopy(unet_frozen) if separate_copy else unet_frozen
     if cfg.train == "text-encoder":
-        unet = unet_frozen
         final_norm = cfg.final_norm if cfg.final_norm is not None else cfg.layers.strip().lower() == "all"
         trainable = text_encoder_parameters(te, layer_indices, cfg.component, final_norm)
         trained = te
     else:
-        unet = copy.deepcopy(unet_frozen)
         trainable = unet_parameters(unet, cfg.train)
         trained = unet
     if not trainable:
@@ -126,41 +137,48 @@ def build_setup(cfg: TrainConfig) -> Setup:
     if image_size % (parts.vae_scale * down):
         raise UserError(f"--image-size must be a multiple of {parts.vae_scale * down} for this model, got {image_size}")
     latent = image_size // parts.vae_scale
-    return Setup(
-        cfg=cfg, parts=parts, device=device, te=te, unet_frozen=unet_frozen, unet=unet, trained=trained,
-        trainable=trainable, scheduler=ddim_scheduler(parts.scheduler_config, cfg.ddim_steps),
-        latent_shape=(parts.latent_channels, latent, latent), concept_ids=concept_ids,
-        concept_conds=concept_conds, layouts=layouts, uncond=uncond, retain_texts=retain_texts,
-        retain_ids=retain_ids, retain_conds=retain_conds, layer_indices=layer_indices,
+    meter = CostMeter()
+    frozen = FrozenModel(
+        unet=unet_frozen, scheduler=ddim_scheduler(parts.scheduler_config, cfg.ddim_steps), uncond=uncond,
+        concept_conds=concept_conds, retain_conds=retain_conds,
+        latent_shape=(parts.latent_channels, latent, latent), guidance=cfg.start_guidance, meter=meter,
     )
+    s = Setup(
+        cfg=cfg, parts=parts, device=device, te=te, unet=unet, trained=trained, trainable=trainable,
+        frozen=frozen, source=FreshRollouts(frozen), meter=meter, concept_ids=concept_ids, layouts=layouts,
+        retain_texts=retain_texts, retain_ids=retain_ids, layer_indices=layer_indices,
+    )
+    if cfg.engine == "fast" and cfg.bank:
+        began = time.time()
+        bank = TrajectoryBank(frozen, Path(cfg.bank_dir).expanduser(), cfg.bank_size, cfg.retain_bank_size)
+        s.bank_built = bank.build(progress)
+        s.bank_seconds = time.time() - began
+        s.source = bank
+    return s
 
 
 def adversarial_condition(s: Setup, concept: int, adv: torch.Tensor) -> torch.Tensor:
     """TE_theta's conditioning for the concept prompt with `adv` [k, D] in its slots."""
     layout = s.layouts[concept]
+    table, ids = token_table(s.te), layout.ids[None].to(s.device)
+    if s.cfg.engine == "reference":
+        # The authors' lookup: one-hot rows times the whole vocabulary matrix; the
+        # assembly then reads this prompt's rows by position.
+        table = torch.nn.functional.one_hot(ids[0], table.shape[0]).to(table.dtype) @ table
+        ids = torch.arange(ids.shape[1], device=s.device)[None]
     hidden = assemble_prompt_embeddings(
-        token_table(s.te), layout.ids[None].to(s.device), adv[None], layout.positions[None].to(s.device),
+        table, ids, adv[None], layout.positions[None].to(s.device),
         position_table(s.te), add=layout.add, backend=kernel_backend(s.device),
     )
     return encode_hidden(s.te, hidden)
-
-
-def concept_point(s: Setup, concept: int, generator: torch.Generator):
-    """A fresh (t, z_t, e_p) for the concept prompt from the frozen model."""
-    k, t = draw_step_and_timestep(generator, s.cfg.ddim_steps, s.scheduler.config.num_train_timesteps)
-    cond = s.concept_conds[concept : concept + 1]
-    noise = draw_noise(generator, 1, s.latent_shape, s.device, cond.dtype)
-    z = partial_rollout(s.unet_frozen, s.scheduler, cond, s.uncond, noise, k, s.cfg.start_guidance)
-    with torch.no_grad():
-        e_p = predict_noise(s.unet_frozen, z, t, cond)
-    return t, z, e_p
 
 
 def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.Generator):
     """One attack round: the current model is frozen while the adversarial embeddings move."""
 
     def loss_fn(adv):
-        t, z, e_p = concept_point(s, concept, generator)
+        t, z, e_p = s.source.attack_draw(concept, generator)
+        s.meter.add("attack", 1, backward=True)
         return attack_loss(predict_noise(s.unet, z, t, adversarial_condition(s, concept, adv)), e_p)
 
     was_training = s.trained.training
@@ -180,30 +198,26 @@ def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.
 def defender_step(s: Setup, concept: int, adv, optimizer, generator: torch.Generator) -> dict:
     """One Adam step on L_u (ESD target, adversarial or clean prompt) + gamma * L_r."""
     cfg = s.cfg
-    k, t = draw_step_and_timestep(generator, cfg.ddim_steps, s.scheduler.config.num_train_timesteps)
     chosen = torch.randperm(len(s.retain_texts), generator=generator)[: cfg.retain_batch].to(s.device)
-    c_p = s.concept_conds[concept : concept + 1]
-    conds = torch.cat([c_p, s.retain_conds[chosen]])
-    noise = draw_noise(generator, conds.shape[0], s.latent_shape, s.device, conds.dtype)
-    z = partial_rollout(s.unet_frozen, s.scheduler, conds, s.uncond, noise, k, cfg.start_guidance)
-    z_p, z_r = z[:1], z[1:]
-    with torch.no_grad():
-        e_0 = predict_noise(s.unet_frozen, z_p, t, s.uncond)
-        e_p = predict_noise(s.unet_frozen, z_p, t, c_p)
-        retain_target = predict_noise(s.unet_frozen, z_r, t, s.retain_conds[chosen])
-    target = esd_target(e_0, e_p, cfg.negative_guidance)
+    d = s.source.defender_draw(concept, chosen, generator)
+    target = esd_target(d.e_uncond, d.e_concept, cfg.negative_guidance)
 
     if adv is not None:
         cond = adversarial_condition(s, concept, adv)
     else:
         cond = encode_ids(s.te, s.concept_ids[concept : concept + 1])
-    loss_u = unlearn_loss(predict_noise(s.unet, z_p, t, cond), target)
-    loss_r = retain_loss(predict_noise(s.unet, z_r, t, encode_ids(s.te, s.retain_ids[chosen])), retain_target)
+    s.meter.add("train", 1, backward=True)
+    loss_u = unlearn_loss(predict_noise(s.unet, d.z[:1], d.t[:1], cond), target)
+    s.meter.add("retain", len(chosen), backward=True)
+    retain_pred = predict_noise(s.unet, d.z[1:], d.t[1:], encode_ids(s.te, s.retain_ids[chosen]))
+    loss_r = retain_loss(retain_pred, d.e_retain)
     loss = total_loss(loss_u, loss_r, cfg.retain_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return {"loss": loss.item(), "unlearn_loss": loss_u.item(), "retain_loss": loss_r.item(), "k": k, "t": t}
+    return {
+        "loss": loss.item(), "unlearn_loss": loss_u.item(), "retain_loss": loss_r.item(), "t": int(d.t[0]),
+    }
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
@@ -211,7 +225,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     cfg.validate()
     out = Path(cfg.out)
     start_checkpoint = prepare_output(out, cfg)
-    s = build_setup(cfg)
+    s = build_setup(cfg, progress)
     optimizer = torch.optim.Adam(list(s.trainable.values()), lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     latest_adv: dict[int, torch.Tensor] = {}
@@ -247,7 +261,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             step=step + 1, concept=cfg.concepts[concept], adversarial=adv is not None,
             attack_loss_start=attack_losses[0] if attack_losses else None,
             attack_loss_end=attack_losses[-1] if attack_losses else None,
-            seconds=round(time.time() - tick, 4),
+            seconds=round(time.time() - tick, 4), unet_fwd_equiv=s.meter.take_window(),
         )
         log.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4g}", attack=f"{record['attack_loss_end'] or 0:.4g}")
@@ -280,6 +294,9 @@ def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
         "trained_parameter_count": sum(p.numel() for p in s.trainable.values()),
         "layers": s.layer_indices,
         "retain_prompt_count": len(s.retain_texts),
+        "unet_dtype": str(s.frozen.unet.dtype).replace("torch.", ""),
+        "bank": {"entries_built": s.bank_built, "seconds": round(s.bank_seconds, 3)} if s.cfg.engine == "fast" and s.cfg.bank else None,
+        "unet_fwd_equiv_total": dict(s.meter.total),
         "versions": {
             "advunlearn": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),

@@ -27,10 +27,14 @@ def config_options(func):
     for f in reversed(list(config_fields().values())):
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING and f.name != "concepts":
+            default = f.default_factory()
         if f.name == "concepts":
             opt = click.option("--concept", "concepts", multiple=True, help=help_text)
         elif f.name == "final_norm":
             opt = click.option("--final-norm/--no-final-norm", "final_norm", default=None, help=help_text)
+        elif f.name == "bank":
+            opt = click.option("--bank/--no-bank", "bank", default=True, help=help_text)
         elif f.name == "resume":
             opt = click.option("--resume", "resume", is_flag=True, default=False, help=help_text)
         else:

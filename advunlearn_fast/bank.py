@@ -1,0 +1,147 @@
+"""Trajectory bank: the frozen model's rollouts and predictions, computed once.
+
+With the text encoder trained and the UNet frozen, z_t and the targets e_0, e_p and
+the retain targets do not depend on the training state (DESIGN.md). The bank holds,
+for each prompt, a few guided DDIM trajectories: at every step k the latent z_k, a
+training timestep t_k drawn in k's bucket, and the frozen predictions at (z_k, t_k).
+Training then samples (trajectory, k) pairs instead of re-running rollouts.
+
+Difference from fresh sampling, by construction: t is drawn once per (trajectory, k)
+when the bank is built, and each retain sample has its own trajectory and t.
+
+Entries are stored one folder per prompt (memory-mapped .npy files) under a key that
+hashes the UNet's weights, the prompt's conditioning, guidance, steps, latent shape
+and bank size, so the retain entries are reused by any later run on the same model,
+whatever the concept. Each entry is written atomically: an interrupted build keeps
+what it finished and resumes from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .outputs import atomic_dir
+from .sampling import DefenderDraw, FrozenModel, draw_timestep, predict_noise, rollout_steps
+
+BANK_FORMAT = 1
+
+
+def unet_fingerprint(unet) -> str:
+    """A hash of the UNet's shapes and a strided sample of every weight (fast on 860M parameters)."""
+    h = hashlib.sha256()
+    for name, p in unet.state_dict().items():
+        flat = p.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 64)][:64].float().cpu().numpy()
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(sample.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _tensor_hash(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+class TrajectoryBank:
+    def __init__(self, frozen: FrozenModel, root: Path, concept_size: int, retain_size: int, progress: bool = True):
+        self.frozen = frozen
+        self.root = Path(root)
+        self.concept_size = concept_size
+        self.retain_size = retain_size
+        self.storage_dtype = np.float32 if frozen.unet.dtype == torch.float32 else np.float16
+        base = {
+            "format": BANK_FORMAT, "unet": unet_fingerprint(frozen.unet), "uncond": _tensor_hash(frozen.uncond),
+            "guidance": frozen.guidance, "steps": frozen.ddim_steps, "latent": list(frozen.latent_shape),
+            "schedule": _tensor_hash(frozen.scheduler.alphas_cumprod), "dtype": np.dtype(self.storage_dtype).name,
+        }
+        self.concepts = [self._entry(base, c, concept_size, 2, progress) for c in frozen.concept_conds.split(1)]
+        self.retain = [self._entry(base, c, retain_size, 1, progress) for c in frozen.retain_conds.split(1)]
+        self.built_now = 0
+
+    def _entry(self, base: dict, cond: torch.Tensor, size: int, preds: int, progress: bool) -> dict:
+        key = hashlib.sha256(json.dumps({**base, "cond": _tensor_hash(cond), "size": size}).encode()).hexdigest()[:24]
+        return {"key": key, "cond": cond, "size": size, "preds": preds, "folder": self.root / key}
+
+    def missing(self) -> list[dict]:
+        return [e for e in self.concepts + self.retain if not (e["folder"] / "meta.json").is_file()]
+
+    def build(self, progress: bool = True, batch_prompts: int = 16) -> int:
+        """Compute every missing entry, several prompts per UNet call; returns how many were built."""
+        todo = self.missing()
+        with tqdm(total=len(todo), desc="trajectory bank", unit="prompt", disable=not progress or not todo) as bar:
+            for kind in (self.concepts, self.retain):
+                group = [e for e in todo if e in kind]
+                for i in range(0, len(group), batch_prompts):
+                    self._build_entries(group[i : i + batch_prompts])
+                    bar.update(len(group[i : i + batch_prompts]))
+        self._open()
+        return len(todo)
+
+    @torch.no_grad()
+    def _build_entries(self, entries: list[dict]) -> None:
+        """Entries of one kind (same size and predictions) in batched rollouts."""
+        f = self.frozen
+        K, T = f.ddim_steps, f.train_timesteps
+        size, preds = entries[0]["size"], entries[0]["preds"]
+        noises, steps = [], []
+        for entry in entries:  # each entry's own seed: its content never depends on the batching
+            generator = torch.Generator().manual_seed(int(entry["key"][:12], 16))
+            noises.append(torch.randn((size, *f.latent_shape), generator=generator))
+            steps.append(torch.tensor([[draw_timestep(generator, k, K, T) for k in range(K)] for _ in range(size)]))
+        n = len(entries) * size
+        noise = torch.cat(noises).to(f.uncond.device, f.unet.dtype)
+        cond = torch.cat([e["cond"].expand(size, -1, -1) for e in entries])
+        f.meter.add("bank", 2 * n * (K - 1))
+        latents = torch.stack(list(rollout_steps(f.unet, f.scheduler, cond, f.uncond, noise, K - 1, f.guidance)), 1)
+        z = latents.reshape(n * K, *f.latent_shape)
+        t = torch.cat(steps).reshape(-1).to(z.device)
+        per_latent = cond.repeat_interleave(K, 0)
+        targets = [f.uncond.expand(n * K, -1, -1), per_latent] if preds == 2 else [per_latent]
+        predictions = []
+        for c in targets:
+            f.meter.add("bank", n * K)
+            chunks = [predict_noise(f.unet, zc, tc, cc) for zc, tc, cc in zip(z.split(64), t.split(64), c.split(64))]
+            predictions.append(torch.cat(chunks).reshape(len(entries), size, K, *f.latent_shape))
+        latents = latents.reshape(len(entries), size, K, *f.latent_shape)
+        stacked = torch.stack(predictions, 3)
+        for j, entry in enumerate(entries):
+            with atomic_dir(entry["folder"]) as tmp:
+                np.save(tmp / "z.npy", latents[j].cpu().float().numpy().astype(self.storage_dtype))
+                np.save(tmp / "t.npy", steps[j].numpy())
+                np.save(tmp / "e.npy", stacked[j].cpu().float().numpy().astype(self.storage_dtype))
+                (tmp / "meta.json").write_text(json.dumps({"size": size, "steps": K, "preds": preds}))
+
+    def _open(self) -> None:
+        for e in self.concepts + self.retain:
+            e["z"] = np.load(e["folder"] / "z.npy", mmap_mode="r")
+            e["t"] = np.load(e["folder"] / "t.npy")
+            e["e"] = np.load(e["folder"] / "e.npy", mmap_mode="r")
+
+    def _read(self, array, index) -> torch.Tensor:
+        f = self.frozen
+        return torch.from_numpy(np.array(array[index])).to(f.uncond.device, f.unet.dtype)
+
+    def _pick(self, entry: dict, k: int, generator):
+        i = int(torch.randint(entry["size"], (1,), generator=generator))
+        return int(entry["t"][i, k]), self._read(entry["z"], (i, k)), self._read(entry["e"], (i, k))
+
+    def attack_draw(self, concept: int, generator):
+        k = int(torch.randint(self.frozen.ddim_steps, (1,), generator=generator))
+        t, z, e = self._pick(self.concepts[concept], k, generator)
+        return torch.tensor([t]), z[None], e[1:2]
+
+    def defender_draw(self, concept: int, retain: torch.Tensor, generator) -> DefenderDraw:
+        k = int(torch.randint(self.frozen.ddim_steps, (1,), generator=generator))
+        t_p, z_p, e_p = self._pick(self.concepts[concept], k, generator)
+        picks = [self._pick(self.retain[int(r)], k, generator) for r in retain]
+        t = torch.tensor([t_p] + [p[0] for p in picks])
+        z = torch.stack([z_p] + [p[1] for p in picks])
+        e_r = torch.stack([p[2][0] for p in picks])
+        return DefenderDraw(t, z, e_p[0:1], e_p[1:2], e_r)
+
