@@ -9,6 +9,7 @@ import torch
 # Runs from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from advunlearn_fast.world.io import make_readable  # noqa: E402
 from advunlearn_fast.world.judge import JUDGE_WEIGHTS  # noqa: E402
 from advunlearn_fast.world.judge_train import train_judge  # noqa: E402
 
@@ -22,6 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train_judge(args.out, steps=args.steps, seed=args.seed)
+    make_readable(args.out.parent)
 
 
 if __name__ == "__main__":

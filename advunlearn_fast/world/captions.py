@@ -7,13 +7,12 @@ than memorising whole captions.
 
 from __future__ import annotations
 
-import itertools
 import re
 
 from transformers import CLIPTokenizer
 
 from advunlearn_fast.vocab import build_clip_tokenizer
-from advunlearn_fast.world.render import COLOURS, SHAPES, TEXTURES, Scene
+from advunlearn_fast.world.render import COLOURS, SHAPES, TEXTURES
 from advunlearn_fast.world.words import EVERYDAY_WORDS
 
 PAD_LENGTH = 20
@@ -54,16 +53,4 @@ def world_words() -> list[str]:
 
 def build_world_tokenizer() -> CLIPTokenizer:
     return build_clip_tokenizer(world_words(), model_max_length=PAD_LENGTH)
-
-
-def all_captions(templates: tuple[str, ...]) -> list[tuple[int, int, int, int, str]]:
-    """Every (template, colour, shape, texture-or--1, caption) the templates can produce."""
-    texture_options = [-1, *range(len(TEXTURES))]
-    rows = []
-    for (ti, template), ci, si, xi in itertools.product(
-        enumerate(templates), range(len(COLOURS)), range(len(SHAPES)), texture_options
-    ):
-        texture = TEXTURES[xi] if xi >= 0 else None
-        rows.append((ti, ci, si, xi, caption(template, list(COLOURS)[ci], SHAPES[si], texture)))
-    return rows
 

@@ -62,6 +62,22 @@ def heldout_accuracy(
     return accuracy, images
 
 
+def measure_heldout(model, samples: int, seeds: tuple[int, ...]) -> dict:
+    """Held-out accuracy of a loaded world model pooled over seeds, with how it was measured."""
+    totals = {"colour": 0.0, "shape": 0.0, "texture": 0.0}
+    for seed in seeds:
+        accuracy, _ = heldout_accuracy(model.tokenizer, model.text_encoder, model.unet, model.scheduler, samples, seed)
+        for attribute, value in accuracy.items():
+            totals[attribute] += value / len(seeds)
+    return {
+        **{k: round(v, 4) for k, v in totals.items()},
+        "samples": samples * len(seeds),
+        "seeds": list(seeds),
+        "guidance": DEFAULT_GUIDANCE,
+        "steps": DEFAULT_STEPS,
+    }
+
+
 def score(accuracy: dict[str, float]) -> tuple[float, float]:
     """Checkpoint ranking: the weakest attribute first (all must reach the target), then the mean."""
     values = list(accuracy.values())

@@ -10,6 +10,7 @@ Two compatibility points matter beyond `save_pretrained`:
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,9 @@ def save_tokenizer(tokenizer: CLIPTokenizer, folder: Path) -> None:
 
 def save_text_encoder(text_encoder: CLIPTextModel, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    text_encoder.config.save_pretrained(folder)
+    config = copy.deepcopy(text_encoder.config)
+    config.architectures = [type(text_encoder).__name__]
+    config.save_pretrained(folder)
     state = {}
     for key, value in text_encoder.state_dict().items():
         state[key if key.startswith(TEXT_PREFIX) else TEXT_PREFIX + key] = value.detach().contiguous().cpu()
@@ -79,14 +82,22 @@ def save_world_model(
     (folder / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def make_readable(folder: Path) -> None:
+    """Mode 0644 on every file: safetensors writes 0600, and an installed package
+    must be readable by every user, not only by whoever trained it."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)
+
+
 def load_world_model(folder: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> WorldModel:
     folder = Path(folder)
     text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True, torch_dtype=dtype)
     return WorldModel(
         tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
         text_encoder=text_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False),
-        unet=unet.to(device=device, dtype=dtype).eval().requires_grad_(False),
+        unet=unet.to(device).eval().requires_grad_(False),
         scheduler=DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True),
         meta=json.loads((folder / "world.json").read_text()),
     )

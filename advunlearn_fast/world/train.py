@@ -47,7 +47,7 @@ from advunlearn_fast.world.render import COLOURS, IMAGE_SIZE, SHAPES, TEXTURES, 
 @dataclass
 class WorldTrainConfig:
     out: Path = Path("runs/world")
-    steps: int = 3000
+    steps: int = 2600
     batch_size: int = 64
     lr_unet: float = 1e-3
     lr_text: float = 1e-3
@@ -100,14 +100,17 @@ def world_metadata(config: WorldTrainConfig, step: int, accuracy: dict[str, floa
         "attributes": {"colour": list(COLOURS), "shape": list(SHAPES), "texture": list(TEXTURES)},
         "train_templates": list(TRAIN_TEMPLATES),
         "heldout_templates": list(HELDOUT_TEMPLATES),
+        "template_obj": "[<texture> ]<colour> <shape>, e.g. 'striped red circle' or 'red circle'",
         "pad_length": PAD_LENGTH,
         "default_guidance": DEFAULT_GUIDANCE,
         "default_steps": DEFAULT_STEPS,
         "judge": "world:<attribute>=<value>, e.g. world:colour=red",
-        "heldout_accuracy": {
+        # Measured on the captions that chose this checkpoint, hence optimistic;
+        # shipping adds an independent `heldout_accuracy` on fresh seeds.
+        "selection_accuracy": {
             **accuracy,
             "samples": config.eval_samples,
-            "seed": config.eval_seed,
+            "seeds": [config.eval_seed],
             "guidance": DEFAULT_GUIDANCE,
             "steps": DEFAULT_STEPS,
         },
