@@ -41,23 +41,41 @@ def build_clip_tokenizer(words: list[str], model_max_length: int = 77) -> CLIPTo
     alphabet = _byte_alphabet()
     vocab_list = alphabet + [c + "</w>" for c in alphabet]
     known = set(vocab_list)
-    merges: list[tuple[str, str]] = []
-    seen_merges = set()
+    ranks: dict[tuple[str, str], int] = {}
     for word in sorted({w.lower() for w in words if w.strip()}):
         if not word.isascii() or not word.isalpha():
             raise ValueError(f"vocabulary words must be plain ASCII letters, got {word!r}")
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        # Merges added for earlier words also fire inside this one (BPE applies the
+        # lowest-ranked pair first), so chain whatever they leave, not the raw letters.
+        # New merges rank after all existing ones, so earlier words keep their single token.
+        symbols = _apply_merges(list(word[:-1]) + [word[-1] + "</w>"], ranks)
         left = symbols[0]
         for right in symbols[1:]:
-            pair = (left, right)
-            merged = left + right
-            if pair not in seen_merges:
-                seen_merges.add(pair)
-                merges.append(pair)
-            if merged not in known:
-                known.add(merged)
-                vocab_list.append(merged)
-            left = merged
+            ranks[(left, right)] = len(ranks)
+            left = left + right
+            if left not in known:
+                known.add(left)
+                vocab_list.append(left)
     vocab_list += [BOS, EOS]
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return CLIPTokenizer(vocab=vocab, merges=list(ranks), model_max_length=model_max_length)
+
+
+def _apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one word, as CLIPTokenizer applies it."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get(pair, len(ranks)), pair) for pair in zip(symbols, symbols[1:])]
+        rank, (left, right) = min(pairs)
+        if rank == len(ranks):
+            break
+        merged: list[str] = []
+        i = 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and symbols[i] == left and symbols[i + 1] == right:
+                merged.append(left + right)
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols

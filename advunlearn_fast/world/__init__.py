@@ -1,0 +1,23 @@
+"""The concept world: a tiny text-to-image world, its judge and a shipped base model.
+
+16x16 images of one shape (circle, square, triangle, cross) in one of five
+colours with a texture (solid, striped, dotted), captioned from templates. The
+shipped model uses SD v1.x's classes in pixel space, so erasure and attacks can
+be shown end to end on a CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORLD_MODEL_DIR = Path(__file__).parent / "weights"
+
+
+def load_world_model(folder: str | Path = WORLD_MODEL_DIR, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Tokenizer, text encoder, UNet, DDIM scheduler and world.json of the (shipped) world model."""
+    # Imported here so that reading WORLD_MODEL_DIR does not pull in diffusers.
+    from advunlearn_fast.world.io import load_world_model as load
+
+    return load(Path(folder), device=device, dtype=dtype)

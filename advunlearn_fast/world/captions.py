@@ -1,0 +1,56 @@
+"""Caption templates of the concept world and the tokenizer over its words.
+
+Training and held-out templates differ in their wording, so that held-out
+accuracy measures whether the text encoder reads the attribute words rather
+than memorising whole captions.
+"""
+
+from __future__ import annotations
+
+import re
+
+from transformers import CLIPTokenizer
+
+from advunlearn_fast.vocab import build_clip_tokenizer
+from advunlearn_fast.world.render import COLOURS, SHAPES, TEXTURES
+from advunlearn_fast.world.words import EVERYDAY_WORDS
+
+PAD_LENGTH = 20
+
+# "{obj}" is the attribute phrase, e.g. "striped red circle" or "red circle".
+TRAIN_TEMPLATES = (
+    "a {obj}",
+    "{obj}",
+    "a photo of a {obj}",
+    "a drawing of a {obj}",
+    "a {obj} on a gray background",
+    "a small {obj}",
+)
+HELDOUT_TEMPLATES = (
+    "an image of a {obj}",
+    "a picture showing one {obj}",
+    "a {obj} in the center",
+)
+
+# Solid objects are often described without a texture word, so a caption that
+# names only colour and shape stays meaningful (any texture).
+SOLID_UNSAID = 0.5
+TEXTURE_UNSAID = 0.25
+
+
+def object_phrase(colour: str, shape: str, texture: str | None) -> str:
+    return f"{texture} {colour} {shape}" if texture else f"{colour} {shape}"
+
+
+def caption(template: str, colour: str, shape: str, texture: str | None = None) -> str:
+    return template.format(obj=object_phrase(colour, shape, texture))
+
+
+def world_words() -> list[str]:
+    template_words = re.findall(r"[a-z]+", " ".join(TRAIN_TEMPLATES + HELDOUT_TEMPLATES).replace("{obj}", ""))
+    return sorted(set(template_words) | set(COLOURS) | set(SHAPES) | set(TEXTURES) | set(EVERYDAY_WORDS))
+
+
+def build_world_tokenizer() -> CLIPTokenizer:
+    return build_clip_tokenizer(world_words(), model_max_length=PAD_LENGTH)
+

@@ -1,0 +1,103 @@
+"""The world model as a diffusers-style folder, readable by SD v1.x loaders.
+
+Two compatibility points matter beyond `save_pretrained`:
+- the text encoder's safetensors keys carry the `text_model.` prefix (the SD
+  v1.x / transformers 4.x layout); transformers 5 saves them without it, and
+  4.x then silently re-initialises every weight;
+- the tokenizer folder also holds `vocab.json` and `merges.txt`, which the slow
+  transformers 4.x CLIPTokenizer needs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from advunlearn_fast.world.model import build_sample_scheduler
+
+TEXT_PREFIX = "text_model."
+
+
+@dataclass
+class WorldModel:
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    unet: UNet2DConditionModel
+    scheduler: DDIMScheduler
+    meta: dict
+
+
+def save_tokenizer(tokenizer: CLIPTokenizer, folder: Path) -> None:
+    tokenizer.save_pretrained(folder)
+    (folder / "vocab.json").write_text(json.dumps(tokenizer.get_vocab(), ensure_ascii=False, indent=1))
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    lines = [" ".join(m) if isinstance(m, list) else m for m in merges]
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n", encoding="utf-8")
+
+
+def save_text_encoder(text_encoder: CLIPTextModel, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(text_encoder.config)
+    config.architectures = [type(text_encoder).__name__]
+    config.save_pretrained(folder)
+    state = {}
+    for key, value in text_encoder.state_dict().items():
+        state[key if key.startswith(TEXT_PREFIX) else TEXT_PREFIX + key] = value.detach().contiguous().cpu()
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def save_world_model(
+    folder: Path, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, unet: UNet2DConditionModel, meta: dict
+) -> None:
+    """Writes tokenizer/, text_encoder/, unet/, scheduler/, model_index.json and world.json.
+
+    Other entries of `folder` (the judge's weights) are left alone.
+    """
+    folder = Path(folder)
+    save_tokenizer(tokenizer, folder / "tokenizer")
+    save_text_encoder(text_encoder, folder / "text_encoder")
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    build_sample_scheduler().save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": [None, None],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (folder / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def make_readable(folder: Path) -> None:
+    """Mode 0644 on every file: safetensors writes 0600, and an installed package
+    must be readable by every user, not only by whoever trained it."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)
+
+
+def load_world_model(folder: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> WorldModel:
+    folder = Path(folder)
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True, torch_dtype=dtype)
+    return WorldModel(
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
+        text_encoder=text_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False),
+        unet=unet.to(device).eval().requires_grad_(False),
+        scheduler=DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True),
+        meta=json.loads((folder / "world.json").read_text()),
+    )
