@@ -27,7 +27,7 @@ ENGINES = ("fast", "reference")
 
 @dataclass
 class TrainConfig:
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "SD v1.x model: diffusers folder, .safetensors/.ckpt file, hub id, or 'tiny'"})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "SD v1.x model: diffusers folder, .safetensors/.ckpt file, hub id, 'tiny', or 'world' (the shipped concept world)"})
     model_config: Optional[str] = field(default=None, metadata={"help": "local diffusers folder with the configs for a single-file checkpoint"})
     concepts: list = field(default_factory=list, metadata={"help": "concept to erase (repeatable; one is sampled per iteration)"})
     train: str = field(default="text-encoder", metadata={"help": "what is trained: text-encoder, or the UNet ablations unet-xattn (ESD-x) / unet-noxattn (ESD-u)"})

@@ -2,7 +2,9 @@
 encoder, UNet and the noise schedule (no VAE: training never decodes images).
 
 A model is a local diffusers folder, a single-file .safetensors/.ckpt checkpoint,
-a hub id (downloaded or already cached), or the built-in `tiny` model.
+a hub id (downloaded or already cached), the built-in `tiny` model, or `world`, the
+shipped concept-world model (a pixel-space SD-v1-style folder, loaded like any other).
+A folder may carry `retain_prompts.txt`: the default retain set for that model.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class ModelParts:
     scheduler_config: dict
     vae_scale: int  # pixels per latent pixel; 1 for pixel-space models
     source: str
+    default_retain_file: str | None = None  # a model folder's own retain_prompts.txt
 
     @property
     def native_image_size(self) -> int:
@@ -68,7 +71,11 @@ def load_model_folder(folder: Path) -> ModelParts:
     scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
     vae_config = folder / "vae" / "config.json"
     vae_scale = _vae_scale_from_config(_read_json(vae_config)) if vae_config.is_file() else 1
-    return ModelParts(tokenizer, text_encoder, unet, scheduler_config, vae_scale, str(folder))
+    retain_file = folder / "retain_prompts.txt"
+    return ModelParts(
+        tokenizer, text_encoder, unet, scheduler_config, vae_scale, str(folder),
+        str(retain_file) if retain_file.is_file() else None,
+    )
 
 
 def _read_json(path: Path) -> dict:
@@ -140,6 +147,10 @@ def load_model(spec: str, config_dir: str | None = None, seed: int = 0) -> Model
             parts["tokenizer"], parts["text_encoder"], parts["unet"], dict(parts["scheduler"].config),
             _vae_scale_from_config(dict(parts["vae"].config)), "tiny",
         )
+    if spec == "world":
+        from .world import WORLD_MODEL_DIR
+
+        return load_model_folder(WORLD_MODEL_DIR)
     path = Path(spec).expanduser()
     if path.is_dir():
         return load_model_folder(path)

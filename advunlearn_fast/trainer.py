@@ -106,7 +106,7 @@ def build_setup(cfg: TrainConfig, progress: bool = False) -> Setup:
     # no frozen copy of the encoder is kept.
     special = SpecialTokens.of(tokenizer)
     layouts = [build_layout(prompt_words(tokenizer, c), cfg.insert, cfg.adv_tokens, special) for c in cfg.concepts]
-    retain_texts = retain_prompts(cfg.concepts, cfg.retain_prompts)
+    retain_texts = retain_prompts(cfg.concepts, cfg.retain_prompts or parts.default_retain_file)
     if cfg.retain_batch > len(retain_texts):
         raise UserError(f"--retain-batch {cfg.retain_batch} exceeds the {len(retain_texts)} retain prompts available")
     concept_ids = tokenize(tokenizer, cfg.concepts).to(device)
@@ -240,7 +240,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     table = token_table(s.te)
     began = time.time()
     bar = tqdm(total=cfg.iterations, initial=start, disable=not progress, desc="advunlearn", unit="it")
-    record = {}
+    s.meter.take_window()  # the bank's build cost is the run's, not the first iteration's
     for step in range(start, cfg.iterations):
         tick = time.time()
         concept = int(torch.randint(len(cfg.concepts), (1,), generator=generator))

@@ -5,7 +5,7 @@ from advunlearn_fast.attack import random_token_embeddings, soft_prompt_attack
 from advunlearn_fast.config import TrainConfig
 from advunlearn_fast.losses import attack_loss
 from advunlearn_fast.sampling import predict_noise
-from advunlearn_fast.trainer import adversarial_condition, build_setup, concept_point
+from advunlearn_fast.trainer import adversarial_condition, build_setup
 
 
 def _adam_reference(x0, grad_fn, steps, lr, sign):
@@ -39,11 +39,11 @@ def test_attack_uses_a_fresh_gradient_every_step(sign):
 
 
 def test_attack_lowers_its_loss_on_the_tiny_model():
-    cfg = TrainConfig(model="tiny", concepts=["Van Gogh"], out="unused", ddim_steps=4, adv_tokens=2).validate()
+    cfg = TrainConfig(model="tiny", concepts=["Van Gogh"], out="unused", ddim_steps=4, adv_tokens=2, bank=False).validate()
     s = build_setup(cfg)
     generator = torch.Generator().manual_seed(0)
     adv0 = random_token_embeddings(s.te.get_input_embeddings().weight, 2, generator)
-    points = [concept_point(s, 0, torch.Generator().manual_seed(100 + i)) for i in range(6)]
+    points = [s.source.attack_draw(0, torch.Generator().manual_seed(100 + i)) for i in range(6)]
 
     def mean_loss(adv):
         with torch.no_grad():
@@ -67,7 +67,7 @@ def test_adversarial_condition_with_real_token_rows_equals_the_stock_encoder():
     from advunlearn_fast.text_encoding import encode_ids, token_table
 
     for mode in ("suffix", "insert", "add"):
-        cfg = TrainConfig(model="tiny", concepts=["Van Gogh"], out="unused", adv_tokens=2, insert=mode).validate()
+        cfg = TrainConfig(model="tiny", concepts=["Van Gogh"], out="unused", adv_tokens=2, insert=mode, bank=False).validate()
         s = build_setup(cfg)
         layout = s.layouts[0]
         extra = torch.tensor([40, 41, 42, 43][: layout.k])

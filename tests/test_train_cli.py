@@ -10,9 +10,10 @@ from transformers import CLIPTextModel
 from advunlearn_fast.models import load_model
 from helpers import FAST_ARGS, run_cli
 
-# Losses of the first three iterations of the run below, seed 0, CPU, torch 2.13:
+# Losses of the first three iterations of the run below (fast engine, trajectory bank),
+# seed 0, CPU, torch 2.13:
 # a change to the algorithm, the sampling or the RNG order changes them.
-GOLDEN_LOSSES = [0.0013544975081458688, 0.0011576252290979028, 0.006201408803462982]
+GOLDEN_LOSSES = [0.0039137862622737885, 0.0006304042763076723, 0.003112024860456586]
 
 
 @pytest.fixture(scope="module")
