@@ -2,7 +2,8 @@
 encoder, UNet and the noise schedule (no VAE: training never decodes images).
 
 A model is a local diffusers folder, a single-file .safetensors/.ckpt checkpoint,
-a hub id (downloaded or already cached), the built-in `tiny` model, or `world`, the
+a hub id (downloaded or already cached), the built-in `tiny` model, `sd-v1-random` (SD v1's full-size architecture with random
+weights, for benchmarks), or `world`, the
 shipped concept-world model (a pixel-space SD-v1-style folder, loaded like any other).
 A folder may carry `retain_prompts.txt`: the default retain set for that model.
 """
@@ -146,6 +147,13 @@ def load_model(spec: str, config_dir: str | None = None, seed: int = 0) -> Model
         return ModelParts(
             parts["tokenizer"], parts["text_encoder"], parts["unet"], dict(parts["scheduler"].config),
             _vae_scale_from_config(dict(parts["vae"].config)), "tiny",
+        )
+    if spec == "sd-v1-random":
+        from .tiny import build_sd_v1_random
+
+        parts = build_sd_v1_random(seed=0)
+        return ModelParts(
+            parts["tokenizer"], parts["text_encoder"], parts["unet"], dict(parts["scheduler"].config), 8, spec
         )
     if spec == "world":
         from .world import WORLD_MODEL_DIR

@@ -59,3 +59,26 @@ def build_tiny_model(seed: int = 0) -> dict:
         "tokenizer": tokenizer, "text_encoder": text_encoder.eval(), "unet": unet.eval(),
         "vae": vae.eval(), "scheduler": tiny_scheduler(),
     }
+
+
+def build_sd_v1_random(seed: int = 0) -> dict:
+    """SD v1.x's full-size architecture (CLIP ViT-L/14 text encoder, 860M-parameter UNet) with
+    random weights and a byte-level tokenizer padded to CLIP's 49408 ids: benchmarks measure
+    real sizes without downloading weights. Its outputs mean nothing."""
+    tokenizer = build_clip_tokenizer(_vocabulary(), model_max_length=77)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                bos_token_id=0, eos_token_id=2, pad_token_id=1,
+            )
+        )
+        unet = UNet2DConditionModel(
+            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        )
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder.eval(), "unet": unet.eval(), "scheduler": tiny_scheduler()}

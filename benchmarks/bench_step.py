@@ -1,0 +1,144 @@
+"""Reference vs fast engine, seconds and UNet passes per training iteration, one process.
+
+    python -m benchmarks.bench_step --model tiny --device cpu --iterations 3 --json out.json
+
+Both engines run the real training loop (`advunlearn_fast.trainer.train`) on the same model
+and settings (default: the published ones, 30 attack steps, 50 DDIM steps, retain batch 5),
+every iteration attacked (warm-up 0). The trajectory bank of the fast engine is built before
+its iterations and reported separately, with the number of reference-speed iterations it
+takes to pay for itself. Peak memory: torch.cuda.max_memory_allocated on CUDA; on a CPU the
+process's peak RSS, reset between engines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from advunlearn_fast.config import TrainConfig
+from advunlearn_fast.trainer import resolve_device, train
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="tiny", help="tiny, sd-v1-random (full size), world, or a model folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--iterations", type=int, default=3, help="timed iterations per engine (the first is dropped when > 1)")
+    p.add_argument("--concept", default="nudity")
+    p.add_argument("--attack-steps", type=int, default=30)
+    p.add_argument("--ddim-steps", type=int, default=50)
+    p.add_argument("--retain-batch", type=int, default=5)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--bank-size", type=int, default=32)
+    p.add_argument("--retain-bank-size", type=int, default=2)
+    p.add_argument("--retain-prompts", default=None, help="retain prompt file (a short one keeps the bank small)")
+    p.add_argument("--bank-dir", default=None, help="default: a fresh temporary folder (bank built from scratch)")
+    p.add_argument("--engines", default="reference,fast")
+    p.add_argument("--json", default=None)
+    return p.parse_args(argv)
+
+
+def reset_peak(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak RSS
+
+
+def peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
+    device = resolve_device(args.device)
+    cfg = TrainConfig(
+        model=args.model, concepts=[args.concept], out=str(out), iterations=args.iterations, warmup=0,
+        attack_steps=args.attack_steps, ddim_steps=args.ddim_steps, retain_batch=args.retain_batch,
+        image_size=args.image_size, bank_size=args.bank_size, retain_bank_size=args.retain_bank_size,
+        retain_prompts=args.retain_prompts, bank_dir=bank_dir, engine=engine, save_every=10**9,
+        device=args.device,
+    )
+    reset_peak(device)
+    began = time.time()
+    summary = train(cfg, progress=False)
+    wall = time.time() - began
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    timed = log[1:] if len(log) > 1 else log
+    return {
+        "s_per_iter": statistics.median(r["seconds"] for r in timed),
+        "s_per_iter_all": [r["seconds"] for r in log],
+        "unet_fwd_equiv": statistics.mean(sum(r["unet_fwd_equiv"].values()) for r in timed),
+        "unet_fwd_equiv_by_phase": timed[-1]["unet_fwd_equiv"],
+        "peak_mb": peak_mb(device),
+        "dtype": summary["unet_dtype"],
+        "bank": summary.get("bank"),
+        "bank_unet_fwd_equiv": summary["unet_fwd_equiv_total"].get("bank", 0),
+        "wall_s": wall,
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        bank_dir = args.bank_dir or str(Path(tmp) / "bank")
+        for engine in args.engines.split(","):
+            results[engine] = run_engine(engine, args, Path(tmp) / engine, bank_dir)
+    ref, fast = results.get("reference"), results.get("fast")
+    report = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+        "model": args.model,
+        "image_size": args.image_size or "native",
+        "settings": {k: getattr(args, k) for k in ("concept", "attack_steps", "ddim_steps", "retain_batch", "iterations", "bank_size", "retain_bank_size")},
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "engines": results,
+    }
+    if ref and fast:
+        bank_s = (fast["bank"] or {}).get("seconds", 0.0)
+        saved = ref["s_per_iter"] - fast["s_per_iter"]
+        report.update(
+            dtype={"reference": ref["dtype"], "fast": fast["dtype"]},
+            reference_s_per_iter=ref["s_per_iter"], fast_s_per_iter=fast["s_per_iter"],
+            speedup=ref["s_per_iter"] / fast["s_per_iter"],
+            reference_peak_mb=ref["peak_mb"], fast_peak_mb=fast["peak_mb"],
+            unet_fwd_equiv_reference=ref["unet_fwd_equiv"], unet_fwd_equiv_fast=fast["unet_fwd_equiv"],
+            unet_fwd_equiv_ratio=ref["unet_fwd_equiv"] / fast["unet_fwd_equiv"],
+            bank_build_s=bank_s, bank_pays_for_itself_after_iterations=bank_s / saved if saved > 0 else None,
+        )
+    print_table(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def print_table(report: dict) -> None:
+    print(f"device {report['device']}, model {report['model']}, settings {report['settings']}")
+    print(f"{'engine':<10} {'dtype':<9} {'s/iter':>9} {'UNet fwd-eq/iter':>17} {'peak MB':>9}")
+    for name, r in report["engines"].items():
+        print(f"{name:<10} {r['dtype']:<9} {r['s_per_iter']:>9.3f} {r['unet_fwd_equiv']:>17.0f} {r['peak_mb']:>9.0f}")
+    if "speedup" in report:
+        print(
+            f"speedup {report['speedup']:.1f}x per iteration, {report['unet_fwd_equiv_ratio']:.1f}x fewer UNet passes; "
+            f"bank built in {report['bank_build_s']:.1f} s, paid back after "
+            f"{report['bank_pays_for_itself_after_iterations'] or float('nan'):.1f} iterations"
+        )
+
+
+if __name__ == "__main__":
+    main()

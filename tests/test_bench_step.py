@@ -1,0 +1,20 @@
+"""The step benchmark runs both engines through the real loop and reports the promised keys."""
+
+from benchmarks.bench_step import main
+
+KEYS = ("device", "model", "dtype", "image_size", "reference_s_per_iter", "fast_s_per_iter", "speedup",
+        "reference_peak_mb", "fast_peak_mb", "unet_fwd_equiv_reference", "unet_fwd_equiv_fast")
+
+
+def test_bench_step_reports_both_engines(tmp_path):
+    report = main(["--model", "tiny", "--device", "cpu", "--iterations", "1", "--attack-steps", "2",
+                   "--ddim-steps", "4", "--retain-batch", "2", "--bank-size", "2", "--retain-bank-size", "1",
+                   "--json", str(tmp_path / "r.json")])
+    for key in KEYS:
+        assert key in report, key
+    # The bank removes every rollout and frozen target pass from an iteration.
+    fast = report["engines"]["fast"]["unet_fwd_equiv_by_phase"]
+    ref = report["engines"]["reference"]["unet_fwd_equiv_by_phase"]
+    assert set(fast) == {"attack", "train", "retain"} and ref["rollout"] > 0 and ref["targets"] > 0
+    assert report["unet_fwd_equiv_reference"] > report["unet_fwd_equiv_fast"]
+    assert (tmp_path / "r.json").is_file()
