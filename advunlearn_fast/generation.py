@@ -9,14 +9,17 @@ what else shares its batch.
 from __future__ import annotations
 
 import copy
+import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from .errors import UserError
 from .models import ModelParts, load_model
+from .outputs import write_json_atomic
+from .prompts import read_prompt_file
 from .sampling import ddim_scheduler, draw_noise, partial_rollout
 from .text_encoding import encode_ids, token_table
 
@@ -259,3 +262,71 @@ def from_pil(images: list) -> torch.Tensor:
 def image_grid(rows: list[torch.Tensor]):
     """One PIL image with the given images [3, H, W] side by side."""
     return to_pil(torch.cat(rows, dim=-1)[None])[0]
+
+
+# ---------------------------------------------------------------- prompt sets and `generate`
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    prompt: str
+    seed: int
+    guidance: float | None  # None: the model's default
+
+
+def read_prompt_rows(path: str | Path, seed: int, guidance: float | None) -> list[PromptRow]:
+    """Prompts with their seeds and guidance: a .csv with `prompt` and optional
+    `evaluation_seed` / `evaluation_guidance` columns (the I2P-derived layout), or a .txt;
+    prompts without their own take `seed` and `guidance`."""
+    path = Path(path)
+    prompts = read_prompt_file(path)  # existence, encoding, emptiness: one wording everywhere
+    if path.suffix.lower() != ".csv":
+        return [PromptRow(p, seed, guidance) for p in prompts]
+    rows = []
+    for line, record in enumerate(csv.DictReader(path.read_text(encoding="utf-8").splitlines()), start=2):
+        prompt = (record.get("prompt") or "").strip()
+        if not prompt:
+            continue
+        own_seed = (record.get("evaluation_seed") or "").strip()
+        own_guidance = (record.get("evaluation_guidance") or "").strip()
+        try:
+            rows.append(PromptRow(prompt, int(float(own_seed)) if own_seed else seed,
+                                  float(own_guidance) if own_guidance else guidance))
+        except ValueError:
+            raise UserError(f"{path}:{line}: evaluation_seed and evaluation_guidance must be numbers") from None
+    return rows
+
+
+def with_default_guidance(rows: list[PromptRow], guidance: float) -> list[PromptRow]:
+    return [r if r.guidance is not None else replace(r, guidance=guidance) for r in rows]
+
+
+def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size, device,
+                    model_config=None) -> list[Path]:
+    """`advunlearn generate`: OUT/NNNN.png per prompt and OUT/manifest.json with seeds."""
+    from .trainer import resolve_device
+
+    if (prompt_text is None) == (prompt_file is None):
+        raise UserError("give exactly one of --prompt TEXT and --prompts FILE")
+    if prompt_text is not None and not prompt_text.strip():
+        raise UserError("--prompt is empty")
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    rows = [PromptRow(prompt_text.strip(), seed, guidance)] if prompt_text is not None else read_prompt_rows(prompt_file, seed, guidance)
+    pipe = build_pipeline(model, encoder, resolve_device(device), model_config)
+    rows = with_default_guidance(rows, pipe.default_guidance)
+    steps = steps or pipe.default_steps
+    images = generate(pipe, [r.prompt for r in rows], [r.seed for r in rows], [r.guidance for r in rows], steps, batch_size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, image in enumerate(to_pil(images)):
+        written.append(out / f"{index:04d}.png")
+        image.save(written[-1])
+    write_json_atomic(out / "manifest.json", {
+        "model": pipe.parts.source, "encoder": encoder, "steps": steps, "sampler": "DDIM (eta 0), classifier-free guidance",
+        "images": [{"file": p.name, "prompt": r.prompt, "seed": r.seed, "guidance": r.guidance} for p, r in zip(written, rows)],
+    })
+    return written
