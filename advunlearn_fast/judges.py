@@ -151,7 +151,11 @@ def _callable_judge(spec: str, module_name: str, function_name: str) -> Judge:
     def decide(images, prompts):
         from .generation import to_pil
 
-        answers = list(function(to_pil(images), list(prompts)))
+        try:
+            answers = list(function(to_pil(images), list(prompts)))
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [err.__class__.__name__])[0]
+            raise UserError(f"judge {spec!r} failed: {first}") from None
         return [Verdict(_truthy(a), a if isinstance(a, (bool, int, float)) else str(a)) for a in answers]
 
     return Judge(spec, decide)
