@@ -22,7 +22,7 @@ from . import __version__
 from .errors import UserError
 from .generation import (
     Pipeline, PromptRow, build_pipeline, encode_images, from_pil, generate_from_conditions, image_grid,
-    read_prompt_rows, to_pil, with_default_guidance,
+    read_prompt_rows, single_thread_for_small_cpu_models, to_pil, with_default_guidance,
 )
 from .insertion import SpecialTokens, build_layout, prompt_words
 from .judges import Judge, make_judge
@@ -128,6 +128,7 @@ class Evaluation:
         self.device = resolve_device(settings.device)
         self.backend = kernel_backend(self.device)
         self.pipe: Pipeline = build_pipeline(settings.model, settings.encoder, self.device, settings.model_config)
+        single_thread_for_small_cpu_models(self.pipe)
         self.rows = with_default_guidance(rows, self.pipe.default_guidance)
         self.gen_steps = settings.gen_steps or self.pipe.default_steps
         special = SpecialTokens.of(self.pipe.tokenizer)
