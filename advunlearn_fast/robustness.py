@@ -9,6 +9,7 @@ is rewritten after every prompt, so `--resume` continues where a run stopped.
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -99,8 +100,6 @@ def _load_report(out: Path, settings: AttackSettings, prompt_hash: str) -> list[
         return []
     if not settings.resume:
         raise UserError(f"--out {out} already holds a {REPORT}; pass --resume to continue it or choose another folder")
-    import json
-
     try:
         report = json.loads(report_file.read_text(encoding="utf-8"))
         manifest = report["manifest"]
@@ -294,8 +293,6 @@ def resolve_attack_settings(**values) -> AttackSettings:
     encoder = values.get("encoder")
     run_file = Path(encoder).expanduser() / "run.json" if encoder else None
     if run_file is not None and run_file.is_file():
-        import json
-
         try:
             config = json.loads(run_file.read_text(encoding="utf-8"))["config"]
         except (OSError, ValueError, KeyError) as err:
@@ -305,26 +302,36 @@ def resolve_attack_settings(**values) -> AttackSettings:
         if values.get("out") is None:
             values["out"] = str(Path(encoder) / f"attack-{values.get('method', 'unlearndiffatk')}")
         if values.get("judge") is None or values.get("prompts") is None:
-            judge, prompts = default_evaluation((config.get("concepts") or [""])[0], values["model"], Path(values["out"]))
+            concept = (config.get("concepts") or [""])[0]
+            judge, prompts = default_evaluation(concept, values["model"], Path(values["out"]))
             values["judge"] = values.get("judge") or judge
             values["prompts"] = values.get("prompts") or prompts
+            for flag in ("prompts", "judge"):
+                if values[flag] is None:
+                    raise missing_default(concept, flag)
     for flag in ("model", "prompts", "judge", "out"):
         if values.get(flag) is None:
             raise UserError(f"--{flag} is required (or pass a train run folder as --encoder to take the run's)")
     return AttackSettings(**values).validate()
 
 
-def default_evaluation(concept: str, model: str, out: Path) -> tuple[str, str]:
-    """(judge spec, prompt file) for a run's concept. The concept world's concepts get the world
-    judge and prompts from the world's held-out templates (written to OUT/prompts.txt);
-    nudity gets NudeNet, but its prompt set (I2P) is third-party and must be passed."""
+IMAGENET_CLASSES = {"church": 497, "garbage truck": 569, "parachute": 701, "tench": 0}
+
+
+def default_evaluation(concept: str, model: str, out: Path) -> tuple[str | None, str | None]:
+    """(judge spec, prompt file) for a run's concept, None where there is no default.
+    - concept-world concepts: the world judge, prompts from the world's held-out templates;
+    - Van Gogh and the objects: the project's prompt sets (evalsets); their judges need
+      classifier weights that do not ship, so the judge is left to --judge;
+    - nudity: NudeNet; its prompt set (I2P) is third-party and must be passed.
+    Prompt files are written to OUT."""
+    from .evalsets import concept_key, prompt_set_csv
     from .world import WORLD_MODEL_DIR
 
     folder = WORLD_MODEL_DIR if model == "world" else Path(model)
     words = concept.lower().split()
+    out.mkdir(parents=True, exist_ok=True)
     if (folder / "world.json").is_file():
-        import json
-
         from .world.judge import ATTRIBUTES
 
         meta = json.loads((folder / "world.json").read_text(encoding="utf-8"))
@@ -334,13 +341,27 @@ def default_evaluation(concept: str, model: str, out: Path) -> tuple[str, str]:
                 shapes = ATTRIBUTES["shape"]
                 objects = [concept] if any(w in shapes for w in words) else [f"{concept} {s}" for s in shapes]
                 prompts = [t.format(obj=o) for t in meta["heldout_templates"] for o in objects]
-                out.mkdir(parents=True, exist_ok=True)
                 (out / "prompts.txt").write_text("\n".join(prompts) + "\n", encoding="utf-8")
                 return f"world:{attribute}={value}", str(out / "prompts.txt")
-        raise UserError(f"the run's concept {concept!r} names no attribute of the concept world; pass --judge and --prompts")
+        return None, None
+    if concept_key(concept) is not None:
+        (out / "prompts.csv").write_text(prompt_set_csv(concept), encoding="utf-8")
+        return None, str(out / "prompts.csv")
     if "nud" in concept.lower():
-        raise UserError(
-            "no nudity prompt set ships with advunlearn (the I2P prompts are third-party): pass --prompts FILE "
-            "(a .csv with prompt, evaluation_seed, evaluation_guidance), and --judge nudenet needs `pip install nudenet`"
-        )
-    raise UserError(f"no default prompt set or judge for the concept {concept!r}: pass --prompts FILE and --judge SPEC")
+        return "nudenet", None
+    return None, None
+
+
+def missing_default(concept: str, flag: str) -> UserError:
+    """What to pass when the run's concept has no default judge or prompt set."""
+    key = " ".join(concept.lower().split())
+    if flag == "judge" and key in IMAGENET_CLASSES:
+        return UserError(f"the judge for {concept!r} is an ImageNet classifier, whose weights are not on disk: "
+                         f"pass --judge imagenet:<local ResNet-50 weights>:{IMAGENET_CLASSES[key]} or --judge module:function")
+    if flag == "judge" and "gogh" in key:
+        return UserError("the judge for Van Gogh is an artist-style classifier, whose weights are not on disk: "
+                         "pass --judge module:function with your classifier")
+    if flag == "prompts" and "nud" in key:
+        return UserError("no nudity prompt set ships with advunlearn (the I2P prompts are third-party): pass --prompts FILE "
+                         "(.csv with prompt, evaluation_seed, evaluation_guidance)")
+    return UserError(f"no default {flag} for the run's concept {concept!r}: pass --{flag}")

@@ -221,3 +221,32 @@ def test_nudenet_judge_needs_the_package():
         _refused(result, "pip install nudenet")
     else:
         pytest.skip("nudenet is installed")
+
+
+def _fake_run(folder, model, concept):
+    """A train run folder whose encoder is the model's own."""
+    parts = load_model(str(model))
+    parts.text_encoder.save_pretrained(folder / "text_encoder")
+    (folder / "run.json").write_text(json.dumps({"config": {"model": str(model), "concepts": [concept]}}))
+    return folder
+
+
+@pytest.mark.parametrize("concept, message", [
+    ("church", "--judge imagenet:<local ResNet-50 weights>:497"),
+    ("Van Gogh", "artist-style classifier"),
+    ("nudity", "no nudity prompt set ships"),
+    ("teapot", "no default prompts for the run's concept 'teapot'"),
+])
+def test_run_folder_defaults_say_what_to_pass(sd_folder, tmp_path, concept, message):
+    run = _fake_run(tmp_path / "run", sd_folder, concept)
+    _refused(run_cli("attack", "--encoder", run, "--quiet"), message)
+
+
+def test_run_folder_uses_the_projects_prompt_set(sd_folder, tmp_path, judge_module):
+    run = _fake_run(tmp_path / "run", sd_folder, "church")
+    result = run_cli("attack", "--encoder", run, "--judge", "userjudge:always_no", "--method", "none",
+                     "--gen-steps", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "attack-none" / "report.json").read_text())
+    assert report["n"] == 50 and report["rows"][0]["prompt"] == "a photo of a church in a snowy village"
+    assert report["rows"][0]["guidance"] == 7.5 and len(set(report["manifest"]["seeds"])) == 50
