@@ -128,6 +128,8 @@ def load_encoder(spec: str, parts: ModelParts) -> torch.nn.Module:
     path = Path(spec).expanduser()
     if path.is_dir():
         folder = path / "text_encoder" if (path / "run.json").is_file() or (path / "text_encoder").is_dir() else path
+        if (path / "run.json").is_file() and not (folder / "config.json").is_file():
+            raise UserError(f"--encoder {spec}: the run folder has no text_encoder/ (a UNet run, or one that has not finished)")
         if not (folder / "config.json").is_file():
             raise UserError(f"--encoder {spec}: not a text-encoder folder (no config.json) nor a train run folder")
         from transformers import CLIPTextModel

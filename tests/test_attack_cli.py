@@ -211,6 +211,11 @@ def test_bad_generate_input(tmp_path, sd_folder):
              "no CLIP text-encoder weights")
     _refused(run_cli("generate", "--model", "world", "--encoder", _narrow_encoder(tmp_path / "n"), "--prompt", "x",
                      "--out", tmp_path / "o"), "hidden width 16")
+    unet_run = tmp_path / "unet-run"
+    (unet_run / "unet").mkdir(parents=True)
+    (unet_run / "run.json").write_text("{}")
+    _refused(run_cli("generate", "--model", "world", "--encoder", unet_run, "--prompt", "x", "--out", tmp_path / "o"),
+             "has no text_encoder/")
 
 
 def test_nudenet_judge_needs_the_package():
