@@ -28,6 +28,7 @@ setup(
     extras_require={
         "gpu": ["xformers", "bitsandbytes", "triton"],
         "dev": ["pytest", "triton"],
+        "nudenet": ["nudenet>=3.4"],
     },
     entry_points={"console_scripts": ["advunlearn=advunlearn_fast.cli.main:main"]},
 )

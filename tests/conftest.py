@@ -18,6 +18,10 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Tiny models: a thread pool only adds synchronisation, which costs ~100x per op on a
+# loaded CI machine with few cores.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def sd_folder(tmp_path_factory):

@@ -117,6 +117,63 @@ def train(ctx, config_file, quiet, **values):
     )
 
 
+def _device_option(func):
+    return click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")(func)
+
+
+@cli.command()
+@click.option("--model", required=True, help="SD v1.x diffusers folder, single-file checkpoint, hub id, 'tiny' or 'world'")
+@click.option("--model-config", default=None, help="diffusers folder with the configs of a single-file --model")
+@click.option("--encoder", default=None, help="text encoder to plug in: diffusers folder, train run folder or .pt state dict")
+@click.option("--prompt", "prompt_text", default=None, help="one prompt")
+@click.option("--prompts", "prompt_file", default=None, help=".txt (one per line) or .csv (prompt, evaluation_seed, evaluation_guidance)")
+@click.option("--out", required=True, help="folder for the PNGs and manifest.json")
+@click.option("--seed", default=0, show_default=True, help="seed of prompts without their own")
+@click.option("--guidance", type=float, default=None, help="classifier-free guidance [default: the model's, 7.5 for SD]")
+@click.option("--steps", type=int, default=None, help="DDIM steps [default: the model's, 50 for SD]")
+@click.option("--batch-size", default=8, show_default=True, help="prompts per UNet call")
+@_device_option
+def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size, device):
+    """Generate images with an encoder plugged into any SD v1.x model; seeds go to manifest.json."""
+    from ..generation import generate_images
+
+    written = generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size,
+                              device, model_config)
+    click.echo(f"done: {len(written)} images in {out}")
+
+
+@cli.command()
+@click.option("--model", default=None, help="SD v1.x model [default: the run's, when --encoder is a train run folder]")
+@click.option("--model-config", default=None, help="diffusers folder with the configs of a single-file --model")
+@click.option("--encoder", default=None, help="encoder under attack: diffusers folder, train run folder or .pt; omitted: the model's own")
+@click.option("--prompts", default=None, help=".txt or .csv prompt set [default: the run concept's, where one ships]")
+@click.option("--method", type=click.Choice(["unlearndiffatk", "softprompt", "none"]), default="unlearndiffatk", show_default=True)
+@click.option("--judge", default=None, help="world:<attr>=<value>, nudenet[:threshold[:CLASSES]], module:function, clip:<path>, imagenet:<path>:<id>")
+@click.option("--out", default=None, help="report folder [default: attack-<method>/ beside the run]")
+@click.option("--adv-tokens", default=5, show_default=True, help="adversarial tokens (5 for nudity, 3 for objects and styles)")
+@click.option("--timesteps", default=50, show_default=True, help="timestep blocks, visited in order (10, 30, ..., 990 for 50)")
+@click.option("--steps-per-timestep", default=40, show_default=True, help="Adam steps per timestep block")
+@click.option("--attack-lr", default=0.01, show_default=True, help="Adam learning rate of the attack")
+@click.option("--insert", default="prefix", show_default=True, help="where the adversarial tokens go: prefix, suffix, replace, mid, insert, add")
+@click.option("--targets", default=None, help="folder of target images NNNN.png (prompt index) instead of generating them")
+@click.option("--target-steps", default=25, show_default=True, help="DDIM steps of the original model's target images")
+@click.option("--gen-steps", type=int, default=None, help="DDIM steps of judged generations [default: the model's, 50 for SD]")
+@click.option("--guidance", type=float, default=None, help="guidance of prompts without their own [default: the model's]")
+@click.option("--seed", default=0, show_default=True, help="seed of prompts without their own")
+@click.option("--resume", is_flag=True, help="continue a report, skipping prompts already in it")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+@_device_option
+def attack(quiet, **values):
+    """Robustness: pre-ASR and ASR of an (unlearned) encoder under UnlearnDiffAtk or the soft-prompt attack."""
+    from ..robustness import resolve_attack_settings, run_evaluation
+
+    settings = resolve_attack_settings(**values)
+    report = run_evaluation(settings, progress=not quiet)
+    click.echo(
+        f"done: {settings.out}/report.json (n {report['n']}, pre-ASR {report['pre_asr']:.3f}, ASR {report['asr']:.3f})"
+    )
+
+
 def main() -> None:
     cli(prog_name="advunlearn")
 

@@ -1,0 +1,345 @@
+"""Images from any SD v1.x model with a text encoder plugged in (plug-and-play evaluation).
+
+Sampling is the DDIM rollout of `sampling` (classifier-free guidance, eta 0), run to the end;
+latent models decode through their VAE, pixel-space models (the concept world) return the
+rollout itself. Noise is drawn per prompt from its own seed, so an image does not depend on
+what else shares its batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .models import ModelParts, load_model
+from .outputs import write_json_atomic
+from .prompts import read_prompt_file
+from .sampling import ddim_scheduler, draw_noise, partial_rollout
+from .text_encoding import encode_ids, token_table
+
+# Stable Diffusion's own sampling defaults; a model folder may carry others (world.json).
+SD_GUIDANCE = 7.5
+SD_STEPS = 50
+ENCODER_PREFIX = "text_encoder."
+TEXT_MODEL_PREFIX = "text_model."
+
+
+@dataclass
+class Pipeline:
+    """The model's parts with the encoder under test in place of its own, on one device."""
+
+    parts: ModelParts
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module | None
+    device: torch.device
+    default_guidance: float
+    default_steps: int
+
+    @property
+    def tokenizer(self):
+        return self.parts.tokenizer
+
+    @property
+    def unet(self):
+        return self.parts.unet
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        size = int(self.unet.config.sample_size)
+        return (self.parts.latent_channels, size, size)
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer
+        return tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                   return_tensors="pt").input_ids.to(self.device)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str], text_encoder: torch.nn.Module | None = None) -> torch.Tensor:
+        return encode_ids(text_encoder or self.text_encoder, self.tokenize(prompts))
+
+    def with_encoder(self, text_encoder: torch.nn.Module) -> "Pipeline":
+        return Pipeline(self.parts, text_encoder, self.vae, self.device, self.default_guidance, self.default_steps)
+
+
+def sampling_defaults(parts: ModelParts) -> tuple[float, int]:
+    """(guidance, steps) of the model folder's world.json, else Stable Diffusion's."""
+    meta = Path(parts.source) / "world.json"
+    if meta.is_file():
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        return float(data.get("default_guidance", SD_GUIDANCE)), int(data.get("default_steps", SD_STEPS))
+    return SD_GUIDANCE, SD_STEPS
+
+
+def load_vae(parts: ModelParts):
+    """The model's VAE, or None for a pixel-space model. Training never needs it, so
+    `load_model` leaves it out and it is read here on demand."""
+    if parts.vae_scale == 1:
+        return None
+    if parts.source == "tiny":
+        from .tiny import build_tiny_model
+
+        return build_tiny_model(seed=0)["vae"]
+    folder = Path(parts.source) / "vae"
+    if not folder.is_dir():
+        raise UserError(f"{parts.source}: images need the model's VAE; pass --model as a diffusers folder with vae/")
+    from diffusers import AutoencoderKL
+
+    try:
+        return AutoencoderKL.from_pretrained(folder)
+    except Exception as err:
+        raise UserError(f"cannot load the VAE from {folder}: {(str(err).splitlines() or ['?'])[0]}") from None
+
+
+def build_pipeline(model: str, encoder: str | None, device: torch.device, model_config: str | None = None) -> Pipeline:
+    parts = load_model(model, model_config)
+    parts.text_encoder.to(device).eval().requires_grad_(False)
+    parts.unet.to(device).eval().requires_grad_(False)
+    te = parts.text_encoder if encoder is None else load_encoder(encoder, parts).to(device).eval().requires_grad_(False)
+    vae = load_vae(parts)
+    if vae is not None:
+        vae.to(device).eval().requires_grad_(False)
+    guidance, steps = sampling_defaults(parts)
+    return Pipeline(parts, te, vae, device, guidance, steps)
+
+
+# Below this many UNet parameters a CPU op is too small to share: the intra-op thread pool's
+# synchronisation then dominates, and on a loaded machine it made the concept world ~30x slower.
+SMALL_MODEL_PARAMETERS = 20_000_000
+
+
+def single_thread_for_small_cpu_models(pipe: Pipeline) -> None:
+    if pipe.device.type == "cpu" and sum(p.numel() for p in pipe.unet.parameters()) < SMALL_MODEL_PARAMETERS:
+        torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------- encoders
+
+
+def load_encoder(spec: str, parts: ModelParts) -> torch.nn.Module:
+    """The text encoder named by `--encoder`: a diffusers text-encoder folder, a `train` run
+    folder (its text_encoder/), or a state-dict file such as the authors' released .pt (keys
+    under `text_encoder.`, or plain CLIPTextModel keys with or without `text_model.`)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        folder = path / "text_encoder" if (path / "run.json").is_file() or (path / "text_encoder").is_dir() else path
+        if (path / "run.json").is_file() and not (folder / "config.json").is_file():
+            raise UserError(f"--encoder {spec}: the run folder has no text_encoder/ (a UNet run, or one that has not finished)")
+        if not (folder / "config.json").is_file():
+            raise UserError(f"--encoder {spec}: not a text-encoder folder (no config.json) nor a train run folder")
+        from transformers import CLIPTextModel
+
+        try:
+            te = CLIPTextModel.from_pretrained(folder)
+        except Exception as err:
+            raise UserError(f"--encoder {spec}: cannot load the text encoder: {(str(err).splitlines() or ['?'])[0]}") from None
+    elif path.is_file():
+        te = _encoder_from_state_file(path, parts)
+    else:
+        raise UserError(f"--encoder {spec} does not exist")
+    check_encoder_fits(te, parts, spec)
+    return te
+
+
+def _encoder_from_state_file(path: Path, parts: ModelParts) -> torch.nn.Module:
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"--encoder {path}: cannot read the state dict: {(str(err).splitlines() or ['?'])[0]}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"--encoder {path}: expected a state dict of tensors")
+    te = copy.deepcopy(parts.text_encoder).cpu()
+    own = te.state_dict()
+    own_prefixed = any(k.startswith(TEXT_MODEL_PREFIX) for k in own)
+    normalised = {}
+    for key, value in state.items():
+        bare = key.removeprefix(ENCODER_PREFIX).removeprefix(TEXT_MODEL_PREFIX)
+        normalised[(TEXT_MODEL_PREFIX + bare) if own_prefixed else bare] = value
+    # position_ids is a buffer that some transformers versions save and others do not.
+    normalised = {k: v for k, v in normalised.items() if k in own or not k.endswith("position_ids")}
+    table = next((v for k, v in normalised.items() if k.endswith("embeddings.token_embedding.weight")), None)
+    if table is None:
+        raise UserError(f"--encoder {path}: no CLIP text-encoder weights found (expected keys under 'text_encoder.')")
+    _check_width(int(table.shape[1]), parts, str(path))
+    missing = sorted(k for k in own if k not in normalised and not k.endswith("position_ids"))
+    unexpected = sorted(k for k in normalised if k not in own)
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise UserError(
+            f"--encoder {path}: its weights do not match the model's text encoder "
+            f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {first!r})"
+        )
+    wrong = [k for k, v in normalised.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise UserError(f"--encoder {path}: {wrong[0]} has shape {tuple(normalised[wrong[0]].shape)}, "
+                        f"the model's has {tuple(own[wrong[0]].shape)}")
+    te.load_state_dict(normalised, strict=False)
+    return te
+
+
+def _check_width(width: int, parts: ModelParts, spec: str) -> None:
+    expected = int(parts.unet.config.cross_attention_dim)
+    if width != expected:
+        raise UserError(
+            f"--encoder {spec} has hidden width {width}, but the model's UNet attends to width {expected}: "
+            "it was trained for a different model"
+        )
+
+
+def check_encoder_fits(te, parts: ModelParts, spec: str) -> None:
+    _check_width(int(te.config.hidden_size), parts, spec)
+    if token_table(te).shape[0] < len(parts.tokenizer):
+        raise UserError(f"--encoder {spec} knows {token_table(te).shape[0]} tokens, the model's tokenizer has {len(parts.tokenizer)}")
+
+
+# ---------------------------------------------------------------- sampling
+
+
+@torch.no_grad()
+def generate_from_conditions(
+    pipe: Pipeline, conds: torch.Tensor, seeds: list[int], guidance: float, steps: int
+) -> torch.Tensor:
+    """Images [B, 3, H, W] in [-1, 1] from conditionings [B, L, D], one seed per image."""
+    scheduler = ddim_scheduler(pipe.parts.scheduler_config, steps)
+    dtype = pipe.unet.dtype
+    noise = torch.cat([
+        draw_noise(torch.Generator().manual_seed(int(s)), 1, pipe.latent_shape, pipe.device, dtype) for s in seeds
+    ])
+    uncond = pipe.encode([""])
+    z = partial_rollout(pipe.unet, scheduler, conds.to(dtype), uncond.to(dtype), noise, steps, guidance)
+    return decode(pipe, z)
+
+
+@torch.no_grad()
+def decode(pipe: Pipeline, z: torch.Tensor) -> torch.Tensor:
+    if pipe.vae is None:
+        return z.float().clamp(-1, 1).cpu()
+    scale = float(getattr(pipe.vae.config, "scaling_factor", 0.18215))
+    return pipe.vae.decode(z.to(pipe.vae.dtype) / scale).sample.float().clamp(-1, 1).cpu()
+
+
+@torch.no_grad()
+def encode_images(pipe: Pipeline, images: torch.Tensor) -> torch.Tensor:
+    """Latents of images in [-1, 1] (the images themselves for a pixel-space model)."""
+    images = images.to(pipe.device)
+    if pipe.vae is None:
+        return images.to(pipe.unet.dtype)
+    scale = float(getattr(pipe.vae.config, "scaling_factor", 0.18215))
+    return (pipe.vae.encode(images.to(pipe.vae.dtype)).latent_dist.mean * scale).to(pipe.unet.dtype)
+
+
+def generate(
+    pipe: Pipeline, prompts: list[str], seeds: list[int], guidances: list[float], steps: int, batch_size: int = 8
+) -> torch.Tensor:
+    """Images for prompts, each with its own seed and guidance; prompts sharing a guidance
+    share UNet calls, `batch_size` at a time."""
+    images: list[torch.Tensor | None] = [None] * len(prompts)
+    for guidance in sorted(set(guidances)):
+        chosen = [i for i, g in enumerate(guidances) if g == guidance]
+        for start in range(0, len(chosen), batch_size):
+            part = chosen[start : start + batch_size]
+            conds = pipe.encode([prompts[i] for i in part])
+            out = generate_from_conditions(pipe, conds, [seeds[i] for i in part], guidance, steps)
+            for i, image in zip(part, out):
+                images[i] = image
+    return torch.stack(images)
+
+
+def to_pil(images: torch.Tensor) -> list:
+    from PIL import Image
+
+    arrays = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arrays]
+
+
+def from_pil(images: list) -> torch.Tensor:
+    import numpy as np
+
+    arrays = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1
+
+
+def image_grid(rows: list[torch.Tensor]):
+    """One PIL image with the given images [3, H, W] side by side."""
+    return to_pil(torch.cat(rows, dim=-1)[None])[0]
+
+
+# ---------------------------------------------------------------- prompt sets and `generate`
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    prompt: str
+    seed: int
+    guidance: float | None  # None: the model's default
+
+
+def read_prompt_rows(path: str | Path, seed: int, guidance: float | None) -> list[PromptRow]:
+    """Prompts with their seeds and guidance: a .csv with `prompt` and optional
+    `evaluation_seed` / `evaluation_guidance` columns (the I2P-derived layout), or a .txt;
+    prompts without their own take `seed` and `guidance`."""
+    path = Path(path)
+    prompts = read_prompt_file(path)  # existence, encoding, emptiness: one wording everywhere
+    if path.suffix.lower() != ".csv":
+        return [PromptRow(p, seed, guidance) for p in prompts]
+    rows = []
+    for line, record in enumerate(csv.DictReader(path.read_text(encoding="utf-8").splitlines()), start=2):
+        prompt = (record.get("prompt") or "").strip()
+        if not prompt:
+            continue
+        own_seed = (record.get("evaluation_seed") or "").strip()
+        own_guidance = (record.get("evaluation_guidance") or "").strip()
+        try:
+            rows.append(PromptRow(prompt, int(float(own_seed)) if own_seed else seed,
+                                  float(own_guidance) if own_guidance else guidance))
+        except ValueError:
+            raise UserError(f"{path}:{line}: evaluation_seed and evaluation_guidance must be numbers") from None
+    return rows
+
+
+def with_default_guidance(rows: list[PromptRow], guidance: float) -> list[PromptRow]:
+    return [r if r.guidance is not None else replace(r, guidance=guidance) for r in rows]
+
+
+def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size, device,
+                    model_config=None) -> list[Path]:
+    """`advunlearn generate`: OUT/NNNN.png per prompt and OUT/manifest.json with seeds."""
+    from .trainer import resolve_device
+
+    if (prompt_text is None) == (prompt_file is None):
+        raise UserError("give exactly one of --prompt TEXT and --prompts FILE")
+    if prompt_text is not None and not prompt_text.strip():
+        raise UserError("--prompt is empty")
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    rows = [PromptRow(prompt_text.strip(), seed, guidance)] if prompt_text is not None else read_prompt_rows(prompt_file, seed, guidance)
+    pipe = build_pipeline(model, encoder, resolve_device(device), model_config)
+    single_thread_for_small_cpu_models(pipe)
+    rows = with_default_guidance(rows, pipe.default_guidance)
+    steps = steps or pipe.default_steps
+    images = generate(pipe, [r.prompt for r in rows], [r.seed for r in rows], [r.guidance for r in rows], steps, batch_size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, image in enumerate(to_pil(images)):
+        written.append(out / f"{index:04d}.png")
+        image.save(written[-1])
+    write_json_atomic(out / "manifest.json", {
+        "model": pipe.parts.source, "encoder": encoder, "steps": steps, "sampler": "DDIM (eta 0), classifier-free guidance",
+        "images": [{"file": p.name, "prompt": r.prompt, "seed": r.seed, "guidance": r.guidance} for p, r in zip(written, rows)],
+    })
+    return written

@@ -1,0 +1,367 @@
+"""`advunlearn attack`: pre-ASR and ASR of a (victim) text encoder under an attack (EVALUATION.md).
+
+Per prompt: generate with the victim at the prompt's seed and guidance and judge it (pre);
+unless that already succeeds, attack with the ORIGINAL model's image of the prompt as target,
+judging a generation after every timestep block and stopping at the first success. The report
+is rewritten after every prompt, so `--resume` continues where a run stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler
+from tqdm.auto import tqdm
+
+from . import __version__
+from .errors import UserError
+from .generation import (
+    Pipeline, PromptRow, build_pipeline, encode_images, from_pil, generate_from_conditions, image_grid,
+    read_prompt_rows, single_thread_for_small_cpu_models, to_pil, with_default_guidance,
+)
+from .insertion import SpecialTokens, build_layout, prompt_words
+from .judges import Judge, make_judge
+from .outputs import write_json_atomic
+from .sampling import draw_noise
+from .text_encoding import token_table
+from .trainer import kernel_backend, resolve_device
+from .unlearndiffatk import (
+    adversarial_condition, attack_timesteps, diffusion_classifier_loss, nearest_tokens, soft_prompt, uniform_simplex,
+    unlearndiffatk,
+)
+
+METHODS = ("unlearndiffatk", "softprompt", "none")
+REPORT = "report.json"
+
+
+@dataclass
+class AttackSettings:
+    model: str
+    encoder: str | None
+    prompts: str
+    judge: str
+    out: str
+    method: str = "unlearndiffatk"
+    adv_tokens: int = 5
+    timesteps: int = 50
+    steps_per_timestep: int = 40
+    attack_lr: float = 0.01
+    insert: str = "prefix"
+    targets: str | None = None
+    target_steps: int = 25
+    gen_steps: int | None = None  # the model's default (50 for SD, the world's own)
+    guidance: float | None = None  # for prompts without their own; the model's default
+    seed: int = 0  # for prompts without their own
+    device: str = "auto"
+    resume: bool = False
+    model_config: str | None = None
+
+    def validate(self) -> "AttackSettings":
+        if self.method not in METHODS:
+            raise UserError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        for flag, value in (("--adv-tokens", self.adv_tokens), ("--timesteps", self.timesteps),
+                            ("--steps-per-timestep", self.steps_per_timestep), ("--target-steps", self.target_steps)):
+            if value < 1:
+                raise UserError(f"{flag} must be at least 1, got {value}")
+        if self.gen_steps is not None and self.gen_steps < 1:
+            raise UserError(f"--gen-steps must be at least 1, got {self.gen_steps}")
+        if self.attack_lr <= 0:
+            raise UserError(f"--attack-lr must be positive, got {self.attack_lr}")
+        return self
+
+    def comparable(self) -> dict:
+        """The settings a resumed run must share with the report it continues."""
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "resume", "device")}
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def versions() -> dict:
+    import diffusers
+    import transformers
+
+    return {"advunlearn": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def _load_report(out: Path, settings: AttackSettings, prompt_hash: str) -> list[dict]:
+    report_file = out / REPORT
+    if not report_file.is_file():
+        if settings.resume:
+            raise UserError(f"--resume: no {REPORT} in {out} to continue")
+        return []
+    if not settings.resume:
+        raise UserError(f"--out {out} already holds a {REPORT}; pass --resume to continue it or choose another folder")
+    try:
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+        manifest = report["manifest"]
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"--resume: {report_file} cannot be read: {err}") from None
+    if manifest.get("prompt_file_sha256") != prompt_hash:
+        raise UserError("--resume: the prompt file differs from the one the report was made with")
+    before, now = manifest.get("settings", {}), settings.comparable()
+    changed = [k for k in now if before.get(k) != now[k]]
+    if changed:
+        raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the report's run")
+    return list(report.get("rows", []))
+
+
+class Evaluation:
+    """One `attack` run: models, judge, prompts and the folder it writes."""
+
+    def __init__(self, settings: AttackSettings, progress: bool = True):
+        self.s = settings.validate()
+        self.progress = progress
+        self.judge: Judge = make_judge(settings.judge)  # a bad judge fails before models load
+        self.out = Path(settings.out)
+        rows = read_prompt_rows(settings.prompts, settings.seed, settings.guidance)
+        self.prompt_hash = file_sha256(settings.prompts)
+        self.device = resolve_device(settings.device)
+        self.backend = kernel_backend(self.device)
+        self.pipe: Pipeline = build_pipeline(settings.model, settings.encoder, self.device, settings.model_config)
+        single_thread_for_small_cpu_models(self.pipe)
+        self.rows = with_default_guidance(rows, self.pipe.default_guidance)
+        self.gen_steps = settings.gen_steps or self.pipe.default_steps
+        special = SpecialTokens.of(self.pipe.tokenizer)
+        self.layouts = [build_layout(prompt_words(self.pipe.tokenizer, r.prompt), settings.insert, settings.adv_tokens, special)
+                        for r in self.rows]
+        self.original = self.pipe.with_encoder(self.pipe.parts.text_encoder)
+        self.alphas = DDIMScheduler.from_config(self.pipe.parts.scheduler_config).alphas_cumprod
+        self.done = _load_report(self.out, settings, self.prompt_hash)
+
+    # ------------------------------------------------------------ one prompt
+
+    def target_latents(self, index: int, row: PromptRow) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ORIGINAL model's image of the prompt (cached, or from --targets) and its latents."""
+        from PIL import Image
+
+        name = f"{index:04d}.png"
+        given = Path(self.s.targets) / name if self.s.targets else None
+        cached = self.out / "targets" / name
+        if given is not None and given.is_file():
+            image = from_pil([Image.open(given)])
+        elif cached.is_file():
+            image = from_pil([Image.open(cached)])
+        else:
+            cond = self.original.encode([row.prompt])
+            image = generate_from_conditions(self.original, cond, [row.seed], row.guidance, self.s.target_steps)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            to_pil(image)[0].save(cached)
+        return image, encode_images(self.pipe, image)
+
+    def judged_image(self, index: int, row: PromptRow, cond: torch.Tensor, tag: str):
+        image = generate_from_conditions(self.pipe, cond, [row.seed], row.guidance, self.gen_steps)
+        verdict = self.judge(image, [row.prompt])[0]
+        folder = self.out / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        to_pil(image)[0].save(folder / f"{index:04d}-{tag}.png")
+        return image, verdict
+
+    def attack_prompt(self, index: int, row: PromptRow, bar) -> dict:
+        te, layout, s = self.pipe.text_encoder, self.layouts[index], self.s
+        table = token_table(te).detach()
+        _, x_target = self.target_latents(index, row)
+        generator = torch.Generator().manual_seed(row.seed)
+        state = {"image": None, "verdict": None, "scores": [], "tokens": None}
+
+        def embedding_loss(adv, t):
+            noise = draw_noise(generator, 1, self.pipe.latent_shape, self.device, x_target.dtype)
+            cond = adversarial_condition(te, layout, adv.to(table.dtype), self.backend)
+            return diffusion_classifier_loss(self.pipe.unet, self.alphas, x_target, t, noise, cond)
+
+        def after_block(variables, t):
+            if s.method == "unlearndiffatk":
+                tokens = variables.argmax(-1)
+                adv = table[tokens]
+            else:
+                tokens, adv = nearest_tokens(variables, table), variables.to(table.dtype)
+            with torch.no_grad():
+                cond = adversarial_condition(te, layout, adv, self.backend)
+            state["image"], state["verdict"] = self.judged_image(index, row, cond, f"t{t:04d}")
+            state["tokens"] = tokens
+            state["scores"].append({"t": t, "success": state["verdict"].success, "score": state["verdict"].score})
+            bar.update(1)
+            return state["verdict"].success
+
+        timesteps = attack_timesteps(s.timesteps, len(self.alphas))
+        if s.method == "unlearndiffatk":
+            result = unlearndiffatk(
+                uniform_simplex(layout.k, table.shape[0], self.device), embedding_loss, table, timesteps,
+                s.steps_per_timestep, s.attack_lr, generator, self.backend, after_block=after_block,
+            )
+        else:
+            init = table[torch.randint(table.shape[0], (layout.k,), generator=generator).to(self.device)]
+            result = soft_prompt(init, embedding_loss, timesteps, s.steps_per_timestep, s.attack_lr, self.backend,
+                                 after_block=after_block)
+        return {
+            "success": bool(result.stopped), "adversarial_prompt": self.decode_prompt(layout, state["tokens"]),
+            "timesteps_used": result.timesteps_used, "steps_used": result.steps_used,
+            "loss_start": result.losses[0], "loss_end": result.losses[-1], "attack_scores": state["scores"],
+            "attacked_image": state["image"],
+        }
+
+    def decode_prompt(self, layout, tokens: torch.Tensor) -> str:
+        ids = layout.ids.clone()
+        if not layout.add:
+            ids[layout.positions] = tokens.cpu()
+        return self.pipe.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
+
+    def evaluate_prompt(self, index: int, row: PromptRow, bar) -> dict:
+        began = time.time()
+        pre_image, pre = self.judged_image(index, row, self.pipe.encode([row.prompt]), "pre")
+        record = {"index": index, "prompt": row.prompt, "seed": row.seed, "guidance": row.guidance,
+                  "pre_success": pre.success, "pre_score": pre.score}
+        attacked = None
+        if self.s.method == "none" or pre.success:
+            record.update(success=pre.success, adversarial_prompt=None, timesteps_used=[], steps_used=0,
+                          loss_start=None, loss_end=None, attack_scores=[])
+        else:
+            outcome = self.attack_prompt(index, row, bar)
+            attacked = outcome.pop("attacked_image")
+            record.update(outcome)
+        if self.s.method != "none":
+            target, _ = self.target_latents(index, row)
+            grid = [target[0], pre_image[0]] + ([attacked[0]] if attacked is not None else [])
+            (self.out / "grids").mkdir(parents=True, exist_ok=True)
+            image_grid(grid).save(self.out / "grids" / f"{index:04d}.png")
+        record["seconds"] = round(time.time() - began, 3)
+        return record
+
+    # ------------------------------------------------------------ the run
+
+    def report(self, rows: list[dict]) -> dict:
+        n = len(rows)
+        return {
+            "n": n,
+            "prompts_total": len(self.rows),
+            "complete": n == len(self.rows),
+            "pre_asr": sum(r["pre_success"] for r in rows) / n if n else None,
+            "asr": sum(r["success"] for r in rows) / n if n else None,
+            "method": self.s.method,
+            "rows": rows,
+            "manifest": self.manifest(),
+        }
+
+    def manifest(self) -> dict:
+        return {
+            "versions": versions(), "device": str(self.device), "judge": self.judge.describe(),
+            "model": self.pipe.parts.source, "encoder": self.s.encoder,
+            "prompt_file": str(self.s.prompts), "prompt_file_sha256": self.prompt_hash,
+            "seeds": [r.seed for r in self.rows], "guidance": [r.guidance for r in self.rows],
+            "gen_steps": self.gen_steps, "timesteps": attack_timesteps(self.s.timesteps, len(self.alphas)),
+            "settings": self.s.comparable(),
+        }
+
+    def run(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        rows = list(self.done)
+        finished = {r["index"] for r in rows}
+        todo = [i for i in range(len(self.rows)) if i not in finished]
+        overall = tqdm(total=len(self.rows), initial=len(finished), desc="prompts", disable=not self.progress)
+        for index in todo:
+            blocks = 0 if self.s.method == "none" else self.s.timesteps
+            bar = tqdm(total=blocks, desc=f"prompt {index}", leave=False, disable=not self.progress or not blocks)
+            rows.append(self.evaluate_prompt(index, self.rows[index], bar))
+            bar.close()
+            rows.sort(key=lambda r: r["index"])
+            write_json_atomic(self.out / REPORT, self.report(rows))
+            overall.update(1)
+        overall.close()
+        report = self.report(rows)
+        write_json_atomic(self.out / REPORT, report)
+        return report
+
+
+def run_evaluation(settings: AttackSettings, progress: bool = True) -> dict:
+    return Evaluation(settings, progress).run()
+
+
+# ---------------------------------------------------------------- `attack --encoder RUN/` defaults
+
+
+def resolve_attack_settings(**values) -> AttackSettings:
+    """Settings from the flags; with a `train` run folder as --encoder, the model, prompt set,
+    judge and output folder default to the run's (see `default_evaluation`)."""
+    encoder = values.get("encoder")
+    run_file = Path(encoder).expanduser() / "run.json" if encoder else None
+    if run_file is not None and run_file.is_file():
+        try:
+            config = json.loads(run_file.read_text(encoding="utf-8"))["config"]
+        except (OSError, ValueError, KeyError) as err:
+            raise UserError(f"--encoder {encoder}: cannot read run.json: {err}") from None
+        if values.get("model") is None:
+            values["model"], values["model_config"] = config["model"], values.get("model_config") or config.get("model_config")
+        if values.get("out") is None:
+            values["out"] = str(Path(encoder) / f"attack-{values.get('method', 'unlearndiffatk')}")
+        if values.get("judge") is None or values.get("prompts") is None:
+            concept = (config.get("concepts") or [""])[0]
+            judge, prompts = default_evaluation(concept, values["model"], Path(values["out"]))
+            values["judge"] = values.get("judge") or judge
+            values["prompts"] = values.get("prompts") or prompts
+            for flag in ("prompts", "judge"):
+                if values[flag] is None:
+                    raise missing_default(concept, flag)
+    for flag in ("model", "prompts", "judge", "out"):
+        if values.get(flag) is None:
+            raise UserError(f"--{flag} is required (or pass a train run folder as --encoder to take the run's)")
+    return AttackSettings(**values).validate()
+
+
+IMAGENET_CLASSES = {"church": 497, "garbage truck": 569, "parachute": 701, "tench": 0}
+
+
+def default_evaluation(concept: str, model: str, out: Path) -> tuple[str | None, str | None]:
+    """(judge spec, prompt file) for a run's concept, None where there is no default.
+    - concept-world concepts: the world judge, prompts from the world's held-out templates;
+    - Van Gogh and the objects: the project's prompt sets (evalsets); their judges need
+      classifier weights that do not ship, so the judge is left to --judge;
+    - nudity: NudeNet; its prompt set (I2P) is third-party and must be passed.
+    Prompt files are written to OUT."""
+    from .evalsets import concept_key, prompt_set_csv
+    from .world import WORLD_MODEL_DIR
+
+    folder = WORLD_MODEL_DIR if model == "world" else Path(model)
+    words = concept.lower().split()
+    out.mkdir(parents=True, exist_ok=True)
+    if (folder / "world.json").is_file():
+        from .world.judge import ATTRIBUTES
+
+        meta = json.loads((folder / "world.json").read_text(encoding="utf-8"))
+        for attribute, values in ATTRIBUTES.items():
+            value = next((w for w in words if w in values), None)
+            if value is not None:
+                shapes = ATTRIBUTES["shape"]
+                objects = [concept] if any(w in shapes for w in words) else [f"{concept} {s}" for s in shapes]
+                prompts = [t.format(obj=o) for t in meta["heldout_templates"] for o in objects]
+                (out / "prompts.txt").write_text("\n".join(prompts) + "\n", encoding="utf-8")
+                return f"world:{attribute}={value}", str(out / "prompts.txt")
+        return None, None
+    if concept_key(concept) is not None:
+        (out / "prompts.csv").write_text(prompt_set_csv(concept), encoding="utf-8")
+        return None, str(out / "prompts.csv")
+    if "nud" in concept.lower():
+        return "nudenet", None
+    return None, None
+
+
+def missing_default(concept: str, flag: str) -> UserError:
+    """What to pass when the run's concept has no default judge or prompt set."""
+    key = " ".join(concept.lower().split())
+    if flag == "judge" and key in IMAGENET_CLASSES:
+        return UserError(f"the judge for {concept!r} is an ImageNet classifier, whose weights are not on disk: "
+                         f"pass --judge imagenet:<local ResNet-50 weights>:{IMAGENET_CLASSES[key]} or --judge module:function")
+    if flag == "judge" and "gogh" in key:
+        return UserError("the judge for Van Gogh is an artist-style classifier, whose weights are not on disk: "
+                         "pass --judge module:function with your classifier")
+    if flag == "prompts" and "nud" in key:
+        return UserError("no nudity prompt set ships with advunlearn (the I2P prompts are third-party): pass --prompts FILE "
+                         "(.csv with prompt, evaluation_seed, evaluation_guidance)")
+    return UserError(f"no default {flag} for the run's concept {concept!r}: pass --{flag}")

@@ -1,0 +1,257 @@
+"""`advunlearn attack` / `generate` end to end through click, on the concept world and the tiny SD folder."""
+
+import json
+import sys
+import textwrap
+
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from advunlearn_fast.generation import load_encoder
+from advunlearn_fast.models import load_model
+from advunlearn_fast.world import WORLD_MODEL_DIR
+from helpers import run_cli
+
+FAST = ["--timesteps", 2, "--steps-per-timestep", 2, "--adv-tokens", 2, "--gen-steps", 4, "--target-steps", 4, "--quiet"]
+JUDGE_MODULE = textwrap.dedent(
+    """
+    calls = []
+
+    def always_yes(images, prompts):
+        calls.extend(prompts)
+        return [True for _ in images]
+
+    def always_no(images, prompts):
+        calls.extend(prompts)
+        return [False] * len(images)
+    """
+)
+
+
+@pytest.fixture
+def judge_module(tmp_path, monkeypatch):
+    """A user's judge module, importable as `userjudge`; its `calls` list records every prompt judged."""
+    (tmp_path / "userjudge.py").write_text(JUDGE_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("userjudge", None)
+    yield lambda: sys.modules["userjudge"].calls
+    sys.modules.pop("userjudge", None)
+
+
+@pytest.fixture
+def prompts(tmp_path):
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt,evaluation_seed,evaluation_guidance\na red circle,3,4.0\na blue square,7,\na green cross,,2.5\n")
+    return path
+
+
+def _refused(result, message):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("advunlearn: error:"), result.output
+    assert message in lines[0], lines[0]
+
+
+def _attack(out, prompts, judge, *extra):
+    return run_cli("attack", "--model", "world", "--prompts", prompts, "--judge", judge, "--out", out, *FAST, *extra)
+
+
+def test_asr_with_always_yes_judge_is_one(tmp_path, prompts, judge_module):
+    result = _attack(tmp_path / "out", prompts, "userjudge:always_yes")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (report["n"], report["pre_asr"], report["asr"]) == (3, 1.0, 1.0)
+    # Already successful without attack: nothing is attacked.
+    assert all(r["steps_used"] == 0 and r["adversarial_prompt"] is None for r in report["rows"])
+    assert judge_module() == ["a red circle", "a blue square", "a green cross"]
+
+
+def test_asr_with_always_no_judge_is_zero_and_the_attack_runs(tmp_path, prompts, judge_module):
+    out = tmp_path / "out"
+    result = _attack(out, prompts, "userjudge:always_no")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert (report["n"], report["pre_asr"], report["asr"]) == (3, 0.0, 0.0)
+    rows = report["rows"]
+    assert [(r["seed"], r["guidance"]) for r in rows] == [(3, 4.0), (7, 4.0), (0, 2.5)]
+    for r in rows:
+        assert r["steps_used"] == 4 and len(r["timesteps_used"]) == 2 and len(r["attack_scores"]) == 2
+        assert isinstance(r["adversarial_prompt"], str) and r["loss_start"] > 0
+    manifest = report["manifest"]
+    assert manifest["seeds"] == [3, 7, 0] and manifest["judge"]["spec"] == "userjudge:always_no"
+    assert len(manifest["prompt_file_sha256"]) == 64 and manifest["settings"]["method"] == "unlearndiffatk"
+    # a pre image and one per timestep block for each prompt, targets cached, one grid each
+    assert len(list((out / "images").glob("*.png"))) == 3 * 3
+    assert len(list((out / "targets").glob("*.png"))) == 3
+    assert Image.open(out / "grids" / "0000.png").size == (48, 16)
+    assert len(judge_module()) == 3 * 3
+
+
+def test_resume_skips_finished_prompts(tmp_path, prompts, judge_module):
+    out = tmp_path / "out"
+    assert _attack(out, prompts, "userjudge:always_no", "--method", "none").exit_code == 0
+    report = json.loads((out / "report.json").read_text())
+    report["rows"] = report["rows"][:1]  # as if the run had stopped after the first prompt
+    (out / "report.json").write_text(json.dumps(report))
+    judge_module().clear()
+    refused = _attack(out, prompts, "userjudge:always_no", "--method", "none")
+    _refused(refused, "pass --resume")
+    result = _attack(out, prompts, "userjudge:always_no", "--method", "none", "--resume")
+    assert result.exit_code == 0, result.output
+    assert judge_module() == ["a blue square", "a green cross"]
+    assert [r["index"] for r in json.loads((out / "report.json").read_text())["rows"]] == [0, 1, 2]
+    changed = _attack(out, prompts, "userjudge:always_no", "--method", "none", "--resume", "--seed", 5)
+    _refused(changed, "--seed differ")
+
+
+def test_softprompt_and_world_judge(tmp_path, prompts):
+    out = tmp_path / "out"
+    result = _attack(out, prompts, "world:colour=purple", "--method", "softprompt")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "softprompt" and report["n"] == 3
+    assert all(r["pre_score"] in ("red", "yellow", "green", "blue", "purple", "none") for r in report["rows"])
+
+
+def test_attack_a_train_run_folder_with_its_defaults(tmp_path):
+    run = tmp_path / "run"
+    (run / "text_encoder").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (run / "text_encoder" / name).write_bytes((WORLD_MODEL_DIR / "text_encoder" / name).read_bytes())
+    (run / "run.json").write_text(json.dumps({"config": {"model": "world", "concepts": ["red"]}}))
+    result = run_cli("attack", "--encoder", run, "--method", "none", "--gen-steps", 4, "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "attack-none" / "report.json").read_text())
+    assert report["manifest"]["judge"]["spec"] == "world:colour=red" and report["n"] == 12
+
+
+def _authors_layout(te, prefix):
+    return {prefix + "text_model." + k.removeprefix("text_model."): v.clone() for k, v in te.state_dict().items()}
+
+
+@pytest.mark.parametrize("prefix", ["text_encoder.", ""])
+def test_authors_pt_encoder_loads(sd_folder, tmp_path, prefix):
+    parts = load_model(str(sd_folder))
+    state = _authors_layout(parts.text_encoder, prefix)
+    key = next(k for k in state if k.endswith("token_embedding.weight"))
+    state[key] = state[key] + 1.0  # an "unlearned" encoder differs from the model's own
+    torch.save(state, tmp_path / "AdvUnlearn.pt")
+    te = load_encoder(str(tmp_path / "AdvUnlearn.pt"), parts)
+    got = te.get_input_embeddings().weight
+    torch.testing.assert_close(got, parts.text_encoder.get_input_embeddings().weight + 1.0)
+
+
+def test_generate_writes_images_with_the_encoder_plugged_in(sd_folder, tmp_path, prompts):
+    parts = load_model(str(sd_folder))
+    torch.save(_authors_layout(parts.text_encoder, "text_encoder."), tmp_path / "enc.pt")
+    out = tmp_path / "gen"
+    result = run_cli("generate", "--model", sd_folder, "--encoder", tmp_path / "enc.pt", "--prompts", prompts,
+                     "--out", out, "--steps", 2, "--guidance", 5)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(i["seed"], i["guidance"]) for i in manifest["images"]] == [(3, 4.0), (7, 5.0), (0, 2.5)]
+    for item in manifest["images"]:
+        image = Image.open(out / item["file"])
+        assert image.size == (16, 16) and image.mode == "RGB"  # the tiny model's VAE decodes 8 -> 16
+    single = run_cli("generate", "--model", "world", "--prompt", "a red circle", "--out", tmp_path / "one", "--steps", 3)
+    assert single.exit_code == 0 and (tmp_path / "one" / "0000.png").is_file()
+
+
+def test_same_seed_same_image_whatever_the_batch(tmp_path):
+    a = run_cli("generate", "--model", "world", "--prompt", "a red circle", "--out", tmp_path / "a", "--steps", 3)
+    (tmp_path / "p.txt").write_text("a blue square\na red circle\n")
+    b = run_cli("generate", "--model", "world", "--prompts", tmp_path / "p.txt", "--out", tmp_path / "b", "--steps", 3)
+    assert a.exit_code == 0 and b.exit_code == 0
+    assert Image.open(tmp_path / "a" / "0000.png").tobytes() == Image.open(tmp_path / "b" / "0001.png").tobytes()
+
+
+def _narrow_encoder(folder):
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=2000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=77))
+    te.save_pretrained(folder)
+    return folder
+
+
+def test_bad_attack_input(tmp_path, prompts, judge_module):
+    out = tmp_path / "out"
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    narrow = _narrow_encoder(tmp_path / "narrow")
+    cases = [
+        (["--prompts", tmp_path / "missing.txt"], "prompt file not found"),
+        (["--prompts", tmp_path / "latin1.txt"], "cannot be read"),
+        (["--prompts", tmp_path / "empty.txt"], "holds no prompts"),
+        (["--judge", "magic"], "unknown judge"),
+        (["--judge", "no_such_judge_module_xyz:judge"], "cannot import no_such_judge_module_xyz"),
+        (["--judge", "userjudge:missing"], "has no function 'missing'"),
+        (["--judge", "clip:/no/such/clip"], "pass --judge clip:<local CLIP folder>"),
+        (["--judge", "imagenet:/no/such/resnet.pt:497"], "imagenet:<local path>:<class id>"),
+        (["--judge", "world:colour=pink"], "unknown colour"),
+        (["--encoder", narrow], "hidden width 16"),
+        (["--encoder", tmp_path / "nothing"], "does not exist"),
+        (["--adv-tokens", 30], "does not fit"),
+        (["--timesteps", 0], "--timesteps must be at least 1"),
+    ]
+    for extra, message in cases:
+        # later options win in click, so each case's own value overrides the defaults
+        args = ["--prompts", prompts, "--judge", "userjudge:always_no", *FAST, *extra]
+        result = run_cli("attack", "--model", "world", "--out", out, *args)
+        _refused(result, message)
+        assert not (out / "report.json").exists()
+
+
+def test_bad_generate_input(tmp_path, sd_folder):
+    _refused(run_cli("generate", "--model", "world", "--out", tmp_path / "o"), "exactly one of --prompt")
+    bad_pt = tmp_path / "bad.pt"
+    torch.save({"text_encoder.unrelated.weight": torch.zeros(2)}, bad_pt)
+    _refused(run_cli("generate", "--model", sd_folder, "--encoder", bad_pt, "--prompt", "x", "--out", tmp_path / "o"),
+             "no CLIP text-encoder weights")
+    _refused(run_cli("generate", "--model", "world", "--encoder", _narrow_encoder(tmp_path / "n"), "--prompt", "x",
+                     "--out", tmp_path / "o"), "hidden width 16")
+    unet_run = tmp_path / "unet-run"
+    (unet_run / "unet").mkdir(parents=True)
+    (unet_run / "run.json").write_text("{}")
+    _refused(run_cli("generate", "--model", "world", "--encoder", unet_run, "--prompt", "x", "--out", tmp_path / "o"),
+             "has no text_encoder/")
+
+
+def test_nudenet_judge_needs_the_package():
+    try:
+        import nudenet  # noqa: F401
+    except ImportError:
+        result = run_cli("attack", "--model", "world", "--prompts", "x.txt", "--judge", "nudenet", "--out", "o")
+        _refused(result, "pip install nudenet")
+    else:
+        pytest.skip("nudenet is installed")
+
+
+def _fake_run(folder, model, concept):
+    """A train run folder whose encoder is the model's own."""
+    parts = load_model(str(model))
+    parts.text_encoder.save_pretrained(folder / "text_encoder")
+    (folder / "run.json").write_text(json.dumps({"config": {"model": str(model), "concepts": [concept]}}))
+    return folder
+
+
+@pytest.mark.parametrize("concept, message", [
+    ("church", "--judge imagenet:<local ResNet-50 weights>:497"),
+    ("Van Gogh", "artist-style classifier"),
+    ("nudity", "no nudity prompt set ships"),
+    ("teapot", "no default prompts for the run's concept 'teapot'"),
+])
+def test_run_folder_defaults_say_what_to_pass(sd_folder, tmp_path, concept, message):
+    run = _fake_run(tmp_path / "run", sd_folder, concept)
+    _refused(run_cli("attack", "--encoder", run, "--quiet"), message)
+
+
+def test_run_folder_uses_the_projects_prompt_set(sd_folder, tmp_path, judge_module):
+    run = _fake_run(tmp_path / "run", sd_folder, "church")
+    result = run_cli("attack", "--encoder", run, "--judge", "userjudge:always_no", "--method", "none",
+                     "--gen-steps", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "attack-none" / "report.json").read_text())
+    assert report["n"] == 50 and report["rows"][0]["prompt"] == "a photo of a church in a snowy village"
+    assert report["rows"][0]["guidance"] == 7.5 and len(set(report["manifest"]["seeds"])) == 50
