@@ -18,7 +18,7 @@ import torch
 
 from .errors import UserError
 from .models import ModelParts, load_model
-from .outputs import write_json_atomic
+from .outputs import TEXT_MODEL_PREFIX, write_json_atomic
 from .prompts import read_prompt_file
 from .sampling import ddim_scheduler, draw_noise, partial_rollout
 from .text_encoding import encode_ids, token_table
@@ -27,7 +27,6 @@ from .text_encoding import encode_ids, token_table
 SD_GUIDANCE = 7.5
 SD_STEPS = 50
 ENCODER_PREFIX = "text_encoder."
-TEXT_MODEL_PREFIX = "text_model."
 
 
 @dataclass

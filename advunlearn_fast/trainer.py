@@ -24,7 +24,6 @@ from .attack import random_token_embeddings, soft_prompt_attack
 from .config import TrainConfig
 from .errors import UserError
 from .insertion import SpecialTokens, build_layout, prompt_words
-from .kernels import assemble_prompt_embeddings
 from .layers import (
     freeze_all_but, parse_layer_spec, text_encoder_depth, text_encoder_parameters, unet_parameters,
 )
@@ -38,7 +37,8 @@ from .runlog import IterationLog, plot_losses
 from .bank import TrajectoryBank
 from .costs import CostMeter
 from .sampling import FreshRollouts, FrozenModel, ddim_scheduler, predict_noise
-from .text_encoding import encode_hidden, encode_ids, position_table, token_table
+from .text_encoding import encode_ids, token_table
+from .unlearndiffatk import adversarial_condition as encode_with_adversarial
 
 # Settings a resumed run may change; every other one must match the checkpoint.
 RESUMABLE_CHANGES = {"iterations", "out", "resume", "device", "save_every", "bank_dir"}
@@ -159,18 +159,9 @@ def build_setup(cfg: TrainConfig, progress: bool = False) -> Setup:
 
 def adversarial_condition(s: Setup, concept: int, adv: torch.Tensor) -> torch.Tensor:
     """TE_theta's conditioning for the concept prompt with `adv` [k, D] in its slots."""
-    layout = s.layouts[concept]
-    table, ids = token_table(s.te), layout.ids[None].to(s.device)
-    if s.cfg.engine == "reference":
-        # The authors' lookup: one-hot rows times the whole vocabulary matrix; the
-        # assembly then reads this prompt's rows by position.
-        table = torch.nn.functional.one_hot(ids[0], table.shape[0]).to(table.dtype) @ table
-        ids = torch.arange(ids.shape[1], device=s.device)[None]
-    hidden = assemble_prompt_embeddings(
-        table, ids, adv[None], layout.positions[None].to(s.device),
-        position_table(s.te), add=layout.add, backend=kernel_backend(s.device),
+    return encode_with_adversarial(
+        s.te, s.layouts[concept], adv, kernel_backend(s.device), onehot_lookup=s.cfg.engine == "reference"
     )
-    return encode_hidden(s.te, hidden)
 
 
 def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.Generator):

@@ -35,11 +35,21 @@ def uniform_simplex(k: int, vocab: int, device=None) -> torch.Tensor:
     return torch.full((k, vocab), 1.0 / vocab, device=device)
 
 
-def adversarial_condition(text_encoder, layout: AdversarialLayout, adv: torch.Tensor, backend: str) -> torch.Tensor:
-    """The encoder's conditioning [1, L, D] for a prompt layout with `adv` [k, D] in its slots."""
+def adversarial_condition(
+    text_encoder, layout: AdversarialLayout, adv: torch.Tensor, backend: str, onehot_lookup: bool = False
+) -> torch.Tensor:
+    """The encoder's conditioning [1, L, D] for a prompt layout with `adv` [k, D] in its slots.
+
+    `onehot_lookup` reproduces the authors' word-embedding lookup (one-hot rows times the
+    whole vocabulary matrix; the reference engine's cost), with the same result as the gather.
+    """
     device = adv.device
+    table, ids = token_table(text_encoder), layout.ids[None].to(device)
+    if onehot_lookup:
+        table = F.one_hot(ids[0], table.shape[0]).to(table.dtype) @ table
+        ids = torch.arange(ids.shape[1], device=device)[None]
     hidden = assemble_prompt_embeddings(
-        token_table(text_encoder), layout.ids[None].to(device), adv[None], layout.positions[None].to(device),
+        table, ids, adv[None], layout.positions[None].to(device),
         position_table(text_encoder), add=layout.add, backend=backend,
     )
     return encode_hidden(text_encoder, hidden)
