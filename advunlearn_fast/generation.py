@@ -21,7 +21,7 @@ from .models import ModelParts, load_model
 from .outputs import TEXT_MODEL_PREFIX, write_json_atomic
 from .prompts import read_prompt_file
 from .sampling import ddim_scheduler, draw_noise, partial_rollout
-from .text_encoding import encode_ids, token_table
+from .text_encoding import encode_ids, token_table, tokenize
 
 # Stable Diffusion's own sampling defaults; a model folder may carry others (world.json).
 SD_GUIDANCE = 7.5
@@ -54,9 +54,7 @@ class Pipeline:
         return (self.parts.latent_channels, size, size)
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        tok = self.tokenizer
-        return tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                   return_tensors="pt").input_ids.to(self.device)
+        return tokenize(self.tokenizer, prompts).to(self.device)
 
     @torch.no_grad()
     def encode(self, prompts: list[str], text_encoder: torch.nn.Module | None = None) -> torch.Tensor:

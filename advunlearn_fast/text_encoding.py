@@ -1,8 +1,8 @@
 """CLIP text encoder passes, including one that starts from word embeddings.
 
 transformers 5's `CLIPTextModel.forward` takes no `inputs_embeds`, but the
-attack optimises word embeddings directly, so `encode_embeddings` runs the text
-model's parts (position embeddings, causal encoder, final layer norm) by hand.
+attack optimises word embeddings directly: they are assembled with positions (kernels) and
+`encode_hidden` runs the text model's causal encoder and final layer norm by hand.
 Only `last_hidden_state` is produced: SD v1.x conditions on it, never on the
 pooled output, so nothing here depends on the config's end-token id (SD v1.4's
 text encoder config still carries the legacy bos 0 / eos 2 / pad 1).
@@ -13,6 +13,13 @@ from __future__ import annotations
 import torch
 from transformers import CLIPTextModel
 from transformers.masking_utils import create_causal_mask
+
+
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Token ids [B, L] padded to the tokenizer's full length, as SD v1.x pipelines do."""
+    return tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def _text_transformer(text_encoder: CLIPTextModel):
@@ -30,23 +37,12 @@ def position_table(text_encoder: CLIPTextModel) -> torch.Tensor:
     return _text_transformer(text_encoder).embeddings.position_embedding.weight
 
 
-def word_embeddings(text_encoder: CLIPTextModel, ids: torch.Tensor) -> torch.Tensor:
-    """Word embeddings (before positions) of token ids [B, L] -> [B, L, D]."""
-    return _text_transformer(text_encoder).embeddings.token_embedding(ids)
-
-
 def encode_hidden(text_encoder: CLIPTextModel, hidden: torch.Tensor) -> torch.Tensor:
     """Last hidden state from embeddings that already include positions [B, L, D]."""
     model = _text_transformer(text_encoder)
     mask = create_causal_mask(config=model.config, inputs_embeds=hidden, attention_mask=None, cache=None)
     out = model.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
     return model.final_layer_norm(out)
-
-
-def encode_embeddings(text_encoder: CLIPTextModel, embeds: torch.Tensor) -> torch.Tensor:
-    """Last hidden state from word embeddings [B, L, D] (positions are added here)."""
-    model = _text_transformer(text_encoder)
-    return encode_hidden(text_encoder, model.embeddings(inputs_embeds=embeds))
 
 
 def encode_ids(text_encoder: CLIPTextModel, ids: torch.Tensor) -> torch.Tensor:

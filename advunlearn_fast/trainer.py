@@ -37,7 +37,7 @@ from .runlog import IterationLog, plot_losses
 from .bank import TrajectoryBank
 from .costs import CostMeter
 from .sampling import FreshRollouts, FrozenModel, ddim_scheduler, predict_noise
-from .text_encoding import encode_ids, token_table
+from .text_encoding import encode_ids, token_table, tokenize
 from .unlearndiffatk import adversarial_condition as encode_with_adversarial
 
 # Settings a resumed run may change; every other one must match the checkpoint.
@@ -56,12 +56,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
-    return tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
 
 
 @dataclass
