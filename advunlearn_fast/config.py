@@ -29,7 +29,7 @@ ENGINES = ("fast", "reference")
 class TrainConfig:
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "SD v1.x model: diffusers folder, .safetensors/.ckpt file, hub id, 'tiny', or 'world' (the shipped concept world)"})
     model_config: Optional[str] = field(default=None, metadata={"help": "local diffusers folder with the configs for a single-file checkpoint"})
-    concepts: list = field(default_factory=list, metadata={"help": "concept to erase (repeatable; one is sampled per iteration)"})
+    concepts: list = field(default_factory=list, metadata={"help": "concept to erase; repeatable for several phrases of one concept (e.g. red circle, red square), one sampled per iteration"})
     train: str = field(default="text-encoder", metadata={"help": "what is trained: text-encoder, or the UNet ablations unet-xattn (ESD-x) / unet-noxattn (ESD-u)"})
     layers: str = field(default="all", metadata={"help": "text-encoder layers to train: all, 0-5, 0,1,2 (exact indices)"})
     component: str = field(default="all", metadata={"help": "part of each selected layer to train: all, attn or mlp"})

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .models import ModelParts, load_model
+from .models import ModelParts, load_model, single_thread_for_small_cpu_model
 from .outputs import TEXT_MODEL_PREFIX, write_json_atomic
 from .prompts import read_prompt_file
 from .sampling import ddim_scheduler, draw_noise, partial_rollout
@@ -107,12 +107,8 @@ def build_pipeline(model: str, encoder: str | None, device: torch.device, model_
 
 # Below this many UNet parameters a CPU op is too small to share: the intra-op thread pool's
 # synchronisation then dominates, and on a loaded machine it made the concept world ~30x slower.
-SMALL_MODEL_PARAMETERS = 20_000_000
-
-
 def single_thread_for_small_cpu_models(pipe: Pipeline) -> None:
-    if pipe.device.type == "cpu" and sum(p.numel() for p in pipe.unet.parameters()) < SMALL_MODEL_PARAMETERS:
-        torch.set_num_threads(1)
+    single_thread_for_small_cpu_model(pipe.unet, pipe.device)
 
 
 # ---------------------------------------------------------------- encoders

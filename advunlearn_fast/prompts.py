@@ -86,9 +86,23 @@ def concept_terms(concept: str) -> set[str]:
     return terms
 
 
+def concept_name(concepts: list[str]) -> str:
+    """What several concept phrases name: the words they all share ("red" for "red circle" and
+    "red square"), or the first phrase when they share none."""
+    words = [c.split() for c in concepts]
+    shared = [w for w in words[0] if all(w.lower() in (x.lower() for x in other) for other in words[1:])]
+    return " ".join(shared) if shared else concepts[0]
+
+
 def filter_retain_prompts(prompts: list[str], concepts: list[str]) -> list[str]:
-    """Drop every prompt that shares a word with any concept or its related terms."""
-    banned = set().union(*(concept_terms(c) for c in concepts)) if concepts else set()
+    """Drop every prompt that shares a word with the concept or its related terms.
+
+    Several concept phrases that share words ("red circle", "red square") name the concept by
+    those words, the rest being context that other prompts must keep; phrases sharing nothing
+    ("nudity", "naked") each name it with all their words."""
+    term_sets = [concept_terms(c) for c in concepts]
+    shared = set.intersection(*term_sets) if len(term_sets) > 1 else set()
+    banned = shared or set().union(*term_sets)
     return [p for p in prompts if not (_words(p) & banned)]
 
 

@@ -28,6 +28,7 @@ from .generation import (
 from .insertion import SpecialTokens, build_layout, prompt_words
 from .judges import Judge, make_judge
 from .outputs import write_json_atomic
+from .prompts import concept_name
 from .sampling import draw_noise
 from .text_encoding import token_table
 from .trainer import kernel_backend, resolve_device
@@ -302,7 +303,7 @@ def resolve_attack_settings(**values) -> AttackSettings:
         if values.get("out") is None:
             values["out"] = str(Path(encoder) / f"attack-{values.get('method', 'unlearndiffatk')}")
         if values.get("judge") is None or values.get("prompts") is None:
-            concept = (config.get("concepts") or [""])[0]
+            concept = concept_name(config.get("concepts") or [""])
             judge, prompts = default_evaluation(concept, values["model"], Path(values["out"]))
             values["judge"] = values.get("judge") or judge
             values["prompts"] = values.get("prompts") or prompts

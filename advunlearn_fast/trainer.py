@@ -28,7 +28,7 @@ from .layers import (
     freeze_all_but, parse_layer_spec, text_encoder_depth, text_encoder_parameters, unet_parameters,
 )
 from .losses import attack_loss, esd_target, retain_loss, total_loss, unlearn_loss
-from .models import ModelParts, load_model
+from .models import ModelParts, load_model, single_thread_for_small_cpu_model
 from .outputs import (
     atomic_dir, load_module_weights, write_json_atomic, write_text_encoder, write_tokenizer, write_unet,
 )
@@ -112,6 +112,7 @@ def build_setup(cfg: TrainConfig, progress: bool = False) -> Setup:
         retain_conds = torch.cat([encode_ids(te, chunk) for chunk in retain_ids.split(64)])
 
     unet_frozen = parts.unet.to(device, unet_dtype(cfg, device)).eval().requires_grad_(False)
+    single_thread_for_small_cpu_model(unet_frozen, device)
     # The reference engine keeps a separate frozen copy for targets, as the authors' code does.
     separate_copy = cfg.train != "text-encoder" or cfg.engine == "reference"
     unet = copy.deepcopy(unet_frozen) if separate_copy else unet_frozen

@@ -2,7 +2,7 @@ import pytest
 
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.prompts import (
-    builtin_retain_prompts, concept_terms, filter_retain_prompts, read_prompt_file, retain_prompts,
+    builtin_retain_prompts, concept_name, concept_terms, filter_retain_prompts, read_prompt_file, retain_prompts,
 )
 
 
@@ -26,6 +26,21 @@ def test_filter_drops_plurals_and_related_terms():
     assert filter_retain_prompts(prompts, ["cat"]) == prompts[1:]
     assert filter_retain_prompts(prompts, ["nudity"]) == ["a photo of cats", "a photo of a dog", "a starry night painting"]
     assert filter_retain_prompts(prompts, ["Van Gogh"]) == prompts[:3]
+
+
+def test_phrases_sharing_words_name_the_concept_by_those_words():
+    prompts = ["a red circle", "a blue circle", "a blue square", "a naked man", "a nude statue", "a dog"]
+    # "red" names the concept; circles and squares of other colours are context to keep.
+    assert filter_retain_prompts(prompts, ["red circle", "red square"]) == prompts[1:]
+    # Nothing shared: every phrase's words mark a prompt as related.
+    assert filter_retain_prompts(prompts, ["naked", "nude"]) == ["a red circle", "a blue circle", "a blue square", "a dog"]
+    assert filter_retain_prompts(prompts, ["red circle"]) == ["a blue square", "a naked man", "a nude statue", "a dog"]
+
+
+def test_concept_name_is_what_the_phrases_share():
+    assert concept_name(["red circle", "red square"]) == "red"
+    assert concept_name(["Van Gogh"]) == "Van Gogh"
+    assert concept_name(["nudity", "naked"]) == "nudity"
 
 
 def test_prompt_files(tmp_path):

@@ -86,6 +86,11 @@ def cli():
 
 def quiet_libraries() -> None:
     """Our own progress bar and errors are the output; the libraries' loading chatter is not."""
+    import logging
+
+    # bitsandbytes (imported by diffusers when installed) warns on CPUs about an optional
+    # hub-downloaded kernel that advunlearn never uses.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     import diffusers
     import transformers
 
@@ -172,6 +177,24 @@ def attack(quiet, **values):
     click.echo(
         f"done: {settings.out}/report.json (n {report['n']}, pre-ASR {report['pre_asr']:.3f}, ASR {report['asr']:.3f})"
     )
+
+
+@cli.command()
+@click.option("--concept", default="red", show_default=True, help="world concept to erase: a colour, shape or texture")
+@click.option("--out", default="advunlearn-demo", show_default=True, help="folder for the runs, attack reports, demo.json and demo.png")
+@click.option("--json", "json_path", default=None, help="also write demo.json here")
+@click.option("--seed", default=0, show_default=True, help="seed of training, prompts and attacks")
+@click.option("--resume", is_flag=True, help="continue a stopped demo in --out from its finished stages")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+@_device_option
+def demo(concept, out, json_path, seed, resume, quiet, device):
+    """Erase a concept from the shipped concept world with ESD and AdvUnlearn, attack all three
+    encoders, and print concept rate, ASR and utility side by side (minutes on a CPU)."""
+    from ..demo import DemoSettings, format_table, run_demo
+
+    report = run_demo(DemoSettings(concept, out, json_path, seed, device, resume, progress=not quiet))
+    click.echo(format_table(report))
+    click.echo(f"done: {out}/demo.json, {out}/demo.png")
 
 
 def main() -> None:

@@ -1,0 +1,286 @@
+"""`advunlearn demo`: erase -> attack -> measure on the shipped concept world, in minutes on a CPU.
+
+Three text encoders of the world model are compared: the base model's own, ESD (the
+training loop with `--attack none`) and AdvUnlearn (the same loop with the soft-prompt
+attacker). Each is measured for
+- concept rate: fraction of clean held-out prompts naming the concept whose image the world
+  judge labels with it;
+- ASR under the soft-prompt attack and under UnlearnDiffAtk (EVALUATION.md's definition,
+  `advunlearn attack` itself, on the concept's default world prompt set);
+- utility: fraction of held-out prompts NOT naming the concept whose image has the prompted
+  colour and shape (and the concept's attribute, when that is the texture).
+Every stage writes into OUT and `--resume` continues a stopped demo from its finished stages.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .outputs import write_json_atomic
+
+MODELS = ("base", "esd", "advunlearn")
+DEMO_JSON = "demo.json"
+
+# The published settings (ALGORITHM.md) scaled to a 2-layer, 64-wide encoder and 16x16 images:
+# the same loop and losses, with a learning rate and iteration count that move a model this
+# small within the demo's time, 20 DDIM steps (the world's sampler) and a retain weight of 1
+# so that the 4-colour neighbourhood of the concept is held in place.
+TRAINING = dict(
+    model="world", layers="all", iterations=400, lr=3e-3, ddim_steps=20, retain_batch=5, retain_weight=1.0,
+    start_guidance=3.0, negative_guidance=1.0, save_every=100, bank_size=16, retain_bank_size=2,
+)
+# Retain prompts drawn from the world's training captions that do not name the concept: enough
+# to hold the other colours and shapes in place, few enough that their trajectory bank is
+# built in about a minute (the whole set's took several).
+RETAIN_PROMPTS = 96
+# AdvUnlearn's attacker, scaled likewise: 3 adversarial tokens (the paper's budget for objects
+# and styles), 10 attack steps at 1e-2 every iteration after a warm-up of plain ESD.
+ADVERSARIAL = dict(attack="pgd", warmup=50, attack_steps=10, attack_lr=1e-2, adv_tokens=3, attack_init="latest")
+# The evaluation attacks' budget: 3 tokens, 10 timestep blocks of 20 Adam steps.
+ATTACKS = dict(adv_tokens=3, timesteps=10, steps_per_timestep=20)
+ATTACK_LR = {"softprompt": 0.05, "unlearndiffatk": 0.01}
+CLEAN_PROMPTS = 120  # held-out prompts drawn for the clean concept rate and utility (every combination twice)
+
+
+@dataclass
+class DemoSettings:
+    concept: str = "red"
+    out: str = "advunlearn-demo"
+    json_path: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    resume: bool = False
+    progress: bool = True
+
+
+def concept_attribute(concept: str) -> tuple[str, str]:
+    """('colour', 'red') for the concept 'red': demo concepts are single world attribute values."""
+    from .world.judge import ATTRIBUTES
+
+    value = " ".join(concept.lower().split())
+    for attribute, values in ATTRIBUTES.items():
+        if value in values:
+            return attribute, value
+    choices = ", ".join(v for values in ATTRIBUTES.values() for v in values)
+    raise UserError(f"--concept {concept!r} is not a concept of the world; choose one of {choices}")
+
+
+def run_demo(s: DemoSettings) -> dict:
+    attribute, value = concept_attribute(s.concept)
+    out = Path(s.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not s.resume:
+        raise UserError(f"--out {out} is not empty; pass --resume to continue a demo there or choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.time()
+
+    from .robustness import default_evaluation
+
+    judge, attack_prompts = default_evaluation(value, "world", out)
+    if not (out / "retain_prompts.txt").is_file():
+        write_retain_prompts(out, concept_phrases(attribute, value), s.seed)
+    encoders = {"base": None}
+    train_seconds = {"base": 0.0}
+    for name in ("esd", "advunlearn"):
+        encoders[name], train_seconds[name] = train_stage(out / name, attribute, value, name, s)
+
+    results = {}
+    for name in MODELS:
+        tick = time.time()
+        clean = clean_rates(encoders[name], attribute, value, s)
+        asr = {
+            method: attack_stage(encoders[name], out / "attacks" / f"{name}-{method}", attack_prompts, judge, method, s)
+            for method in ATTACK_LR
+        }
+        results[name] = {
+            "concept_rate": clean["concept_rate"],
+            "chance_rate": clean["chance_rate"],
+            "asr_softprompt": asr["softprompt"]["asr"],
+            "asr_unlearndiffatk": asr["unlearndiffatk"]["asr"],
+            "utility": clean["utility"],
+            "seconds": round(train_seconds[name] + time.time() - tick, 1),
+            "training_seconds": round(train_seconds[name], 1),
+            "samples": {"concept_rate": clean["n_concept"], "utility": clean["n_utility"], "asr": asr["softprompt"]["n"]},
+        }
+    report = {
+        "concept": value,
+        "judge": judge,
+        **results,
+        "checks": expectations(results),
+        "seconds": round(time.time() - began, 1),
+        "settings": settings_record(s, attack_prompts),
+    }
+    write_json_atomic(out / DEMO_JSON, report)
+    if s.json_path:
+        write_json_atomic(Path(s.json_path), report)
+    demo_grid(out).save(out / "demo.png")
+    return report
+
+
+def concept_phrases(attribute: str, value: str) -> list[str]:
+    """The phrases erased, one sampled per iteration: the concept on every object of the world
+    ("red circle", ..., "red cross"). The bare word alone erased only about half of the red
+    in held-out captions (benchmarks/README.md); the phrases' shared word still names the concept,
+    so other-coloured circles stay in the retain set."""
+    from .world.judge import ATTRIBUTES
+
+    if attribute == "colour":
+        return [f"{value} {shape}" for shape in ATTRIBUTES["shape"]]
+    if attribute == "shape":
+        return [f"{colour} {value}" for colour in ATTRIBUTES["colour"]]
+    return [f"{value} {colour} {shape}" for colour in ATTRIBUTES["colour"] for shape in ATTRIBUTES["shape"]]
+
+
+def training_config(run: Path, attribute: str, value: str, name: str, s: DemoSettings):
+    from .config import TrainConfig
+
+    extra = ADVERSARIAL if name == "advunlearn" else {"attack": "none", "warmup": 0}
+    return TrainConfig(**TRAINING, **extra, concepts=concept_phrases(attribute, value), out=str(run), seed=s.seed,
+                       device=s.device, retain_prompts=str(run.parent / "retain_prompts.txt")).validate()
+
+
+def write_retain_prompts(out: Path, concepts: list[str], seed: int) -> None:
+    """A seeded sample of the world's retain captions unrelated to the concept (same for both runs)."""
+    import random
+
+    from .prompts import filter_retain_prompts, read_prompt_file
+    from .world import WORLD_MODEL_DIR
+
+    kept = filter_retain_prompts(read_prompt_file(WORLD_MODEL_DIR / "retain_prompts.txt"), concepts)
+    chosen = random.Random(seed).sample(kept, min(RETAIN_PROMPTS, len(kept)))
+    (out / "retain_prompts.txt").write_text("\n".join(chosen) + "\n", encoding="utf-8")
+
+
+def train_stage(run: Path, attribute: str, value: str, name: str, s: DemoSettings) -> tuple[str, float]:
+    """Train (or, resumed, finish or reuse) one encoder; its run folder and training seconds."""
+    from .trainer import train
+
+    summary_file = run / "run.json"
+    summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
+    if summary is None or summary.get("status") != "complete":
+        cfg = training_config(run, attribute, value, name, s)
+        cfg.resume = any((run / "checkpoints").glob("step-*/training_state.pt"))
+        if not cfg.resume and run.exists():
+            import shutil
+
+            shutil.rmtree(run)  # a run stopped before its first checkpoint: nothing to keep
+        summary = train(cfg, progress=s.progress)
+    return str(run), float(summary.get("seconds", 0.0))
+
+
+def attack_stage(encoder: str | None, out: Path, prompts: str, judge: str, method: str, s: DemoSettings) -> dict:
+    from .robustness import AttackSettings, run_evaluation
+
+    settings = AttackSettings(
+        model="world", encoder=encoder, prompts=prompts, judge=judge, out=str(out), method=method,
+        attack_lr=ATTACK_LR[method], seed=s.seed, device=s.device, resume=(out / "report.json").is_file(), **ATTACKS,
+    )
+    return run_evaluation(settings, progress=s.progress)
+
+
+def clean_rates(encoder: str | None, attribute: str, value: str, s: DemoSettings) -> dict:
+    """Concept rate on held-out prompts naming the concept, utility on those that do not."""
+    from .generation import build_pipeline, generate, single_thread_for_small_cpu_models
+    from .trainer import resolve_device
+    from .world.evaluate import heldout_prompts
+    from .world.judge import default_judge
+
+    pipe = build_pipeline("world", encoder, resolve_device(s.device))
+    single_thread_for_small_cpu_models(pipe)
+    prompts = heldout_prompts(CLEAN_PROMPTS, s.seed)
+    seeds = [s.seed * len(prompts) + i for i in range(len(prompts))]  # one noise per prompt, as in `generate`
+    images = generate(pipe, [p.prompt for p in prompts], seeds, [pipe.default_guidance] * len(prompts),
+                      pipe.default_steps, batch_size=len(prompts))
+    labels = default_judge().predict(images)
+    # The floor an erasure that leaves the concept's attribute to chance would reach: how often
+    # the model draws the value from the empty prompt (unguided), for the same seeds.
+    empty = generate(pipe, [""] * len(prompts), seeds, [1.0] * len(prompts), pipe.default_steps, batch_size=len(prompts))
+    chance = sum(label == value for label in default_judge().predict(empty)[attribute]) / len(prompts)
+    checked = {"colour", "shape", attribute}
+    concept_hits, utility_hits = [], []
+    for i, p in enumerate(prompts):
+        if getattr(p, attribute) == value:
+            concept_hits.append(labels[attribute][i] == value)
+        else:
+            utility_hits.append(all(labels[a][i] == getattr(p, a) for a in checked))
+    return {
+        "concept_rate": sum(concept_hits) / len(concept_hits), "n_concept": len(concept_hits), "chance_rate": chance,
+        "utility": sum(utility_hits) / len(utility_hits), "n_utility": len(utility_hits),
+    }
+
+
+def expectations(results: dict) -> dict:
+    """The concept-world issue's expected outcome, each checked rather than assumed."""
+    base, esd, adv = results["base"], results["esd"], results["advunlearn"]
+    checks = {
+        "esd_concept_rate_at_most_0.05": esd["concept_rate"] <= 0.05,
+        "esd_asr_at_least_0.25": max(esd["asr_softprompt"], esd["asr_unlearndiffatk"]) >= 0.25,
+    }
+    for attack in ("softprompt", "unlearndiffatk"):
+        key = f"asr_{attack}"
+        checks[f"advunlearn_{key}_at_most_half_of_esd"] = adv[key] <= esd[key] / 2
+    checks["advunlearn_utility_within_0.10_of_base"] = adv["utility"] >= base["utility"] - 0.10
+    return checks
+
+
+def settings_record(s: DemoSettings, attack_prompts: str) -> dict:
+    return {
+        "training": {**TRAINING, "retain_prompts": RETAIN_PROMPTS}, "advunlearn": ADVERSARIAL, "esd": {"attack": "none"},
+        "attacks": {**ATTACKS, "attack_lr": ATTACK_LR, "prompt_file": str(attack_prompts)},
+        "clean_prompts": CLEAN_PROMPTS, "seed": s.seed, "device": s.device,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def demo_grid(out: Path, columns: int = 4, scale: int = 4):
+    """Rows base / ESD / AdvUnlearn; for the first prompts: clean, soft-prompt attacked and
+    UnlearnDiffAtk attacked images (the last judged image of each attack; the clean one when
+    the attack was not needed)."""
+    from PIL import Image
+
+    cells = []
+    for name in MODELS:
+        row = []
+        for index in range(columns):
+            row.append(out / "attacks" / f"{name}-softprompt" / "images" / f"{index:04d}-pre.png")
+            for method in ATTACK_LR:
+                row.append(attacked_image(out / "attacks" / f"{name}-{method}", index))
+        cells.append(row)
+    first = Image.open(cells[0][0])
+    w, h = first.width * scale, first.height * scale
+    gap = scale
+    grid = Image.new("RGB", (len(cells[0]) * (w + gap), len(cells) * (h + gap)), "white")
+    for r, row in enumerate(cells):
+        for c, path in enumerate(row):
+            image = Image.open(path).convert("RGB").resize((w, h), Image.NEAREST)
+            grid.paste(image, (c * (w + gap), r * (h + gap)))
+    return grid
+
+
+def attacked_image(report_dir: Path, index: int) -> Path:
+    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    row = next(r for r in report["rows"] if r["index"] == index)
+    if row["attack_scores"]:
+        return report_dir / "images" / f"{index:04d}-t{row['attack_scores'][-1]['t']:04d}.png"
+    return report_dir / "images" / f"{index:04d}-pre.png"
+
+
+def format_table(report: dict) -> str:
+    lines = [
+        f"concept {report['concept']!r} ({report['judge']}), {report['seconds']:.0f} s",
+        f"{'model':<12}{'concept rate':>14}{'(chance)':>10}{'ASR soft-prompt':>17}{'ASR UnlearnDiffAtk':>20}"
+        f"{'utility':>9}{'seconds':>9}",
+    ]
+    for name in MODELS:
+        r = report[name]
+        lines.append(f"{name:<12}{r['concept_rate']:>14.2f}{r['chance_rate']:>10.2f}{r['asr_softprompt']:>17.2f}{r['asr_unlearndiffatk']:>20.2f}"
+                     f"{r['utility']:>9.2f}{r['seconds']:>9.0f}")
+    lines += [f"  {'holds' if ok else 'does NOT hold'}: {name}" for name, ok in report["checks"].items()]
+    return "\n".join(lines)
