@@ -148,7 +148,8 @@ def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, 
 @click.option("--encoder", default=None, help="encoder under attack: diffusers folder, train run folder or .pt; omitted: the model's own")
 @click.option("--prompts", default=None, help=".txt or .csv prompt set [default: the run concept's, where one ships]")
 @click.option("--method", type=click.Choice(["unlearndiffatk", "softprompt", "none"]), default="unlearndiffatk", show_default=True)
-@click.option("--judge", default=None, help="world:<attr>=<value>, nudenet[:threshold[:CLASSES]], module:function, clip:<path>, imagenet:<path>:<id>")
+@click.option("--judge", default=None, help="world:<attr>=<value>, nudenet[:threshold[:CLASSES]], module:function, "
+              "clip:<local CLIP folder>[:<concept>], imagenet:<ResNet-50 .pth>:<class id>")
 @click.option("--out", default=None, help="report folder [default: attack-<method>/ beside the run]")
 @click.option("--adv-tokens", default=5, show_default=True, help="adversarial tokens (5 for nudity, 3 for objects and styles)")
 @click.option("--timesteps", default=50, show_default=True, help="timestep blocks, visited in order (10, 30, ..., 990 for 50)")
