@@ -27,7 +27,8 @@ setup(
     ],
     extras_require={
         "gpu": ["xformers", "bitsandbytes", "triton"],
-        "dev": ["pytest", "triton"],
+        # scipy: the tests check the Fréchet distance against the usual sqrtm formula.
+        "dev": ["pytest", "triton", "scipy"],
         "nudenet": ["nudenet>=3.4"],
     },
     entry_points={"console_scripts": ["advunlearn=advunlearn_fast.cli.main:main"]},

@@ -21,6 +21,7 @@ from .models import ModelParts, load_model, single_thread_for_small_cpu_model
 from .outputs import TEXT_MODEL_PREFIX, write_json_atomic
 from .prompts import read_prompt_file
 from .sampling import ddim_scheduler, draw_noise, partial_rollout
+from .statedicts import read_state_dict
 from .text_encoding import encode_ids, token_table, tokenize
 
 # Stable Diffusion's own sampling defaults; a model folder may carry others (world.json).
@@ -140,19 +141,7 @@ def load_encoder(spec: str, parts: ModelParts) -> torch.nn.Module:
 
 
 def _encoder_from_state_file(path: Path, parts: ModelParts) -> torch.nn.Module:
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"--encoder {path}: cannot read the state dict: {(str(err).splitlines() or ['?'])[0]}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"--encoder {path}: expected a state dict of tensors")
+    state = read_state_dict(path, f"--encoder {path}")
     te = copy.deepcopy(parts.text_encoder).cpu()
     own = te.state_dict()
     own_prefixed = any(k.startswith(TEXT_MODEL_PREFIX) for k in own)
@@ -250,11 +239,15 @@ def generate(
     return torch.stack(images)
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images [N, 3, H, W] in [-1, 1] -> the uint8 pixels a PNG of them holds (CPU)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
 def to_pil(images: torch.Tensor) -> list:
     from PIL import Image
 
-    arrays = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arrays]
+    return [Image.fromarray(a) for a in to_uint8(images).permute(0, 2, 3, 1).numpy()]
 
 
 def from_pil(images: list) -> torch.Tensor:
@@ -306,6 +299,13 @@ def with_default_guidance(rows: list[PromptRow], guidance: float) -> list[Prompt
     return [r if r.guidance is not None else replace(r, guidance=guidance) for r in rows]
 
 
+def check_generation_args(steps: int | None, batch_size: int) -> None:
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+
+
 def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size, device,
                     model_config=None) -> list[Path]:
     """`advunlearn generate`: OUT/NNNN.png per prompt and OUT/manifest.json with seeds."""
@@ -315,10 +315,7 @@ def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidanc
         raise UserError("give exactly one of --prompt TEXT and --prompts FILE")
     if prompt_text is not None and not prompt_text.strip():
         raise UserError("--prompt is empty")
-    if steps is not None and steps < 1:
-        raise UserError(f"--steps must be at least 1, got {steps}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    check_generation_args(steps, batch_size)
     rows = [PromptRow(prompt_text.strip(), seed, guidance)] if prompt_text is not None else read_prompt_rows(prompt_file, seed, guidance)
     pipe = build_pipeline(model, encoder, resolve_device(device), model_config)
     single_thread_for_small_cpu_models(pipe)

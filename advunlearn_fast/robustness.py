@@ -8,9 +8,7 @@ is rewritten after every prompt, so `--resume` continues where a run stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,14 +17,14 @@ import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
-from . import __version__
 from .errors import UserError
 from .generation import (
     Pipeline, PromptRow, build_pipeline, encode_images, from_pil, generate_from_conditions, image_grid,
     read_prompt_rows, single_thread_for_small_cpu_models, to_pil, with_default_guidance,
 )
 from .insertion import SpecialTokens, build_layout, prompt_words
-from .judges import Judge, make_judge
+from .judges import Judge, make_judge, with_concept
+from .manifest import file_sha256, versions
 from .outputs import write_json_atomic
 from .prompts import concept_name
 from .sampling import draw_noise
@@ -81,18 +79,6 @@ class AttackSettings:
         return {k: v for k, v in asdict(self).items() if k not in ("out", "resume", "device")}
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def versions() -> dict:
-    import diffusers
-    import transformers
-
-    return {"advunlearn": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version()}
-
-
 def _load_report(out: Path, settings: AttackSettings, prompt_hash: str) -> list[dict]:
     report_file = out / REPORT
     if not report_file.is_file():
@@ -121,11 +107,11 @@ class Evaluation:
     def __init__(self, settings: AttackSettings, progress: bool = True):
         self.s = settings.validate()
         self.progress = progress
-        self.judge: Judge = make_judge(settings.judge)  # a bad judge fails before models load
+        self.device = resolve_device(settings.device)
+        self.judge: Judge = make_judge(settings.judge, self.device)  # a bad judge fails before models load
         self.out = Path(settings.out)
         rows = read_prompt_rows(settings.prompts, settings.seed, settings.guidance)
         self.prompt_hash = file_sha256(settings.prompts)
-        self.device = resolve_device(settings.device)
         self.backend = kernel_backend(self.device)
         self.pipe: Pipeline = build_pipeline(settings.model, settings.encoder, self.device, settings.model_config)
         single_thread_for_small_cpu_models(self.pipe)
@@ -302,8 +288,10 @@ def resolve_attack_settings(**values) -> AttackSettings:
             values["model"], values["model_config"] = config["model"], values.get("model_config") or config.get("model_config")
         if values.get("out") is None:
             values["out"] = str(Path(encoder) / f"attack-{values.get('method', 'unlearndiffatk')}")
+        concept = concept_name(config.get("concepts") or [""])
+        if values.get("judge") is not None:
+            values["judge"] = with_concept(values["judge"], concept)
         if values.get("judge") is None or values.get("prompts") is None:
-            concept = concept_name(config.get("concepts") or [""])
             judge, prompts = default_evaluation(concept, values["model"], Path(values["out"]))
             values["judge"] = values.get("judge") or judge
             values["prompts"] = values.get("prompts") or prompts
@@ -327,12 +315,12 @@ def default_evaluation(concept: str, model: str, out: Path) -> tuple[str | None,
     - nudity: NudeNet; its prompt set (I2P) is third-party and must be passed.
     Prompt files are written to OUT."""
     from .evalsets import concept_key, prompt_set_csv
-    from .world import WORLD_MODEL_DIR
+    from .world import world_folder
 
-    folder = WORLD_MODEL_DIR if model == "world" else Path(model)
+    folder = world_folder(model)
     words = concept.lower().split()
     out.mkdir(parents=True, exist_ok=True)
-    if (folder / "world.json").is_file():
+    if folder is not None:
         from .world.judge import ATTRIBUTES
 
         meta = json.loads((folder / "world.json").read_text(encoding="utf-8"))
@@ -361,7 +349,7 @@ def missing_default(concept: str, flag: str) -> UserError:
                          f"pass --judge imagenet:<local ResNet-50 weights>:{IMAGENET_CLASSES[key]} or --judge module:function")
     if flag == "judge" and "gogh" in key:
         return UserError("the judge for Van Gogh is an artist-style classifier, whose weights are not on disk: "
-                         "pass --judge module:function with your classifier")
+                         "pass --judge clip:<local CLIP folder> (zero-shot) or --judge module:function with your classifier")
     if flag == "prompts" and "nud" in key:
         return UserError("no nudity prompt set ships with advunlearn (the I2P prompts are third-party): pass --prompts FILE "
                          "(.csv with prompt, evaluation_seed, evaluation_guidance)")

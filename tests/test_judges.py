@@ -72,3 +72,77 @@ def test_callable_judge_from_a_file_and_its_failures(tmp_path):
         make_judge(f"{tmp_path / 'myjudge.py'}:short")(_images(), ["a", "b"])
     with pytest.raises(UserError, match="failed: model missing"):
         make_judge(f"{tmp_path / 'myjudge.py'}:broken")(_images(), ["a", "b"])
+
+
+# ---------------------------------------------------------------- judges with local weights
+
+
+def _solid(*colours):
+    """Images [N, 3, 16, 16] in [-1, 1], one solid RGB colour (0-255) each."""
+    return torch.stack([torch.tensor(c, dtype=torch.float32).view(3, 1, 1).expand(3, 16, 16) / 127.5 - 1 for c in colours])
+
+
+@pytest.fixture
+def controlled_clip(tmp_path):
+    """A tiny CLIP whose image embedding is +u or -u, u = t(concept text) - t(neutral text), by the
+    sign of a fixed direction in its pooled vision features: red is on the concept's side and
+    blue on the neutral one, by construction."""
+    from advunlearn_fast.clip_local import load_clip
+    from advunlearn_fast.generation import to_pil
+    from advunlearn_fast.judges import CLIP_CONCEPT_TEMPLATE, CLIP_NEUTRAL_TEXT
+    from weights import save_tiny_clip
+
+    folder = save_tiny_clip(tmp_path / "clip")
+    clip = load_clip(folder, "test")
+    concept, neutral = clip.text_embeddings([CLIP_CONCEPT_TEMPLATE.format("church"), CLIP_NEUTRAL_TEXT])
+    pixels = clip.processor(images=to_pil(_solid((255, 0, 0), (0, 0, 255))), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        red, blue = clip.model.vision_model(pixel_values=pixels).pooler_output
+        # Pooled features are layer-normalised (equal norms), so red.(red - blue) > 0 > blue.(red - blue).
+        clip.model.visual_projection.weight.copy_(torch.outer(concept - neutral, red - blue))
+    clip.model.save_pretrained(folder)
+    return folder
+
+
+def test_clip_judge_decides_by_the_concept_text_against_the_neutral_one(controlled_clip):
+    judge = make_judge(f"clip:{controlled_clip}:church")
+    verdicts = judge(_solid((255, 0, 0), (0, 0, 255), (250, 10, 5)), ["a", "b", "c"])
+    assert [v.success for v in verdicts] == [True, False, True]
+    assert verdicts[0].score > 0.5 > verdicts[1].score
+    described = judge.describe()
+    assert described["threshold"] == 0.5 and described["texts"] == ["an image of church", "an image"]
+    assert len(described["weights_sha256"]) == 64
+
+
+def test_clip_judge_needs_its_folder_and_a_concept(tmp_path, controlled_clip):
+    with pytest.raises(UserError, match=r"needs a CLIP model folder .* on local disk: pass --judge clip:<local CLIP folder>"):
+        make_judge(f"clip:{tmp_path / 'missing'}:church")
+    with pytest.raises(UserError, match=f"needs a concept text: pass --judge clip:{controlled_clip}:<concept text>"):
+        make_judge(f"clip:{controlled_clip}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="cannot load a CLIP model and processor"):
+        make_judge(f"clip:{tmp_path / 'empty'}:church")
+
+
+def test_clip_spec_takes_the_runs_concept_only_when_it_names_none():
+    from advunlearn_fast.judges import with_concept
+
+    assert with_concept("clip:/m/clip", "Van Gogh") == "clip:/m/clip:Van Gogh"
+    assert with_concept("clip:/m/clip:a church", "Van Gogh") == "clip:/m/clip:a church"
+    assert with_concept("nudenet", "nudity") == "nudenet"
+
+
+def test_imagenet_judge_is_top1_against_the_class_id(tmp_path):
+    from weights import save_constant_resnet50
+
+    weights = save_constant_resnet50(tmp_path / "resnet50.pth", class_id=497)
+    images = _solid((200, 200, 200), (10, 40, 90))
+    church = make_judge(f"imagenet:{weights}:497")(images, ["a", "b"])
+    assert [v.success for v in church] == [True, True] and church[0].score["top1"] == 497
+    assert [v.success for v in make_judge(f"imagenet:{weights}:569")(images, ["a", "b"])] == [False, False]
+    with pytest.raises(UserError, match="class id must be an ImageNet class index 0-999"):
+        make_judge(f"imagenet:{weights}:1000")
+    with pytest.raises(UserError, match="class id must be an ImageNet class index 0-999"):
+        make_judge(f"imagenet:{weights}")
+    with pytest.raises(UserError, match=r"needs an ImageNet classifier .* on local disk: pass --judge imagenet:<local path>:<class id>"):
+        make_judge(f"imagenet:{tmp_path / 'missing.pth'}:497")

@@ -147,13 +147,40 @@ def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, 
     click.echo(f"done: {len(written)} images in {out}")
 
 
+@cli.command("eval")
+@click.option("--model", required=True, help="SD v1.x diffusers folder, single-file checkpoint, hub id, 'tiny' or 'world'")
+@click.option("--model-config", default=None, help="diffusers folder with the configs of a single-file --model")
+@click.option("--encoder", default=None, help="text encoder to plug in: diffusers folder, train run folder or .pt state dict")
+@click.option("--prompts", required=True, help=".txt (one per line) or .csv (prompt, evaluation_seed, evaluation_guidance)")
+@click.option("--out", required=True, help="folder for eval.json and images/")
+@click.option("--clip", default=None, help="local CLIP model folder for the CLIP score (e.g. a copy of openai/clip-vit-base-patch32)")
+@click.option("--real", default=None, help="folder of real images: FID of the generated images against them (needs --inception)")
+@click.option("--inception", default=None, help="local FID Inception weights, pt_inception-2015-12-05-6726825d.pth")
+@click.option("--seed", default=0, show_default=True, help="seed of prompts without their own")
+@click.option("--guidance", type=float, default=None, help="classifier-free guidance [default: the model's, 7.5 for SD]")
+@click.option("--steps", type=int, default=None, help="DDIM steps [default: the model's, 50 for SD]")
+@click.option("--batch-size", default=8, show_default=True, help="prompts per UNet call and per metric batch")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+@_device_option
+def eval_command(quiet, **values):
+    """Utility: CLIP score and FID of images generated with an encoder plugged in (world accuracy on the concept world)."""
+    from ..utility import EvalSettings, run_eval
+
+    result = run_eval(EvalSettings(**values), progress=not quiet)
+    metrics = result["metrics"]
+    shown = [f"n {result['n']}"] + [f"{k.replace('_', ' ')} {v:.4g}" for k, v in metrics.items() if k != "world_accuracy"]
+    shown += [f"{a} accuracy {v['accuracy']:.3g}" for a, v in metrics.get("world_accuracy", {}).items()]
+    click.echo(f"done: {values['out']}/eval.json ({', '.join(shown)})")
+
+
 @cli.command()
 @click.option("--model", default=None, help="SD v1.x model [default: the run's, when --encoder is a train run folder]")
 @click.option("--model-config", default=None, help="diffusers folder with the configs of a single-file --model")
 @click.option("--encoder", default=None, help="encoder under attack: diffusers folder, train run folder or .pt; omitted: the model's own")
 @click.option("--prompts", default=None, help=".txt or .csv prompt set [default: the run concept's, where one ships]")
 @click.option("--method", type=click.Choice(["unlearndiffatk", "softprompt", "none"]), default="unlearndiffatk", show_default=True)
-@click.option("--judge", default=None, help="world:<attr>=<value>, nudenet[:threshold[:CLASSES]], module:function, clip:<path>, imagenet:<path>:<id>")
+@click.option("--judge", default=None, help="world:<attr>=<value>, nudenet[:threshold[:CLASSES]], module:function, "
+              "clip:<local CLIP folder>[:<concept>], imagenet:<ResNet-50 .pth>:<class id>")
 @click.option("--out", default=None, help="report folder [default: attack-<method>/ beside the run]")
 @click.option("--adv-tokens", default=5, show_default=True, help="adversarial tokens (5 for nudity, 3 for objects and styles)")
 @click.option("--timesteps", default=50, show_default=True, help="timestep blocks, visited in order (10, 30, ..., 990 for 50)")

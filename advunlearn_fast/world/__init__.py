@@ -15,6 +15,13 @@ import torch
 WORLD_MODEL_DIR = Path(__file__).parent / "weights"
 
 
+def world_folder(model: str) -> Path | None:
+    """The folder of the concept-world model that `--model` names ('world', or a folder with
+    a world.json), None for any other model."""
+    folder = WORLD_MODEL_DIR if model == "world" else Path(model).expanduser()
+    return folder if (folder / "world.json").is_file() else None
+
+
 def load_world_model(folder: str | Path = WORLD_MODEL_DIR, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """Tokenizer, text encoder, UNet, DDIM scheduler and world.json of the (shipped) world model."""
     # Imported here so that reading WORLD_MODEL_DIR does not pull in diffusers.

@@ -1,0 +1,66 @@
+"""A CLIP model (transformers CLIPModel + CLIPProcessor) read from a local folder only.
+
+Used by the CLIP score of `eval` and by the `clip:` judge. The folder is what
+`CLIPModel.save_pretrained` and `CLIPProcessor.save_pretrained` write, e.g. a local copy of
+openai/clip-vit-base-patch32 (EVALUATION.md's CLIP score model) or clip-vit-large-patch14.
+Loading passes local_files_only, so a name that is not a folder is never looked up on a hub.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+def _projected(output) -> torch.Tensor:
+    # transformers 4.x returns the projected embeddings; 5.x returns a model output that
+    # holds them as pooler_output.
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+@dataclass
+class LocalCLIP:
+    model: torch.nn.Module
+    processor: object
+    path: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device) -> "LocalCLIP":
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def image_embeddings(self, pil_images: list) -> torch.Tensor:
+        """Unit-length image embeddings [N, D] (float32, CPU)."""
+        pixels = self.processor(images=pil_images, return_tensors="pt")["pixel_values"].to(self.device)
+        embeds = _projected(self.model.get_image_features(pixel_values=pixels)).float()
+        return torch.nn.functional.normalize(embeds, dim=-1).cpu()
+
+    @torch.no_grad()
+    def text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        """Unit-length text embeddings [N, D]; texts longer than CLIP's context are truncated."""
+        length = int(self.model.config.text_config.max_position_embeddings)
+        tokens = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True, max_length=length)
+        embeds = _projected(self.model.get_text_features(
+            input_ids=tokens["input_ids"].to(self.device), attention_mask=tokens["attention_mask"].to(self.device),
+        )).float()
+        return torch.nn.functional.normalize(embeds, dim=-1).cpu()
+
+
+def load_clip(folder: str | Path, what: str) -> LocalCLIP:
+    """The CLIP model and processor in an existing local `folder`; `what` starts errors."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    try:
+        model = CLIPModel.from_pretrained(folder, local_files_only=True)
+        processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [err.__class__.__name__])[0]
+        raise UserError(f"{what}: cannot load a CLIP model and processor from {folder}: {first}") from None
+    return LocalCLIP(model.eval().requires_grad_(False), processor, str(folder))

@@ -1,0 +1,239 @@
+"""`advunlearn eval`: the utility of a model with an encoder plugged in (EVALUATION.md, Utility).
+
+One image per prompt, with the prompt's seed and guidance as in `generate`, then each metric
+whose inputs are given:
+- CLIP score (`--clip FOLDER`): `metrics.clip_scores` of each image with its own prompt,
+  averaged over images;
+- FID (`--real DIR` and `--inception FILE`): Inception pool features of the generated images
+  (the uint8 pixels of the PNGs written) against those of every image in DIR;
+- world accuracy (concept-world models, always): for each attribute that a prompt names
+  exactly one value of, whether the world's judge sees that value in the image.
+Paths are checked and the metric networks loaded before the model, and the real images read
+before any generation, so bad input fails first. Images are generated, written and measured a
+batch at a time: memory does not grow with the number of prompts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import UserError
+from .fid_inception import FEATURES, WEIGHTS_FILE, FIDInception, load_fid_inception
+from .generation import (
+    build_pipeline, check_generation_args, generate, read_prompt_rows, single_thread_for_small_cpu_models, to_pil,
+    to_uint8, with_default_guidance,
+)
+from .manifest import file_sha256, path_sha256, versions
+from .metrics import clip_scores, fid
+from .outputs import write_json_atomic
+from .trainer import resolve_device
+from .world import world_folder
+from .world.judge import default_judge
+
+EVAL_FILE = "eval.json"
+REAL_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CLIP_SCORE_DEFINITION = "mean over images of 100 * max(cos(CLIP image embedding, CLIP prompt embedding), 0)"
+
+
+@dataclass
+class EvalSettings:
+    model: str
+    prompts: str
+    out: str
+    encoder: str | None = None
+    real: str | None = None
+    clip: str | None = None
+    inception: str | None = None
+    batch_size: int = 8
+    seed: int = 0  # for prompts without their own
+    guidance: float | None = None  # for prompts without their own; the model's default
+    steps: int | None = None  # the model's default (50 for SD)
+    device: str = "auto"
+    model_config: str | None = None
+
+
+def real_image_files(folder: str) -> list[Path]:
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise UserError(f"--real {folder} is not a folder")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in REAL_SUFFIXES)
+    if len(files) < 2:
+        raise UserError(f"--real {folder} holds {len(files)} images ({', '.join(REAL_SUFFIXES)}); FID needs at least 2")
+    return files
+
+
+def check_inputs(s: EvalSettings, world: bool) -> list[Path]:
+    """Every path and number, before anything is loaded; returns the real image files."""
+    check_generation_args(s.steps, s.batch_size)
+    if s.clip is not None and not Path(s.clip).expanduser().is_dir():
+        raise UserError(f"--clip {s.clip} is not a folder on local disk: pass --clip <a local CLIP model folder, "
+                        "e.g. a copy of openai/clip-vit-base-patch32 with its processor files>")
+    if s.inception is not None and s.real is None:
+        raise UserError("--inception is for FID, which also needs --real DIR (the real images to compare with)")
+    if s.real is None:
+        if s.clip is None and not world:
+            raise UserError("nothing to measure: pass --clip <local CLIP folder> for the CLIP score and/or "
+                            f"--real DIR --inception <{WEIGHTS_FILE}> for FID")
+        return []
+    if s.inception is None:
+        raise UserError(f"FID needs the Inception weights on local disk: pass --inception <path to {WEIGHTS_FILE}> "
+                        "(the FID Inception state dict of pytorch-fid and torch-fidelity)")
+    if not Path(s.inception).expanduser().is_file():
+        raise UserError(f"--inception {s.inception} is not a file on local disk: pass the FID Inception weights "
+                        f"({WEIGHTS_FILE})")
+    return real_image_files(s.real)
+
+
+def read_images(files: list[Path]) -> list[torch.Tensor]:
+    """uint8 RGB images [3, H, W], each at its own size."""
+    from PIL import Image
+
+    images = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                pixels = np.asarray(image.convert("RGB"))
+        except Exception as err:
+            raise UserError(f"--real: cannot read {file}: {(str(err).splitlines() or ['?'])[0]}") from None
+        images.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1))
+    return images
+
+
+@torch.no_grad()
+def inception_features(net: FIDInception, images: list[torch.Tensor], device: torch.device) -> np.ndarray:
+    """Pool features [N, 2048] of uint8 images; images of one size share a forward pass (the
+    network resizes each to 299x299 itself)."""
+    by_size = defaultdict(list)
+    for index, image in enumerate(images):
+        by_size[tuple(image.shape)].append(index)
+    features = np.empty((len(images), FEATURES), dtype=np.float64)
+    for indices in by_size.values():
+        batch = torch.stack([images[i] for i in indices]).to(device)
+        features[indices] = net(batch).double().cpu().numpy()
+    return features
+
+
+def named_attributes(prompt: str) -> dict[str, str]:
+    """The world attributes a prompt names exactly one value of, e.g. {'colour': 'red'}."""
+    from .world.judge import ATTRIBUTES
+
+    words = set(re.findall(r"[a-z]+", prompt.lower()))
+    named = {}
+    for attribute, values in ATTRIBUTES.items():
+        hits = [v for v in values if v in words]
+        if len(hits) == 1:
+            named[attribute] = hits[0]
+    return named
+
+
+def world_accuracy(records: list[dict]) -> dict:
+    """Per attribute: the fraction of images that show the value their prompt names."""
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for record in records:
+        for attribute, seen in record["world"].items():
+            totals[attribute][0] += seen["named"] == seen["judged"]
+            totals[attribute][1] += 1
+    return {a: {"accuracy": hits / n, "n": n} for a, (hits, n) in totals.items()}
+
+
+def run_eval(s: EvalSettings, progress: bool = True) -> dict:
+    world = world_folder(s.model) is not None
+    real_files = check_inputs(s, world)
+    rows = read_prompt_rows(s.prompts, s.seed, s.guidance)
+    if real_files and len(rows) < 2:
+        raise UserError(f"FID needs at least 2 generated images; {s.prompts} holds {len(rows)} prompt")
+    device = resolve_device(s.device)
+    clip, inception = load_metric_networks(s, device)
+    pipe = build_pipeline(s.model, s.encoder, device, s.model_config)
+    real_features = None
+    if real_files:
+        real_features = np.concatenate([
+            inception_features(inception, read_images(real_files[i : i + s.batch_size]), device)
+            for i in tqdm(range(0, len(real_files), s.batch_size), desc="real images", disable=not progress)
+        ])
+    single_thread_for_small_cpu_models(pipe)
+    rows = with_default_guidance(rows, pipe.default_guidance)
+    steps = s.steps or pipe.default_steps
+    out = Path(s.out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    world_judge = default_judge() if world else None
+    records: list[dict] = []
+    all_clip_scores: list[float] = []
+    generated_features = []
+    bar = tqdm(total=len(rows), desc="images", disable=not progress)
+    for start in range(0, len(rows), s.batch_size):
+        part = rows[start : start + s.batch_size]
+        images = generate(pipe, [r.prompt for r in part], [r.seed for r in part], [r.guidance for r in part], steps,
+                          s.batch_size)
+        pils = to_pil(images)
+        batch = []
+        for index, (row, image) in enumerate(zip(part, pils), start=start):
+            name = f"images/{index:04d}.png"
+            image.save(out / name)
+            batch.append({"index": index, "file": name, "prompt": row.prompt, "seed": row.seed, "guidance": row.guidance})
+        if clip is not None:
+            scores = clip_scores(clip.image_embeddings(pils), clip.text_embeddings([r.prompt for r in part])).tolist()
+            all_clip_scores.extend(scores)
+            for record, score in zip(batch, scores):
+                record["clip_score"] = round(score, 4)
+        if inception is not None:
+            generated_features.append(inception_features(inception, list(to_uint8(images)), device))
+        if world_judge is not None:
+            labels = world_judge.predict(images)
+            for i, (record, row) in enumerate(zip(batch, part)):
+                record["world"] = {a: {"named": v, "judged": labels[a][i]} for a, v in named_attributes(row.prompt).items()}
+        records.extend(batch)
+        bar.update(len(part))
+    bar.close()
+
+    metrics, notes = {}, []
+    if clip is not None:
+        metrics["clip_score"] = float(np.mean(all_clip_scores))
+    if inception is not None:
+        generated = np.concatenate(generated_features)
+        metrics["fid"] = fid(generated, real_features)
+        if min(len(generated), len(real_features)) < FEATURES:
+            notes.append(f"FID from fewer than {FEATURES} images per set is biased upward and noisy: compare FIDs "
+                         "only at equal n (the papers use 10k COCO images)")
+    if world:
+        metrics["world_accuracy"] = world_accuracy(records)
+    result = {"n": len(records), "metrics": metrics, "notes": notes, "rows": records,
+              "manifest": manifest(s, device, pipe.parts.source, rows, steps, clip, len(real_files))}
+    write_json_atomic(out / EVAL_FILE, result)
+    return result
+
+
+def load_metric_networks(s: EvalSettings, device: torch.device):
+    """(CLIP or None, FID Inception or None), from paths `check_inputs` has seen on disk."""
+    clip = None
+    if s.clip is not None:
+        from .clip_local import load_clip
+
+        clip = load_clip(Path(s.clip).expanduser(), f"--clip {s.clip}").to(device)
+    inception = None
+    if s.real is not None:
+        inception = load_fid_inception(Path(s.inception).expanduser(), f"--inception {s.inception}").to(device)
+    return clip, inception
+
+
+def manifest(s: EvalSettings, device, model_source: str, rows, steps: int, clip, real_count: int) -> dict:
+    return {
+        "versions": versions(), "device": str(device), "model": model_source, "encoder": s.encoder,
+        "prompt_file": str(s.prompts), "prompt_file_sha256": file_sha256(s.prompts),
+        "seeds": [r.seed for r in rows], "guidance": [r.guidance for r in rows], "steps": steps,
+        "sampler": "DDIM (eta 0), classifier-free guidance",
+        "clip": None if clip is None else {"path": clip.path, "sha256": path_sha256(clip.path),
+                                            "score": CLIP_SCORE_DEFINITION},
+        "inception": None if s.real is None else {
+            "path": str(s.inception), "sha256": path_sha256(Path(s.inception).expanduser()),
+            "features": f"pool3, {FEATURES}-d; images resized to 299x299 by TF1 bilinear"},
+        "real": None if s.real is None else {"dir": str(s.real), "n": real_count},
+        "settings": asdict(s),
+    }
