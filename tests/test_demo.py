@@ -20,18 +20,20 @@ def finished(tmp_path_factory):
     _cut(patch)
     out = tmp_path_factory.mktemp("demo") / "out"
     extra = out.parent / "copy.json"
-    result = run_cli(["demo", "--out", str(out), "--json", str(extra), "--device", "cpu", "--quiet"])
+    result = run_cli("demo", "--out", str(out), "--json", str(extra), "--device", "cpu", "--quiet")
     patch.undo()
     return out, extra, result
 
 
 def _cut(patch):
     """CI-sized budgets: a few seconds of training and one attack block per prompt."""
-    patch.setattr(demo, "TRAINING", {**demo.TRAINING, "iterations": 60, "lr": 3e-3, "save_every": 30,
+    patch.setattr(demo, "TRAINING", {**demo.TRAINING, "iterations": 60, "lr": 1e-2, "save_every": 30,
                                      "bank_size": 4, "retain_bank_size": 1})
     patch.setattr(demo, "ADVERSARIAL", {**demo.ADVERSARIAL, "warmup": 40, "attack_steps": 2})
     patch.setattr(demo, "ATTACKS", {**demo.ATTACKS, "timesteps": 1, "steps_per_timestep": 2})
     patch.setattr(demo, "CLEAN_PROMPTS", 60)
+    patch.setattr(demo, "RETAIN_PROMPTS", 16)
+    patch.setattr(demo, "ATTACK_PROMPTS", 4)
 
 
 def test_demo_reports_every_model_and_a_short_erase_lowers_the_concept_rate(finished):
@@ -48,7 +50,7 @@ def test_demo_reports_every_model_and_a_short_erase_lowers_the_concept_rate(fini
     assert report["base"]["asr_softprompt"] >= 0.9  # the base model draws red without any attack
     assert report["esd"]["concept_rate"] <= report["base"]["concept_rate"] - 0.2
     assert report["base"]["utility"] >= 0.9
-    assert set(report["checks"]) and all(isinstance(v, bool) for v in report["checks"].values())
+    assert set(report["checks"]) and all(v in (True, False, None) for v in report["checks"].values())
     assert report["settings"]["training"]["iterations"] == 60
     for name in ("base", "esd", "advunlearn"):
         assert name in result.output
@@ -70,7 +72,7 @@ def test_demo_resume_reuses_finished_stages(finished):
     patch = pytest.MonkeyPatch()
     _cut(patch)
     try:
-        result = run_cli(["demo", "--out", str(out), "--resume", "--device", "cpu", "--quiet"])
+        result = run_cli("demo", "--out", str(out), "--resume", "--device", "cpu", "--quiet")
     finally:
         patch.undo()
     assert result.exit_code == 0, result.output
@@ -83,13 +85,13 @@ def test_demo_resume_reuses_finished_stages(finished):
 
 def test_demo_refuses_a_folder_in_use_without_resume(finished):
     out, _, _ = finished
-    result = run_cli(["demo", "--out", str(out), "--quiet"])
+    result = run_cli("demo", "--out", str(out), "--quiet")
     assert result.exit_code == 2
     assert "--resume" in result.output and "Traceback" not in result.output
 
 
 def test_demo_refuses_a_concept_outside_the_world(tmp_path):
-    result = run_cli(["demo", "--concept", "Van Gogh", "--out", str(tmp_path / "o"), "--quiet"])
+    result = run_cli("demo", "--concept", "Van Gogh", "--out", str(tmp_path / "o"), "--quiet")
     assert result.exit_code == 2
     assert "Van Gogh" in result.output and "red" in result.output
     assert not (tmp_path / "o").exists()
