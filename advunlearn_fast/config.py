@@ -23,6 +23,7 @@ COMPONENTS = ("all", "attn", "mlp")
 TRAIN_TARGETS = ("text-encoder", "unet-xattn", "unet-noxattn")
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("fast", "reference")
+OPTIMS = ("adam", "adam8bit")
 
 
 @dataclass
@@ -61,6 +62,7 @@ class TrainConfig:
     bank_dir: str = field(default_factory=lambda: os.environ.get("ADVUNLEARN_BANK_DIR", "~/.cache/advunlearn/bank"), metadata={"help": "where trajectory banks are kept (reused across runs on the same model)"})
     bank_size: int = field(default=32, metadata={"help": "bank trajectories per concept prompt"})
     retain_bank_size: int = field(default=2, metadata={"help": "bank trajectories per retain prompt"})
+    optim: Optional[str] = field(default=None, metadata={"help": "optimiser of the trained parameters: adam, or adam8bit (bitsandbytes 8-bit Adam state) [default: adam8bit on CUDA when bitsandbytes imports, else adam]"})
 
     def validate(self) -> "TrainConfig":
         self.concepts = [" ".join(str(c).split()) for c in self.concepts]
@@ -73,6 +75,8 @@ class TrainConfig:
         _choice("attack-init", self.attack_init, ATTACK_INITS)
         _choice("device", self.device, DEVICES)
         _choice("engine", self.engine, ENGINES)
+        if self.optim is not None:
+            _choice("optim", self.optim, OPTIMS)
         for name in ("iterations", "attack_steps", "adv_tokens", "attack_every", "retain_batch", "ddim_steps", "save_every",
                      "bank_size", "retain_bank_size"):
             if getattr(self, name) <= 0:

@@ -11,6 +11,7 @@ plus the weighted retain loss. z_t, timesteps and frozen predictions come from
 from __future__ import annotations
 
 import copy
+import dataclasses
 import platform
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from .layers import (
 )
 from .losses import attack_loss, esd_target, retain_loss, total_loss, unlearn_loss
 from .models import ModelParts, load_model, single_thread_for_small_cpu_model
+from .optim import bitsandbytes_version, build_optimizer, resolve_optim
 from .outputs import (
     atomic_dir, load_module_weights, write_json_atomic, write_text_encoder, write_tokenizer, write_unet,
 )
@@ -209,10 +211,12 @@ def defender_step(s: Setup, concept: int, adv, optimizer, generator: torch.Gener
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Run AdvUnlearn as configured; returns the run summary also written to run.json."""
     cfg.validate()
+    # Decided once and saved with the config: a resumed run must rebuild the same optimiser state.
+    cfg = dataclasses.replace(cfg, optim=resolve_optim(cfg.optim, resolve_device(cfg.device)))
     out = Path(cfg.out)
     start_checkpoint = prepare_output(out, cfg)
     s = build_setup(cfg, progress)
-    optimizer = torch.optim.Adam(list(s.trainable.values()), lr=cfg.lr)
+    optimizer = build_optimizer(cfg.optim, list(s.trainable.values()), cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     latest_adv: dict[int, torch.Tensor] = {}
     start = 0
@@ -286,6 +290,7 @@ def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
         "versions": {
             "advunlearn": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
+            **({"bitsandbytes": bitsandbytes_version()} if cfg.optim == "adam8bit" else {}),
         },
     }
 
@@ -343,9 +348,9 @@ def restore_checkpoint(folder: Path, s: Setup, optimizer, generator, latest_adv)
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as err:
         raise UserError(f"cannot read checkpoint {folder}: {str(err).splitlines()[0]}") from None
-    changed = [
-        k for k, v in s.cfg.to_dict().items() if k not in RESUMABLE_CHANGES and state["config"].get(k) != v
-    ]
+    # A checkpoint written before a setting existed ran with its default, and with torch's Adam.
+    saved = {**TrainConfig().to_dict(), "optim": "adam", **state["config"]}
+    changed = [k for k, v in s.cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved[k] != v]
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise UserError(f"--resume: {flags} differ from the checkpoint's run; keep them as they were")
