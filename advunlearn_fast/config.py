@@ -63,6 +63,8 @@ class TrainConfig:
     bank_size: int = field(default=32, metadata={"help": "bank trajectories per concept prompt"})
     retain_bank_size: int = field(default=2, metadata={"help": "bank trajectories per retain prompt"})
     optim: Optional[str] = field(default=None, metadata={"help": "optimiser of the trained parameters: adam, or adam8bit (bitsandbytes 8-bit Adam state) [default: adam8bit on CUDA when bitsandbytes imports, else adam]"})
+    compile: bool = field(default=False, metadata={"help": "fast engine: torch.compile the UNet and the text encoder's layers (minutes of compiling first; for long GPU runs)"})
+    checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing in the UNet and the trained text encoder: less memory for about one more forward pass"})
 
     def validate(self) -> "TrainConfig":
         self.concepts = [" ".join(str(c).split()) for c in self.concepts]
@@ -77,6 +79,8 @@ class TrainConfig:
         _choice("engine", self.engine, ENGINES)
         if self.optim is not None:
             _choice("optim", self.optim, OPTIMS)
+        if self.compile and self.engine == "reference":
+            raise UserError("--compile applies to the fast engine; the reference engine stays the unmodified baseline")
         for name in ("iterations", "attack_steps", "adv_tokens", "attack_every", "retain_batch", "ddim_steps", "save_every",
                      "bank_size", "retain_bank_size"):
             if getattr(self, name) <= 0:

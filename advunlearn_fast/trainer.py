@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
+from .acceleration import compile_models, enable_activation_checkpointing
 from .attack import random_token_embeddings, soft_prompt_attack
 from .config import TrainConfig
 from .errors import UserError
@@ -43,7 +44,7 @@ from .text_encoding import encode_ids, token_table, tokenize
 from .unlearndiffatk import adversarial_condition as encode_with_adversarial
 
 # Settings a resumed run may change; every other one must match the checkpoint.
-RESUMABLE_CHANGES = {"iterations", "out", "resume", "device", "save_every", "bank_dir"}
+RESUMABLE_CHANGES = {"iterations", "out", "resume", "device", "save_every", "bank_dir", "compile", "checkpointing"}
 STATE_FILE = "training_state.pt"
 
 
@@ -151,6 +152,11 @@ def build_setup(cfg: TrainConfig, progress: bool = False) -> Setup:
         s.bank_built = bank.build(progress)
         s.bank_seconds = time.time() - began
         s.source = bank
+    # After the bank: its one-off no-grad batches need neither, and would only add compilations.
+    if cfg.checkpointing:
+        enable_activation_checkpointing(te, unet)
+    if cfg.compile:
+        compile_models(te, unet)
     return s
 
 
