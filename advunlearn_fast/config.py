@@ -65,6 +65,7 @@ class TrainConfig:
     optim: Optional[str] = field(default=None, metadata={"help": "optimiser of the trained parameters: adam, or adam8bit (bitsandbytes 8-bit Adam state) [default: adam8bit on CUDA when bitsandbytes imports, else adam]"})
     compile: bool = field(default=False, metadata={"help": "fast engine: torch.compile the UNet and the text encoder's layers (minutes of compiling first; for long GPU runs)"})
     checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing in the UNet and the trained text encoder: less memory for about one more forward pass"})
+    attack_restarts: int = field(default=1, metadata={"help": "adversarial candidates optimised together, one batched UNet call per attack step; the lowest final attack loss is used"})
 
     def validate(self) -> "TrainConfig":
         self.concepts = [" ".join(str(c).split()) for c in self.concepts]
@@ -82,7 +83,7 @@ class TrainConfig:
         if self.compile and self.engine == "reference":
             raise UserError("--compile applies to the fast engine; the reference engine stays the unmodified baseline")
         for name in ("iterations", "attack_steps", "adv_tokens", "attack_every", "retain_batch", "ddim_steps", "save_every",
-                     "bank_size", "retain_bank_size"):
+                     "bank_size", "retain_bank_size", "attack_restarts"):
             if getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}")
         if self.warmup < 0:

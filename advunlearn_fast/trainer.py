@@ -161,32 +161,52 @@ def build_setup(cfg: TrainConfig, progress: bool = False) -> Setup:
 
 
 def adversarial_condition(s: Setup, concept: int, adv: torch.Tensor) -> torch.Tensor:
-    """TE_theta's conditioning for the concept prompt with `adv` [k, D] in its slots."""
+    """TE_theta's conditioning for the concept prompt with `adv` [k, D] in its slots ([1, L, D]),
+    or for each candidate of `adv` [R, k, D] ([R, L, D])."""
     return encode_with_adversarial(
         s.te, s.layouts[concept], adv, kernel_backend(s.device), onehot_lookup=s.cfg.engine == "reference"
     )
 
 
+def attack_start(s: Setup, concept: int, table: torch.Tensor, latest_adv: dict, generator) -> torch.Tensor:
+    """The round's --attack-restarts starting points [R, k, D]: with --attack-init latest the previous
+    round's result comes first (so restarts can only improve on it), the rest are random tokens."""
+    count = s.layouts[concept].k
+    previous = latest_adv.get(concept) if s.cfg.attack_init == "latest" else None
+    starts = [] if previous is None else [previous]
+    fresh = s.cfg.attack_restarts - len(starts)
+    if fresh:
+        starts += random_token_embeddings(table, fresh * count, generator).split(count)
+    return torch.stack(starts)
+
+
 def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.Generator):
-    """One attack round: the current model is frozen while the adversarial embeddings move."""
+    """One attack round on the candidates `adv_init` [R, k, D]: the current model is frozen while
+    they move. Returns the candidate with the lowest final loss [k, D], its loss at every step,
+    and every candidate's final loss."""
 
     def loss_fn(adv):
+        # One draw of (t, z_t) for all candidates, so that their final losses compare like for like,
+        # and one UNet call for all of them.
         t, z, e_p = s.source.attack_draw(concept, generator)
-        s.meter.add("attack", 1, backward=True)
-        return attack_loss(predict_noise(s.unet, z, t, adversarial_condition(s, concept, adv)), e_p)
+        s.meter.add("attack", len(adv), backward=True)
+        cond = adversarial_condition(s, concept, adv)
+        return attack_loss(predict_noise(s.unet, z.expand(len(adv), *z.shape[1:]), t, cond), e_p)
 
     was_training = s.trained.training
     s.trained.eval()
     for p in s.trainable.values():
         p.requires_grad_(False)
     try:
-        return soft_prompt_attack(
+        candidates, losses = soft_prompt_attack(
             adv_init, loss_fn, s.cfg.attack_steps, s.cfg.attack_lr, s.cfg.attack == "fast-at", kernel_backend(s.device)
         )
     finally:
         for p in s.trainable.values():
             p.requires_grad_(True)
         s.trained.train(was_training)
+    best = int(losses[-1].argmin())
+    return candidates[best], losses[:, best].tolist(), losses[-1].tolist()
 
 
 def defender_step(s: Setup, concept: int, adv, optimizer, generator: torch.Generator) -> dict:
@@ -241,15 +261,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         tick = time.time()
         concept = int(torch.randint(len(cfg.concepts), (1,), generator=generator))
         attacking = cfg.attack != "none" and step >= cfg.warmup
-        attack_losses = None
+        attack_losses = candidates_end = None
         if attacking and (step - cfg.warmup) % cfg.attack_every == 0:
-            count = s.layouts[concept].k
-            previous = latest_adv.get(concept)
-            if cfg.attack_init == "latest" and previous is not None:
-                adv_init = previous
-            else:
-                adv_init = random_token_embeddings(table, count, generator)
-            latest_adv[concept], attack_losses = run_attack(s, concept, adv_init, generator)
+            adv_init = attack_start(s, concept, table, latest_adv, generator)
+            latest_adv[concept], attack_losses, candidates_end = run_attack(s, concept, adv_init, generator)
         adv = latest_adv.get(concept) if attacking else None
 
         record = defender_step(s, concept, adv, optimizer, generator)
@@ -259,6 +274,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             attack_loss_end=attack_losses[-1] if attack_losses else None,
             seconds=round(time.time() - tick, 4), unet_fwd_equiv=s.meter.take_window(),
         )
+        if cfg.attack_restarts > 1 and candidates_end:
+            record["attack_loss_end_candidates"] = candidates_end
         log.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4g}", attack=f"{record['attack_loss_end'] or 0:.4g}")
         bar.update(1)
