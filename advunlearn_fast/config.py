@@ -62,7 +62,7 @@ class TrainConfig:
     bank_dir: str = field(default_factory=lambda: os.environ.get("ADVUNLEARN_BANK_DIR", "~/.cache/advunlearn/bank"), metadata={"help": "where trajectory banks are kept (reused across runs on the same model)"})
     bank_size: int = field(default=32, metadata={"help": "bank trajectories per concept prompt"})
     retain_bank_size: int = field(default=2, metadata={"help": "bank trajectories per retain prompt"})
-    optim: Optional[str] = field(default=None, metadata={"help": "optimiser of the trained parameters: adam, or adam8bit (bitsandbytes 8-bit Adam state) [default: adam8bit on CUDA when bitsandbytes imports, else adam]"})
+    optim: Optional[str] = field(default=None, metadata={"help": "optimiser of the trained parameters: adam, or adam8bit (bitsandbytes 8-bit Adam state) [default: adam8bit for the fast engine on CUDA when bitsandbytes imports, else adam]"})
     compile: bool = field(default=False, metadata={"help": "fast engine: torch.compile the UNet and the text encoder's layers (minutes of compiling first; for long GPU runs)"})
     checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing in the UNet and the trained text encoder: less memory for about one more forward pass"})
     attack_restarts: int = field(default=1, metadata={"help": "adversarial candidates optimised together, one batched UNet call per attack step; the lowest final attack loss is used"})

@@ -30,10 +30,12 @@ def bitsandbytes_version() -> str | None:
     return None if module is None else module.__version__
 
 
-def resolve_optim(name: str | None, device: torch.device) -> str:
-    """The optimiser a run uses: `name` (validated by TrainConfig), or `device`'s default when None."""
+def resolve_optim(name: str | None, engine: str, device: torch.device) -> str:
+    """The optimiser a run uses: `name` (validated by TrainConfig), or the default when None:
+    8-bit Adam for the fast engine on CUDA, torch Adam for the reference engine (the authors')."""
     if name is None:
-        return "adam8bit" if device.type == "cuda" and _bitsandbytes() is not None else "adam"
+        fits = engine == "fast" and device.type == "cuda"
+        return "adam8bit" if fits and _bitsandbytes() is not None else "adam"
     if name == "adam8bit" and _bitsandbytes() is None:
         raise UserError("--optim adam8bit needs bitsandbytes: pip install bitsandbytes (or pass --optim adam)")
     return name

@@ -238,7 +238,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Run AdvUnlearn as configured; returns the run summary also written to run.json."""
     cfg.validate()
     # Decided once and saved with the config: a resumed run must rebuild the same optimiser state.
-    cfg = dataclasses.replace(cfg, optim=resolve_optim(cfg.optim, resolve_device(cfg.device)))
+    cfg = dataclasses.replace(cfg, optim=resolve_optim(cfg.optim, cfg.engine, resolve_device(cfg.device)))
     out = Path(cfg.out)
     start_checkpoint = prepare_output(out, cfg)
     s = build_setup(cfg, progress)

@@ -23,9 +23,10 @@ def test_adam8bit_without_bitsandbytes_is_one_clear_line(sd_folder, tmp_path, mo
     assert "pip install bitsandbytes" in lines[0]
     assert not (tmp_path / "run").exists()  # refused before anything was written
     # the default falls back quietly, on a CPU whatever is installed
-    assert optim.resolve_optim(None, torch.device("cuda")) == "adam"
+    assert optim.resolve_optim(None, "fast", torch.device("cuda")) == "adam"
     monkeypatch.undo()
-    assert optim.resolve_optim(None, torch.device("cpu")) == "adam"
+    assert optim.resolve_optim(None, "fast", torch.device("cpu")) == "adam"
+    assert optim.resolve_optim(None, "reference", torch.device("cuda")) == "adam"
 
 
 @pytest.fixture
