@@ -91,8 +91,8 @@ def test_compile_is_wired_and_outputs_stay_plain(sd_folder, tmp_path, monkeypatc
 
 @pytest.mark.skipif(
     os.environ.get("ADVUNLEARN_SLOW_TESTS") != "1",
-    reason="torch.compile's inductor backend spends 4-8 minutes compiling the tiny model on a 2-core CPU; "
-    "set ADVUNLEARN_SLOW_TESTS=1 to run it (benchmarks/gpu_check.sh does, on the GPU)",
+    reason="torch.compile's inductor backend spends about 3 minutes compiling the tiny model's run on a "
+    "2-core CPU; set ADVUNLEARN_SLOW_TESTS=1 to run it (GPU_CHECK_COMPILE=1 benchmarks/gpu_check.sh does, on a GPU)",
 )
 def test_compile_with_inductor_trains(sd_folder, tmp_path):
     out = tmp_path / "run"
@@ -100,7 +100,8 @@ def test_compile_with_inductor_trains(sd_folder, tmp_path):
     if torch.cuda.is_available():  # a bf16 UNet: only the CPU run has golden losses
         assert all(torch.isfinite(torch.tensor(_losses(out))))
     else:
-        assert _losses(out) == pytest.approx(GOLDEN_LOSSES[:2], rel=1e-4)
+        # inductor fuses and reorders arithmetic: measured 4.5e-4 relative off the golden losses
+        assert _losses(out) == pytest.approx(GOLDEN_LOSSES[:2], rel=1e-3)
 
 
 def test_compile_is_refused_on_the_reference_engine(sd_folder, tmp_path):
