@@ -28,7 +28,8 @@ setup(
     extras_require={
         "gpu": ["xformers", "bitsandbytes", "triton"],
         # scipy: the tests check the Fréchet distance against the usual sqrtm formula.
-        "dev": ["pytest", "triton", "scipy"],
+        # bitsandbytes: its 8-bit Adam runs (slowly) on a CPU, and the tests train with it.
+        "dev": ["pytest", "triton", "scipy", "bitsandbytes"],
         "nudenet": ["nudenet>=3.4"],
     },
     entry_points={"console_scripts": ["advunlearn=advunlearn_fast.cli.main:main"]},

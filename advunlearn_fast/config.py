@@ -23,6 +23,7 @@ COMPONENTS = ("all", "attn", "mlp")
 TRAIN_TARGETS = ("text-encoder", "unet-xattn", "unet-noxattn")
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("fast", "reference")
+OPTIMS = ("adam", "adam8bit")
 
 
 @dataclass
@@ -61,6 +62,10 @@ class TrainConfig:
     bank_dir: str = field(default_factory=lambda: os.environ.get("ADVUNLEARN_BANK_DIR", "~/.cache/advunlearn/bank"), metadata={"help": "where trajectory banks are kept (reused across runs on the same model)"})
     bank_size: int = field(default=32, metadata={"help": "bank trajectories per concept prompt"})
     retain_bank_size: int = field(default=2, metadata={"help": "bank trajectories per retain prompt"})
+    optim: Optional[str] = field(default=None, metadata={"help": "optimiser of the trained parameters: adam, or adam8bit (bitsandbytes 8-bit Adam state) [default: adam8bit for the fast engine on CUDA when bitsandbytes imports, else adam]"})
+    compile: bool = field(default=False, metadata={"help": "fast engine: torch.compile the UNet and the text encoder's layers (minutes of compiling first; for long GPU runs)"})
+    checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing in the UNet and the trained text encoder: less memory for about one more forward pass"})
+    attack_restarts: int = field(default=1, metadata={"help": "adversarial candidates optimised together, one batched UNet call per attack step; the lowest final attack loss is used"})
 
     def validate(self) -> "TrainConfig":
         self.concepts = [" ".join(str(c).split()) for c in self.concepts]
@@ -73,8 +78,12 @@ class TrainConfig:
         _choice("attack-init", self.attack_init, ATTACK_INITS)
         _choice("device", self.device, DEVICES)
         _choice("engine", self.engine, ENGINES)
+        if self.optim is not None:
+            _choice("optim", self.optim, OPTIMS)
+        if self.compile and self.engine == "reference":
+            raise UserError("--compile applies to the fast engine; the reference engine stays the unmodified baseline")
         for name in ("iterations", "attack_steps", "adv_tokens", "attack_every", "retain_batch", "ddim_steps", "save_every",
-                     "bank_size", "retain_bank_size"):
+                     "bank_size", "retain_bank_size", "attack_restarts"):
             if getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}")
         if self.warmup < 0:

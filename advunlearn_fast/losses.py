@@ -21,8 +21,12 @@ def retain_loss(pred: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
 
 
 def attack_loss(pred: torch.Tensor, eps_concept: torch.Tensor) -> torch.Tensor:
-    """The attacker wants the unlearned model to predict what the original did for the concept."""
-    return F.mse_loss(pred.float(), eps_concept.float())
+    """The attacker wants the unlearned model to predict what the original did for the concept.
+
+    One MSE per attack candidate (pred [R, ...], eps_concept broadcast to it): returns [R].
+    """
+    errors = F.mse_loss(pred.float(), eps_concept.float().expand_as(pred), reduction="none")
+    return errors.flatten(1).mean(1)
 
 
 def total_loss(unlearn: torch.Tensor, retain: torch.Tensor, retain_weight: float) -> torch.Tensor:

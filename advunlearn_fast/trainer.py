@@ -11,6 +11,7 @@ plus the weighted retain loss. z_t, timesteps and frozen predictions come from
 from __future__ import annotations
 
 import copy
+import dataclasses
 import platform
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
+from .acceleration import compile_models, enable_activation_checkpointing
 from .attack import random_token_embeddings, soft_prompt_attack
 from .config import TrainConfig
 from .errors import UserError
@@ -29,6 +31,7 @@ from .layers import (
 )
 from .losses import attack_loss, esd_target, retain_loss, total_loss, unlearn_loss
 from .models import ModelParts, load_model, single_thread_for_small_cpu_model
+from .optim import bitsandbytes_version, build_optimizer, resolve_optim
 from .outputs import (
     atomic_dir, load_module_weights, write_json_atomic, write_text_encoder, write_tokenizer, write_unet,
 )
@@ -41,7 +44,7 @@ from .text_encoding import encode_ids, token_table, tokenize
 from .unlearndiffatk import adversarial_condition as encode_with_adversarial
 
 # Settings a resumed run may change; every other one must match the checkpoint.
-RESUMABLE_CHANGES = {"iterations", "out", "resume", "device", "save_every", "bank_dir"}
+RESUMABLE_CHANGES = {"iterations", "out", "resume", "device", "save_every", "bank_dir", "compile", "checkpointing"}
 STATE_FILE = "training_state.pt"
 
 
@@ -149,36 +152,61 @@ def build_setup(cfg: TrainConfig, progress: bool = False) -> Setup:
         s.bank_built = bank.build(progress)
         s.bank_seconds = time.time() - began
         s.source = bank
+    # After the bank: its one-off no-grad batches need neither, and would only add compilations.
+    if cfg.checkpointing:
+        enable_activation_checkpointing(te, unet)
+    if cfg.compile:
+        compile_models(te, unet)
     return s
 
 
 def adversarial_condition(s: Setup, concept: int, adv: torch.Tensor) -> torch.Tensor:
-    """TE_theta's conditioning for the concept prompt with `adv` [k, D] in its slots."""
+    """TE_theta's conditioning for the concept prompt with `adv` [k, D] in its slots ([1, L, D]),
+    or for each candidate of `adv` [R, k, D] ([R, L, D])."""
     return encode_with_adversarial(
         s.te, s.layouts[concept], adv, kernel_backend(s.device), onehot_lookup=s.cfg.engine == "reference"
     )
 
 
+def attack_start(s: Setup, concept: int, table: torch.Tensor, latest_adv: dict, generator) -> torch.Tensor:
+    """The round's --attack-restarts starting points [R, k, D]: with --attack-init latest the previous
+    round's result comes first (so restarts can only improve on it), the rest are random tokens."""
+    count = s.layouts[concept].k
+    previous = latest_adv.get(concept) if s.cfg.attack_init == "latest" else None
+    starts = [] if previous is None else [previous]
+    fresh = s.cfg.attack_restarts - len(starts)
+    if fresh:
+        starts += random_token_embeddings(table, fresh * count, generator).split(count)
+    return torch.stack(starts)
+
+
 def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.Generator):
-    """One attack round: the current model is frozen while the adversarial embeddings move."""
+    """One attack round on the candidates `adv_init` [R, k, D]: the current model is frozen while
+    they move. Returns the candidate with the lowest final loss [k, D], its loss at every step,
+    and every candidate's final loss."""
 
     def loss_fn(adv):
+        # One draw of (t, z_t) for all candidates, so that their final losses compare like for like,
+        # and one UNet call for all of them.
         t, z, e_p = s.source.attack_draw(concept, generator)
-        s.meter.add("attack", 1, backward=True)
-        return attack_loss(predict_noise(s.unet, z, t, adversarial_condition(s, concept, adv)), e_p)
+        s.meter.add("attack", len(adv), backward=True)
+        cond = adversarial_condition(s, concept, adv)
+        return attack_loss(predict_noise(s.unet, z.expand(len(adv), *z.shape[1:]), t, cond), e_p)
 
     was_training = s.trained.training
     s.trained.eval()
     for p in s.trainable.values():
         p.requires_grad_(False)
     try:
-        return soft_prompt_attack(
+        candidates, losses = soft_prompt_attack(
             adv_init, loss_fn, s.cfg.attack_steps, s.cfg.attack_lr, s.cfg.attack == "fast-at", kernel_backend(s.device)
         )
     finally:
         for p in s.trainable.values():
             p.requires_grad_(True)
         s.trained.train(was_training)
+    best = int(losses[-1].argmin())
+    return candidates[best], losses[:, best].tolist(), losses[-1].tolist()
 
 
 def defender_step(s: Setup, concept: int, adv, optimizer, generator: torch.Generator) -> dict:
@@ -209,10 +237,12 @@ def defender_step(s: Setup, concept: int, adv, optimizer, generator: torch.Gener
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Run AdvUnlearn as configured; returns the run summary also written to run.json."""
     cfg.validate()
+    # Decided once and saved with the config: a resumed run must rebuild the same optimiser state.
+    cfg = dataclasses.replace(cfg, optim=resolve_optim(cfg.optim, cfg.engine, resolve_device(cfg.device)))
     out = Path(cfg.out)
     start_checkpoint = prepare_output(out, cfg)
     s = build_setup(cfg, progress)
-    optimizer = torch.optim.Adam(list(s.trainable.values()), lr=cfg.lr)
+    optimizer = build_optimizer(cfg.optim, list(s.trainable.values()), cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     latest_adv: dict[int, torch.Tensor] = {}
     start = 0
@@ -231,15 +261,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         tick = time.time()
         concept = int(torch.randint(len(cfg.concepts), (1,), generator=generator))
         attacking = cfg.attack != "none" and step >= cfg.warmup
-        attack_losses = None
+        attack_losses = candidates_end = None
         if attacking and (step - cfg.warmup) % cfg.attack_every == 0:
-            count = s.layouts[concept].k
-            previous = latest_adv.get(concept)
-            if cfg.attack_init == "latest" and previous is not None:
-                adv_init = previous
-            else:
-                adv_init = random_token_embeddings(table, count, generator)
-            latest_adv[concept], attack_losses = run_attack(s, concept, adv_init, generator)
+            adv_init = attack_start(s, concept, table, latest_adv, generator)
+            latest_adv[concept], attack_losses, candidates_end = run_attack(s, concept, adv_init, generator)
         adv = latest_adv.get(concept) if attacking else None
 
         record = defender_step(s, concept, adv, optimizer, generator)
@@ -249,6 +274,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             attack_loss_end=attack_losses[-1] if attack_losses else None,
             seconds=round(time.time() - tick, 4), unet_fwd_equiv=s.meter.take_window(),
         )
+        if cfg.attack_restarts > 1 and candidates_end:
+            record["attack_loss_end_candidates"] = candidates_end
         log.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4g}", attack=f"{record['attack_loss_end'] or 0:.4g}")
         bar.update(1)
@@ -286,6 +313,7 @@ def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
         "versions": {
             "advunlearn": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
+            **({"bitsandbytes": bitsandbytes_version()} if cfg.optim == "adam8bit" else {}),
         },
     }
 
@@ -343,9 +371,9 @@ def restore_checkpoint(folder: Path, s: Setup, optimizer, generator, latest_adv)
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as err:
         raise UserError(f"cannot read checkpoint {folder}: {str(err).splitlines()[0]}") from None
-    changed = [
-        k for k, v in s.cfg.to_dict().items() if k not in RESUMABLE_CHANGES and state["config"].get(k) != v
-    ]
+    # A checkpoint written before a setting existed ran with its default, and with torch's Adam.
+    saved = {**TrainConfig().to_dict(), "optim": "adam", **state["config"]}
+    changed = [k for k, v in s.cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved[k] != v]
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise UserError(f"--resume: {flags} differ from the checkpoint's run; keep them as they were")

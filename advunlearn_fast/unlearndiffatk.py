@@ -38,18 +38,21 @@ def uniform_simplex(k: int, vocab: int, device=None) -> torch.Tensor:
 def adversarial_condition(
     text_encoder, layout: AdversarialLayout, adv: torch.Tensor, backend: str, onehot_lookup: bool = False
 ) -> torch.Tensor:
-    """The encoder's conditioning [1, L, D] for a prompt layout with `adv` [k, D] in its slots.
+    """The encoder's conditioning [B, L, D] for a prompt layout with `adv` in its slots:
+    `adv` [k, D] gives one prompt (B = 1), [B, k, D] one per candidate, encoded as one batch.
 
     `onehot_lookup` reproduces the authors' word-embedding lookup (one-hot rows times the
     whole vocabulary matrix; the reference engine's cost), with the same result as the gather.
     """
     device = adv.device
+    batch = adv if adv.dim() == 3 else adv[None]
     table, ids = token_table(text_encoder), layout.ids[None].to(device)
     if onehot_lookup:
         table = F.one_hot(ids[0], table.shape[0]).to(table.dtype) @ table
         ids = torch.arange(ids.shape[1], device=device)[None]
+    count = batch.shape[0]
     hidden = assemble_prompt_embeddings(
-        table, ids, adv[None], layout.positions[None].to(device),
+        table, ids.repeat(count, 1), batch, layout.positions[None].to(device).repeat(count, 1),
         position_table(text_encoder), add=layout.add, backend=backend,
     )
     return encode_hidden(text_encoder, hidden)

@@ -6,8 +6,10 @@ Both engines run the real training loop (`advunlearn_fast.trainer.train`) on the
 and settings (default: the published ones, 30 attack steps, 50 DDIM steps, retain batch 5),
 every iteration attacked (warm-up 0). The trajectory bank of the fast engine is built before
 its iterations and reported separately, with the number of reference-speed iterations it
-takes to pay for itself. Peak memory: torch.cuda.max_memory_allocated on CUDA; on a CPU the
-process's peak RSS, reset between engines.
+takes to pay for itself. Peak memory: torch.cuda.max_memory_allocated (and the allocator's
+max_memory_reserved, what the GPU must actually have) on CUDA; on a CPU the process's peak RSS,
+reset between engines. --optim and --checkpointing set the fast engine's memory options; the
+reference engine always runs as the authors' code does.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import diffusers
 import torch
+import transformers
 
 from advunlearn_fast.config import TrainConfig
+from advunlearn_fast.optim import bitsandbytes_version
 from advunlearn_fast.trainer import resolve_device, train
 
 
@@ -32,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default="tiny", help="tiny, sd-v1-random (full size), world, or a model folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--iterations", type=int, default=3, help="timed iterations per engine (the first is dropped when > 1)")
+    p.add_argument("--reference-iterations", type=int, default=None,
+                   help="iterations of the reference engine (default: --iterations); one is enough where it is slow")
     p.add_argument("--concept", default="nudity")
     p.add_argument("--attack-steps", type=int, default=30)
     p.add_argument("--ddim-steps", type=int, default=50)
@@ -42,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--retain-prompts", default=None, help="retain prompt file (a short one keeps the bank small)")
     p.add_argument("--bank-dir", default=None, help="default: a fresh temporary folder (bank built from scratch)")
     p.add_argument("--engines", default="reference,fast")
+    p.add_argument("--optim", default=None, choices=["adam", "adam8bit"], help="fast engine's optimiser (default: its own)")
+    p.add_argument("--checkpointing", action="store_true", help="fast engine: activation checkpointing")
+    p.add_argument("--layers", default="all", help="text-encoder layers trained")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -66,12 +76,15 @@ def peak_mb(device: torch.device) -> float:
 
 def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
     device = resolve_device(args.device)
+    fast = engine == "fast"
+    iterations = args.iterations if fast else (args.reference_iterations or args.iterations)
     cfg = TrainConfig(
-        model=args.model, concepts=[args.concept], out=str(out), iterations=args.iterations, warmup=0,
+        model=args.model, concepts=[args.concept], out=str(out), iterations=iterations, warmup=0,
         attack_steps=args.attack_steps, ddim_steps=args.ddim_steps, retain_batch=args.retain_batch,
         image_size=args.image_size, bank_size=args.bank_size, retain_bank_size=args.retain_bank_size,
         retain_prompts=args.retain_prompts, bank_dir=bank_dir, engine=engine, save_every=10**9,
-        device=args.device,
+        device=args.device, layers=args.layers, optim=args.optim if fast else None,
+        checkpointing=fast and args.checkpointing,
     )
     reset_peak(device)
     began = time.time()
@@ -85,7 +98,10 @@ def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
         "unet_fwd_equiv": statistics.mean(sum(r["unet_fwd_equiv"].values()) for r in timed),
         "unet_fwd_equiv_by_phase": timed[-1]["unet_fwd_equiv"],
         "peak_mb": peak_mb(device),
+        "peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20 if device.type == "cuda" else None,
         "dtype": summary["unet_dtype"],
+        "optim": summary["config"]["optim"],
+        "checkpointing": summary["config"]["checkpointing"],
         "bank": summary.get("bank"),
         "bank_unet_fwd_equiv": summary["unet_fwd_equiv_total"].get("bank", 0),
         "wall_s": wall,
@@ -105,8 +121,13 @@ def main(argv=None) -> dict:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
         "model": args.model,
         "image_size": args.image_size or "native",
-        "settings": {k: getattr(args, k) for k in ("concept", "attack_steps", "ddim_steps", "retain_batch", "iterations", "bank_size", "retain_bank_size")},
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "settings": {k: getattr(args, k) for k in ("concept", "attack_steps", "ddim_steps", "retain_batch", "layers", "iterations",
+                                                   "reference_iterations", "bank_size", "retain_bank_size")},
+        "versions": {
+            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "bitsandbytes": bitsandbytes_version() if "adam8bit" in {r["optim"] for r in results.values()} else None,
+        },
         "engines": results,
     }
     if ref and fast:
@@ -129,9 +150,11 @@ def main(argv=None) -> dict:
 
 def print_table(report: dict) -> None:
     print(f"device {report['device']}, model {report['model']}, settings {report['settings']}")
-    print(f"{'engine':<10} {'dtype':<9} {'s/iter':>9} {'UNet fwd-eq/iter':>17} {'peak MB':>9}")
+    print(f"{'engine':<10} {'dtype':<9} {'optim':<9} {'ckpt':<5} {'s/iter':>9} {'UNet fwd-eq/iter':>17} {'peak MB':>9} {'reserved MB':>12}")
     for name, r in report["engines"].items():
-        print(f"{name:<10} {r['dtype']:<9} {r['s_per_iter']:>9.3f} {r['unet_fwd_equiv']:>17.0f} {r['peak_mb']:>9.0f}")
+        reserved = f"{r['peak_reserved_mb']:>12.0f}" if r["peak_reserved_mb"] is not None else f"{'-':>12}"
+        print(f"{name:<10} {r['dtype']:<9} {r['optim']:<9} {str(r['checkpointing']):<5} {r['s_per_iter']:>9.3f} "
+              f"{r['unet_fwd_equiv']:>17.0f} {r['peak_mb']:>9.0f} {reserved}")
     if "speedup" in report:
         print(
             f"speedup {report['speedup']:.1f}x per iteration, {report['unet_fwd_equiv_ratio']:.1f}x fewer UNet passes; "

@@ -25,24 +25,26 @@ def test_attack_uses_a_fresh_gradient_every_step(sign):
     target = torch.tensor([[3.0, -2.0, 0.5]])
     scale = torch.tensor([[1.0, 10.0, 0.1]])
 
-    def loss_fn(x):
-        return (scale * (x - target) ** 2).sum()
+    def loss_fn(x):  # x [R, 3]: one loss per candidate
+        return (scale * (x - target) ** 2).sum(1)
 
-    x0 = torch.zeros(1, 3)
+    x0 = torch.tensor([[0.0, 0.0, 0.0], [1.0, -1.0, 2.0]])
     got, losses = soft_prompt_attack(x0, loss_fn, steps=25, lr=0.01, sign_grad=sign)
-    expected = _adam_reference(x0, lambda x: 2 * scale * (x - target), 25, 0.01, sign)
-    # Accumulated gradients (the reference code's bug) would follow a different path; lr is
-    # small enough that no coordinate reaches its optimum, where a sign step is ill-defined.
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    assert losses[-1] < losses[0]
-    assert len(losses) == 25
+    # Each candidate follows its own Adam path, as if it had been attacked alone.
+    for r in range(2):
+        expected = _adam_reference(x0[r : r + 1], lambda x: 2 * scale * (x - target), 25, 0.01, sign)
+        # Accumulated gradients (the reference code's bug) would follow a different path; lr is
+        # small enough that no coordinate reaches its optimum, where a sign step is ill-defined.
+        torch.testing.assert_close(got[r : r + 1], expected, rtol=1e-5, atol=1e-6)
+    assert losses.shape == (25, 2)
+    assert (losses[-1] < losses[0]).all()
 
 
 def test_attack_lowers_its_loss_on_the_tiny_model():
     cfg = TrainConfig(model="tiny", concepts=["Van Gogh"], out="unused", ddim_steps=4, adv_tokens=2, bank=False).validate()
     s = build_setup(cfg)
     generator = torch.Generator().manual_seed(0)
-    adv0 = random_token_embeddings(s.te.get_input_embeddings().weight, 2, generator)
+    adv0 = random_token_embeddings(s.te.get_input_embeddings().weight, 2, generator)[None]
     points = [s.source.attack_draw(0, torch.Generator().manual_seed(100 + i)) for i in range(6)]
 
     def mean_loss(adv):

@@ -7,7 +7,8 @@ KEYS = ("device", "model", "dtype", "image_size", "reference_s_per_iter", "fast_
 
 
 def test_bench_step_reports_both_engines(tmp_path):
-    report = main(["--model", "tiny", "--device", "cpu", "--iterations", "1", "--attack-steps", "2",
+    report = main(["--model", "tiny", "--device", "cpu", "--iterations", "2", "--reference-iterations", "1",
+                   "--checkpointing", "--optim", "adam", "--attack-steps", "2",
                    "--ddim-steps", "4", "--retain-batch", "2", "--bank-size", "2", "--retain-bank-size", "1",
                    "--json", str(tmp_path / "r.json")])
     for key in KEYS:
@@ -18,3 +19,8 @@ def test_bench_step_reports_both_engines(tmp_path):
     assert set(fast) == {"attack", "train", "retain"} and ref["rollout"] > 0 and ref["targets"] > 0
     assert report["unet_fwd_equiv_reference"] > report["unet_fwd_equiv_fast"]
     assert (tmp_path / "r.json").is_file()
+    # --reference-iterations and the fast engine's memory options reach the runs they are for.
+    engines = report["engines"]
+    assert len(engines["reference"]["s_per_iter_all"]) == 1 and len(engines["fast"]["s_per_iter_all"]) == 2
+    assert engines["fast"]["checkpointing"] and not engines["reference"]["checkpointing"]
+    assert engines["fast"]["optim"] == engines["reference"]["optim"] == "adam"

@@ -18,5 +18,7 @@ def test_losses_by_hand():
     # squared errors 1, 4, 0, 4 -> mean 2.25
     assert unlearn_loss(pred, target).item() == 2.25
     assert retain_loss(pred, target).item() == 2.25
-    assert attack_loss(pred, target).item() == 2.25
+    # one loss per attack candidate (row): squared errors 1, 4 and 0, 4
+    assert attack_loss(pred, target).tolist() == [2.5, 2.0]
+    assert attack_loss(pred, target[:1]).tolist() == [2.5, 0.5]  # one target for every candidate
     assert total_loss(torch.tensor(2.0), torch.tensor(4.0), 0.3).item() == pytest.approx(3.2)

@@ -29,16 +29,14 @@ def config_options(func):
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.default_factory is not dataclasses.MISSING and f.name != "concepts":
             default = f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
         if f.name == "concepts":
             opt = click.option("--concept", "concepts", multiple=True, help=help_text)
-        elif f.name == "final_norm":
-            opt = click.option("--final-norm/--no-final-norm", "final_norm", default=None, help=help_text)
-        elif f.name == "bank":
-            opt = click.option("--bank/--no-bank", "bank", default=True, help=help_text)
-        elif f.name == "resume":
-            opt = click.option("--resume", "resume", is_flag=True, default=False, help=help_text)
+        elif _click_type(f) is bool and default is False:
+            opt = click.option(flag, f.name, is_flag=True, default=False, help=help_text)
+        elif _click_type(f) is bool:  # on by default, or unset (None) meaning "decided by other settings"
+            opt = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=default, help=help_text)
         else:
-            flag = "--" + f.name.replace("_", "-")
             shown = f" [default: {default}]" if default is not None else ""
             opt = click.option(flag, f.name, type=_click_type(f), default=default, help=help_text + shown)
         func = opt(func)

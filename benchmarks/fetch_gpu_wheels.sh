@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Fetch, on a machine with pip access, the wheels that benchmarks/gpu_check.sh installs on a GPU
+# machine without network: the packages this project needs that a CUDA PyTorch image usually
+# lacks (diffusers and its importlib_metadata, bitsandbytes). They land in benchmarks/wheels/
+# (git-ignored; about 50 MB).
+#
+#   bash benchmarks/fetch_gpu_wheels.sh                      # for the GPU machine's Python 3.12
+#   GPU_PYTHON=3.11 bash benchmarks/fetch_gpu_wheels.sh      # another Python there
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# The versions installed here, so that the GPU runs what the tests here ran against.
+installed() {
+    python3 -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1" 2>/dev/null
+}
+pin() {
+    local version
+    version=$(installed "$1") && echo "$1==$version" || echo "$1"
+}
+
+rm -rf wheels
+python3 -m pip download --no-deps --only-binary=:all: --dest wheels \
+    --python-version "${GPU_PYTHON:-3.12}" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    "$(pin diffusers)" "$(pin importlib_metadata)" "$(pin bitsandbytes)"
+ls -l wheels

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The engine at full size on one CUDA GPU, nothing downloaded, in under 8 minutes on an H100:
+#   1. SD v1.x's architecture with random weights (--model sd-v1-random: 860M-parameter UNet, CLIP
+#      ViT-L/14 encoder) at 512 px, published settings (30-step attack, 50 DDIM steps, retain batch
+#      5, all encoder layers): the reference engine for one iteration and the fast engine for three
+#      (the first dropped as warm-up), s/iter and peak GPU memory of both (benchmarks/bench_step.py);
+#   2. the Triton kernel tests, natively;
+#   3. the fast engine again with --optim adam, and with --checkpointing, for the memory table of
+#      README.md (the first run's fast engine uses the default, 8-bit Adam when bitsandbytes is there).
+# Everything goes to $OUT (default ./gpu-check-out): gpu_check.log, env.txt, step.json,
+# kernels.log, fast-adam.json, fast-checkpointing.json, summary.txt.
+#
+#   bash benchmarks/fetch_gpu_wheels.sh      # first, where pip works: diffusers, bitsandbytes wheels
+#   bash benchmarks/gpu_check.sh             # on the GPU machine
+#   GPU_CHECK_DRY=1 bash benchmarks/gpu_check.sh   # the same steps on a CPU with the tiny model:
+#                                                  # checks the script, measures nothing
+# GPU_CHECK_BUDGET_S (default 450) bounds the whole run: a step that would start with less than
+# 30 s left is skipped, and each step's timeout is cut to what is left. With GPU_CHECK_COMPILE=1
+# the inductor --compile test runs last, if time is left.
+set -uo pipefail  # no -e: a failed step is reported and the next one still runs
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-check-out}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+budget=${GPU_CHECK_BUDGET_S:-450}
+scratch=$(mktemp -d)
+
+if ls benchmarks/wheels/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$scratch/site" \
+        benchmarks/wheels/*.whl || echo "gpu_check: installing benchmarks/wheels failed"
+    export PYTHONPATH=$PYTHONPATH:$scratch/site
+fi
+
+if [ "${GPU_CHECK_DRY:-0}" = 1 ]; then
+    common=(--model tiny --device cpu --attack-steps 2 --ddim-steps 4 --bank-size 2 --retain-bank-size 1)
+    fast_iterations=2
+    kernel_tests=(--collect-only -q)  # the interpreter would take minutes: only check they load
+else
+    common=(--model sd-v1-random --device cuda --image-size 512 --bank-size 4 --retain-bank-size 1)
+    fast_iterations=3
+    kernel_tests=(-q)
+fi
+# A short retain set keeps the one-off bank build to seconds; it does not change an iteration's cost.
+printf 'a photo of a %s\n' chair bicycle clock cup book boat bench kite > "$scratch/retain.txt"
+common+=(--retain-prompts "$scratch/retain.txt" --bank-dir "$scratch/bank" --concept nudity)
+
+status=()
+step() {  # step NAME CAP_SECONDS COMMAND...: run with a timeout cut to the budget left
+    local name=$1 cap=$2 left rc
+    shift 2
+    left=$((budget - SECONDS))
+    if [ "$left" -lt 30 ]; then
+        echo "== $name: skipped, ${left}s of the budget left"
+        status+=("$name: skipped (budget)")
+        return
+    fi
+    [ "$cap" -gt "$left" ] && cap=$left
+    echo "== $name (timeout ${cap}s, ${SECONDS}s elapsed)"
+    timeout "$cap" "$@"
+    rc=$?
+    status+=("$name: exit $rc after ${SECONDS}s")
+}
+
+{
+    date -u +"%Y-%m-%dT%H:%M:%SZ"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+    python3 -c "import diffusers, transformers; print('diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
+    python3 -c "import bitsandbytes as b; print('bitsandbytes', b.__version__)" 2>/dev/null || echo "bitsandbytes: not importable"
+    python3 -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "triton: not importable"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+step "reference vs fast" 300 python3 -m benchmarks.bench_step "${common[@]}" \
+    --iterations "$fast_iterations" --reference-iterations 1 --json "$OUT/step.json"
+step "kernel tests" 150 bash -c "python3 -m pytest ${kernel_tests[*]} tests/kernels > '$OUT/kernels.log' 2>&1; rc=\$?; tail -3 '$OUT/kernels.log'; exit \$rc"
+step "fast, torch Adam" 90 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
+    --iterations "$fast_iterations" --optim adam --json "$OUT/fast-adam.json"
+step "fast, checkpointing" 90 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
+    --iterations "$fast_iterations" --checkpointing --json "$OUT/fast-checkpointing.json"
+if [ "${GPU_CHECK_COMPILE:-0}" = 1 ]; then
+    step "inductor --compile test" 240 env ADVUNLEARN_SLOW_TESTS=1 python3 -m pytest -q tests/test_acceleration.py -k inductor
+fi
+
+python3 - "$OUT" > "$OUT/summary.txt" <<'EOF'
+import json, sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+print(f"{'run':<22} {'engine':<10} {'optim':<9} {'ckpt':<5} {'s/iter':>8} {'peak GiB':>9} {'reserved GiB':>13}")
+for name in ("step", "fast-adam", "fast-checkpointing"):
+    path = out / f"{name}.json"
+    if not path.is_file():
+        print(f"{name:<22} (no result)")
+        continue
+    report = json.loads(path.read_text())
+    for engine, r in report["engines"].items():
+        reserved = r["peak_reserved_mb"] / 1024 if r["peak_reserved_mb"] is not None else float("nan")
+        print(f"{name:<22} {engine:<10} {r['optim']:<9} {str(r['checkpointing']):<5} {r['s_per_iter']:>8.2f} "
+              f"{r['peak_mb'] / 1024:>9.2f} {reserved:>13.2f}")
+step = out / "step.json"
+if step.is_file():
+    report = json.loads(step.read_text())
+    if "speedup" in report:
+        print(f"device {report['device']}: fast engine {report['speedup']:.1f}x faster per iteration, "
+              f"{report['unet_fwd_equiv_ratio']:.1f}x fewer UNet forward-equivalents; bank built in "
+              f"{report['bank_build_s']:.1f} s; 1000 iterations, all attacked (the published run's 200 "
+              f"warm-up ones are not), would take about {1000 * report['fast_s_per_iter'] / 3600:.2f} h")
+EOF
+printf '%s\n' "${status[@]}" >> "$OUT/summary.txt"
+echo "== summary (${SECONDS}s)"
+cat "$OUT/summary.txt"
+rm -rf "$scratch"

@@ -1,0 +1,110 @@
+"""--checkpointing and --compile change how the models run, not what they compute."""
+
+import functools
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import advunlearn_fast.trainer as trainer
+from advunlearn_fast.config import TrainConfig
+from advunlearn_fast.losses import attack_loss, retain_loss
+from advunlearn_fast.sampling import predict_noise
+from advunlearn_fast.text_encoding import _text_transformer, encode_ids
+from helpers import FAST_ARGS, run_cli
+from test_train_cli import GOLDEN_LOSSES
+
+# The golden run of test_train_cli.py.
+GOLDEN_ARGS = ["--concept", "Van Gogh", "--layers", "1", "--iterations", 3, "--warmup", 1, "--save-every", 2, *FAST_ARGS]
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _gradients(checkpointing: bool):
+    """Gradients of an attack loss (w.r.t. the adversarial embeddings) and of a retain loss
+    (w.r.t. every encoder layer), and how often a UNet resnet and an encoder MLP ran."""
+    cfg = TrainConfig(model="tiny", concepts=["church"], out="unused", ddim_steps=4, adv_tokens=2, bank=False,
+                      checkpointing=checkpointing).validate()
+    s = trainer.build_setup(cfg)
+    s.trained.train()
+    generator = torch.Generator().manual_seed(0)
+    t, z, e_p = s.source.attack_draw(0, generator)  # frozen passes without gradients: not counted
+    runs = {"unet": 0, "encoder": 0}
+    # Pre-hooks: a recompute stops as soon as it has what the backward pass needs. And a block
+    # after the first cross-attention: earlier ones need no backward pass, hence no recompute.
+    resnet = s.unet.up_blocks[-1].resnets[0]
+    resnet.register_forward_pre_hook(lambda *_: runs.__setitem__("unet", runs["unet"] + 1))
+    mlp = _text_transformer(s.te).encoder.layers[0].mlp
+    mlp.register_forward_pre_hook(lambda *_: runs.__setitem__("encoder", runs["encoder"] + 1))
+    adv = torch.randn(2, s.te.config.hidden_size, generator=generator).requires_grad_(True)
+    attack = attack_loss(predict_noise(s.unet, z, t, trainer.adversarial_condition(s, 0, adv)), e_p).sum()
+    z2 = z.expand(2, -1, -1, -1)
+    retain = retain_loss(predict_noise(s.unet, z2, t, encode_ids(s.te, s.retain_ids[:2])), e_p.expand_as(z2))
+    grads = torch.autograd.grad(attack + retain, [adv, *s.trainable.values()])
+    return grads, runs
+
+
+def test_checkpointing_recomputes_and_gives_the_same_gradients():
+    plain, plain_runs = _gradients(False)
+    checkpointed, checkpointed_runs = _gradients(True)
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-8)
+    assert plain[0].abs().sum() > 0  # gradients reach the conditioning through the frozen UNet
+    # The backward pass re-ran what the forward pass did not keep.
+    assert checkpointed_runs["unet"] == 2 * plain_runs["unet"] > 0
+    assert checkpointed_runs["encoder"] == 2 * plain_runs["encoder"] > 0
+
+
+def test_checkpointing_trains_like_the_golden_run(sd_folder, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", "--model", sd_folder, "--out", out, *GOLDEN_ARGS, "--checkpointing").exit_code == 0
+    assert _losses(out) == pytest.approx(GOLDEN_LOSSES, rel=1e-5)
+
+
+def test_compile_is_wired_and_outputs_stay_plain(sd_folder, tmp_path, monkeypatch):
+    """Through dynamo with its `eager` backend: the real graph capture of every call path, without
+    inductor's code generation (minutes on a CPU; see the test below)."""
+    compiled = []
+    real_compile = trainer.compile_models
+
+    def recording_compile(te, unet):
+        compiled.append((te, unet))
+        real_compile(te, unet)
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    monkeypatch.setattr(trainer, "compile_models", recording_compile)
+    out = tmp_path / "run"
+    result = run_cli("train", "--model", sd_folder, "--out", out, *GOLDEN_ARGS, "--compile")
+    assert result.exit_code == 0, result.output
+    (te, unet), = compiled
+    assert unet._compiled_call_impl is not None and _text_transformer(te).encoder._compiled_call_impl is not None
+    assert _losses(out) == pytest.approx(GOLDEN_LOSSES, rel=1e-5)
+    base = load_file(str(sd_folder / "text_encoder" / "model.safetensors"))
+    for folder in ("text_encoder", "checkpoints/step-000002/text_encoder"):
+        saved = load_file(str(out / folder / "model.safetensors"))
+        assert set(saved) == set(base) - {"text_model.embeddings.position_ids"}, folder
+
+
+@pytest.mark.skipif(
+    os.environ.get("ADVUNLEARN_SLOW_TESTS") != "1",
+    reason="torch.compile's inductor backend spends about 3 minutes compiling the tiny model's run on a "
+    "2-core CPU; set ADVUNLEARN_SLOW_TESTS=1 to run it (GPU_CHECK_COMPILE=1 benchmarks/gpu_check.sh does, on a GPU)",
+)
+def test_compile_with_inductor_trains(sd_folder, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", "--model", sd_folder, "--out", out, *GOLDEN_ARGS, "--compile", "--iterations", 2).exit_code == 0
+    if torch.cuda.is_available():  # a bf16 UNet: only the CPU run has golden losses
+        assert all(torch.isfinite(torch.tensor(_losses(out))))
+    else:
+        # inductor fuses and reorders arithmetic: measured 4.5e-4 relative off the golden losses
+        assert _losses(out) == pytest.approx(GOLDEN_LOSSES[:2], rel=1e-3)
+
+
+def test_compile_is_refused_on_the_reference_engine(sd_folder, tmp_path):
+    result = run_cli("train", "--model", sd_folder, "--out", tmp_path / "run", *GOLDEN_ARGS, "--compile",
+                     "--engine", "reference")
+    assert result.exit_code == 2 and "--compile applies to the fast engine" in result.output
