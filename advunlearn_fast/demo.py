@@ -41,12 +41,16 @@ TRAINING = dict(
 # built in about a minute (the whole set's took several).
 RETAIN_PROMPTS = 96
 # AdvUnlearn's attacker, scaled likewise: 3 adversarial tokens (the paper's budget for objects
-# and styles), 10 attack steps at 1e-2 every iteration after a warm-up of plain ESD.
-ADVERSARIAL = dict(attack="pgd", warmup=50, attack_steps=10, attack_lr=1e-2, adv_tokens=3, attack_init="latest")
-# The evaluation attacks' budget: 3 tokens, 10 timestep blocks of 20 Adam steps.
-ATTACKS = dict(adv_tokens=3, timesteps=10, steps_per_timestep=20)
+# and styles), 10 attack steps at 1e-2 every iteration after a warm-up of plain ESD. Tokens go
+# after the prompt (suffix): on this ESD a 5-token prefix attack never brought red back (0 of 4
+# prompts) while a suffix one did (4 of 4), so that is where the defender must be trained.
+ADVERSARIAL = dict(attack="pgd", warmup=50, attack_steps=10, attack_lr=1e-2, adv_tokens=3, attack_init="latest",
+                   insert="suffix")
+# The evaluation attacks: 3 suffix tokens, 5 timestep blocks (100, 300, ..., 900) of 40 Adam steps;
+# the soft-prompt attack at 0.1 (at 0.05 it broke this ESD on 1 of 4 prompts, at 0.1 on 2 of 4).
+ATTACKS = dict(adv_tokens=3, timesteps=5, steps_per_timestep=40, insert="suffix")
+ATTACK_LR = {"softprompt": 0.1, "unlearndiffatk": 0.01}
 ATTACK_PROMPTS = 8  # the first of the concept's default world prompts (templates x shapes)
-ATTACK_LR = {"softprompt": 0.05, "unlearndiffatk": 0.01}
 CLEAN_PROMPTS = 120  # held-out prompts drawn for the clean concept rate and utility (every combination twice)
 
 
