@@ -258,6 +258,8 @@ def demo_grid(out: Path, columns: int = 4, scale: int = 4):
     the attack was not needed)."""
     from PIL import Image
 
+    report = json.loads((out / "attacks" / f"{MODELS[0]}-softprompt" / "report.json").read_text(encoding="utf-8"))
+    columns = min(columns, report["n"])  # a shape concept has only one prompt per template
     cells = []
     for name in MODELS:
         row = []

@@ -96,3 +96,14 @@ def test_demo_refuses_a_concept_outside_the_world(tmp_path):
     assert result.exit_code == 2
     assert "Van Gogh" in result.output and "red" in result.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("concept, phrases, attribute", [
+    ("red", ["red circle", "red square", "red triangle", "red cross"], "colour"),
+    ("Circle", ["red circle", "yellow circle", "green circle", "blue circle", "purple circle"], "shape"),
+])
+def test_demo_erases_the_concept_on_every_object_of_the_world(concept, phrases, attribute):
+    found, value = demo.concept_attribute(concept)
+    assert found == attribute
+    assert demo.concept_phrases(found, value) == phrases
+    assert len(demo.concept_phrases("texture", "striped")) == 20
