@@ -27,6 +27,7 @@ import diffusers
 import torch
 import transformers
 
+from advunlearn_fast.cli.main import quiet_libraries
 from advunlearn_fast.config import TrainConfig
 from advunlearn_fast.optim import bitsandbytes_version
 from advunlearn_fast.trainer import resolve_device, train
@@ -110,6 +111,7 @@ def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    quiet_libraries()  # the table is the output, as on the command line
     device = resolve_device(args.device)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
