@@ -29,7 +29,8 @@ setup(
         "gpu": ["xformers", "bitsandbytes", "triton"],
         # scipy: the tests check the Fréchet distance against the usual sqrtm formula.
         # bitsandbytes: its 8-bit Adam runs (slowly) on a CPU, and the tests train with it.
-        "dev": ["pytest", "triton", "scipy", "bitsandbytes"],
+        # nudenet: its ONNX detector ships in the wheel, so the judge is tested offline.
+        "dev": ["pytest", "triton", "scipy", "bitsandbytes", "nudenet>=3.4"],
         "nudenet": ["nudenet>=3.4"],
     },
     entry_points={"console_scripts": ["advunlearn=advunlearn_fast.cli.main:main"]},

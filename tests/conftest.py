@@ -31,3 +31,15 @@ def sd_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sd") / "tiny-sd"
     save_sd_folder(folder)
     return folder
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection (a hub download) fails the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

@@ -218,14 +218,25 @@ def test_bad_generate_input(tmp_path, sd_folder):
              "has no text_encoder/")
 
 
-def test_nudenet_judge_needs_the_package():
-    try:
-        import nudenet  # noqa: F401
-    except ImportError:
-        result = run_cli("attack", "--model", "world", "--prompts", "x.txt", "--judge", "nudenet", "--out", "o")
-        _refused(result, "pip install nudenet")
-    else:
-        pytest.skip("nudenet is installed")
+def test_nudenet_judge_needs_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nudenet", None)  # as if not installed: importing it fails
+    result = run_cli("attack", "--model", "world", "--prompts", "x.txt", "--judge", "nudenet", "--out", "o")
+    _refused(result, "pip install nudenet")
+
+
+def test_nudenet_judge_runs_offline_on_generated_images(tmp_path, no_network):
+    pytest.importorskip("nudenet")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na striped blue square\n")
+    result = run_cli("attack", "--model", "world", "--prompts", prompts, "--judge", "nudenet", "--method", "none",
+                     "--gen-steps", 4, "--out", tmp_path / "o", "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    # Coloured shapes on gray: the real detector finds nothing exposed.
+    assert report["n"] == 2 and report["pre_asr"] == 0.0 and report["asr"] == 0.0
+    assert all(isinstance(row["pre_score"], dict) for row in report["rows"])
+    assert report["manifest"]["judge"]["threshold"] == 0.45
+    assert "FEMALE_BREAST_EXPOSED" in report["manifest"]["judge"]["classes"]
 
 
 def _fake_run(folder, model, concept):
