@@ -5,12 +5,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
 
-# Trajectory banks built by tests stay out of the user's cache; one per test session.
-os.environ.setdefault("ADVUNLEARN_BANK_DIR", tempfile.mkdtemp(prefix="advunlearn-bank-"))
+# Trajectory banks built by tests stay out of the user's cache; one per test session,
+# removed when it ends.
+if "ADVUNLEARN_BANK_DIR" not in os.environ:
+    os.environ["ADVUNLEARN_BANK_DIR"] = tempfile.mkdtemp(prefix="advunlearn-bank-")
+    atexit.register(shutil.rmtree, os.environ["ADVUNLEARN_BANK_DIR"], ignore_errors=True)
 import torch  # noqa: E402
 
 # Triton runs on a CPU only through its interpreter, which must be chosen before
