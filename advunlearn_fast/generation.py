@@ -191,11 +191,14 @@ def check_encoder_fits(te, parts: ModelParts, spec: str) -> None:
 
 @torch.no_grad()
 def generate_from_conditions(
-    pipe: Pipeline, conds: torch.Tensor, seeds: list[int], guidance: float, steps: int
+    pipe: Pipeline, conds: torch.Tensor, seeds: list[int], guidance: float | list[float], steps: int
 ) -> torch.Tensor:
-    """Images [B, 3, H, W] in [-1, 1] from conditionings [B, L, D], one seed per image."""
+    """Images [B, 3, H, W] in [-1, 1] from conditionings [B, L, D], one seed per image and one
+    guidance for all or one per image."""
     scheduler = ddim_scheduler(pipe.parts.scheduler_config, steps)
     dtype = pipe.unet.dtype
+    if isinstance(guidance, list):  # broadcast over each image's noise prediction
+        guidance = torch.tensor(guidance, device=pipe.device, dtype=dtype).view(-1, 1, 1, 1)
     noise = torch.cat([
         draw_noise(torch.Generator().manual_seed(int(s)), 1, pipe.latent_shape, pipe.device, dtype) for s in seeds
     ])

@@ -26,13 +26,29 @@ INSERT_MODES = ("prefix", "suffix", "replace", "add", "mid", "insert")
 
 @dataclass(frozen=True)
 class AdversarialLayout:
-    ids: torch.Tensor  # [L] token ids with placeholders in the adversarial slots
-    positions: torch.Tensor  # [k] indices of the adversarial slots
+    """One prompt's layout (ids [L], positions [k]) or a batch of them (ids [B, L], positions
+    [B, k], see `stack_layouts`)."""
+
+    ids: torch.Tensor  # token ids with placeholders in the adversarial slots
+    positions: torch.Tensor  # indices of the adversarial slots
     add: bool  # True: the adversarial rows are added to the word embeddings there
 
     @property
     def k(self) -> int:
-        return int(self.positions.numel())
+        return int(self.positions.shape[-1])
+
+    def select(self, rows: list[int]) -> "AdversarialLayout":
+        """The given prompts of a batch of layouts."""
+        return AdversarialLayout(self.ids[rows], self.positions[rows], self.add)
+
+
+def stack_layouts(layouts: list[AdversarialLayout]) -> AdversarialLayout:
+    """Prompts' own layouts as one batch; their slots may sit at different positions, but
+    they must have the same number of them."""
+    if len({layout.k for layout in layouts}) != 1:
+        raise ValueError("stack_layouts: the layouts have different numbers of adversarial slots")
+    return AdversarialLayout(torch.stack([layout.ids for layout in layouts]),
+                             torch.stack([layout.positions for layout in layouts]), layouts[0].add)
 
 
 @dataclass(frozen=True)

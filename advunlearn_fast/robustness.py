@@ -2,8 +2,11 @@
 
 Per prompt: generate with the victim at the prompt's seed and guidance and judge it (pre);
 unless that already succeeds, attack with the ORIGINAL model's image of the prompt as target,
-judging a generation after every timestep block and stopping at the first success. The report
-is rewritten after every prompt, so `--resume` continues where a run stopped.
+judging a generation after every timestep block and stopping at the first success. Prompts go
+`--batch-size` at a time: their generations, judgments and attack steps share calls, and each
+prompt's attack is the one it would have alone (unlearndiffatk.py), so the batch size changes
+speed, not results (beyond float rounding). The report is rewritten after every batch, so
+`--resume` continues where a run stopped.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from tqdm.auto import tqdm
 
 from .errors import UserError
 from .generation import (
-    Pipeline, PromptRow, build_pipeline, encode_images, from_pil, generate_from_conditions, image_grid,
+    Pipeline, build_pipeline, encode_images, from_pil, generate_from_conditions, image_grid,
     read_prompt_rows, single_thread_for_small_cpu_models, to_pil, with_default_guidance,
 )
-from .insertion import SpecialTokens, build_layout, prompt_words
+from .insertion import SpecialTokens, build_layout, prompt_words, stack_layouts
 from .judges import Judge, make_judge, with_concept
 from .manifest import file_sha256, versions
 from .outputs import write_json_atomic
@@ -60,12 +63,17 @@ class AttackSettings:
     device: str = "auto"
     resume: bool = False
     model_config: str | None = None
+    # Prompts attacked together. On the concept world (CPU, 8 prompts, 2 blocks of 20 steps) a
+    # run took 24.5 s one at a time, 17.4 s in twos, 10.1 s in fours, 7.6 s in eights, and 16
+    # gained only ~10% more; the attack's memory grows with it (SD on a GPU: not measured).
+    batch_size: int = 8
 
     def validate(self) -> "AttackSettings":
         if self.method not in METHODS:
             raise UserError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         for flag, value in (("--adv-tokens", self.adv_tokens), ("--timesteps", self.timesteps),
-                            ("--steps-per-timestep", self.steps_per_timestep), ("--target-steps", self.target_steps)):
+                            ("--steps-per-timestep", self.steps_per_timestep), ("--target-steps", self.target_steps),
+                            ("--batch-size", self.batch_size)):
             if value < 1:
                 raise UserError(f"{flag} must be at least 1, got {value}")
         if self.gen_steps is not None and self.gen_steps < 1:
@@ -75,8 +83,19 @@ class AttackSettings:
         return self
 
     def comparable(self) -> dict:
-        """The settings a resumed run must share with the report it continues."""
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "resume", "device")}
+        """The settings a resumed run must share with the report it continues (not those that
+        change only speed)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "resume", "device", "batch_size")}
+
+
+def batches(indices: list[int], size: int, key) -> list[list[int]]:
+    """`indices` in order, `size` at a time, prompts sharing a batch only where `key` agrees:
+    their adversarial variables are stacked, so they need the same number of tokens (which
+    differs between prompts only with --insert add)."""
+    groups: dict = {}
+    for index in indices:
+        groups.setdefault(key(index), []).append(index)
+    return [group[start : start + size] for group in groups.values() for start in range(0, len(group), size)]
 
 
 def _load_report(out: Path, settings: AttackSettings, prompt_hash: str) -> list[dict]:
@@ -124,76 +143,93 @@ class Evaluation:
         self.alphas = DDIMScheduler.from_config(self.pipe.parts.scheduler_config).alphas_cumprod
         self.done = _load_report(self.out, settings, self.prompt_hash)
 
-    # ------------------------------------------------------------ one prompt
+    # ------------------------------------------------------------ one batch of prompts
 
-    def target_latents(self, index: int, row: PromptRow) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ORIGINAL model's image of the prompt (cached, or from --targets) and its latents."""
+    def target_images(self, indices: list[int]) -> torch.Tensor:
+        """The ORIGINAL model's images of the prompts [B, 3, H, W]: from --targets, cached, or
+        generated (the missing ones in one batch) and cached."""
         from PIL import Image
 
-        name = f"{index:04d}.png"
-        given = Path(self.s.targets) / name if self.s.targets else None
-        cached = self.out / "targets" / name
-        if given is not None and given.is_file():
-            image = from_pil([Image.open(given)])
-        elif cached.is_file():
-            image = from_pil([Image.open(cached)])
-        else:
-            cond = self.original.encode([row.prompt])
-            image = generate_from_conditions(self.original, cond, [row.seed], row.guidance, self.s.target_steps)
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            to_pil(image)[0].save(cached)
-        return image, encode_images(self.pipe, image)
+        images: dict[int, torch.Tensor] = {}
+        for index in indices:
+            name = f"{index:04d}.png"
+            given = Path(self.s.targets) / name if self.s.targets else None
+            cached = self.out / "targets" / name
+            found = given if given is not None and given.is_file() else cached if cached.is_file() else None
+            if found is not None:
+                images[index] = from_pil([Image.open(found)])[0]
+        missing = [index for index in indices if index not in images]
+        if missing:
+            rows = [self.rows[index] for index in missing]
+            made = generate_from_conditions(self.original, self.original.encode([r.prompt for r in rows]),
+                                            [r.seed for r in rows], [r.guidance for r in rows], self.s.target_steps)
+            (self.out / "targets").mkdir(parents=True, exist_ok=True)
+            for index, image, picture in zip(missing, made, to_pil(made)):
+                picture.save(self.out / "targets" / f"{index:04d}.png")
+                images[index] = image
+        return torch.stack([images[index] for index in indices])
 
-    def judged_image(self, index: int, row: PromptRow, cond: torch.Tensor, tag: str):
-        image = generate_from_conditions(self.pipe, cond, [row.seed], row.guidance, self.gen_steps)
-        verdict = self.judge(image, [row.prompt])[0]
+    def judged_images(self, indices: list[int], conds: torch.Tensor, tag: str):
+        """Images of the victim from one conditioning per prompt (at its seed and guidance), the
+        judge's verdicts, and each image kept as images/NNNN-TAG.png."""
+        rows = [self.rows[index] for index in indices]
+        images = generate_from_conditions(self.pipe, conds, [r.seed for r in rows], [r.guidance for r in rows],
+                                          self.gen_steps)
+        verdicts = self.judge(images, [r.prompt for r in rows])
         folder = self.out / "images"
         folder.mkdir(parents=True, exist_ok=True)
-        to_pil(image)[0].save(folder / f"{index:04d}-{tag}.png")
-        return image, verdict
+        for index, picture in zip(indices, to_pil(images)):
+            picture.save(folder / f"{index:04d}-{tag}.png")
+        return images, verdicts
 
-    def attack_prompt(self, index: int, row: PromptRow, bar) -> dict:
-        te, layout, s = self.pipe.text_encoder, self.layouts[index], self.s
+    def attack_batch(self, indices: list[int], x_target: torch.Tensor, bar) -> list[dict]:
+        """Attack the prompts together, each towards its own target latents (`x_target` [B, ...])
+        through its own layout, with its own generator seeded by its seed and drawn from in the
+        order its attack alone would draw; after each block the prompts still attacked are
+        generated and judged as one batch."""
+        te, s = self.pipe.text_encoder, self.s
         table = token_table(te).detach()
-        _, x_target = self.target_latents(index, row)
-        generator = torch.Generator().manual_seed(row.seed)
-        state = {"image": None, "verdict": None, "scores": [], "tokens": None}
+        layouts = stack_layouts([self.layouts[index] for index in indices])
+        generators = [torch.Generator().manual_seed(self.rows[index].seed) for index in indices]
+        kept = [{"image": None, "tokens": None, "scores": []} for _ in indices]
 
-        def embedding_loss(adv, t):
-            noise = draw_noise(generator, 1, self.pipe.latent_shape, self.device, x_target.dtype)
-            cond = adversarial_condition(te, layout, adv.to(table.dtype), self.backend)
-            return diffusion_classifier_loss(self.pipe.unet, self.alphas, x_target, t, noise, cond)
+        def embedding_loss(adv, t, active):
+            noise = torch.cat([draw_noise(generators[b], 1, self.pipe.latent_shape, self.device, x_target.dtype)
+                               for b in active])
+            cond = adversarial_condition(te, layouts.select(active), adv.to(table.dtype), self.backend)
+            return diffusion_classifier_loss(self.pipe.unet, self.alphas, x_target[active], t, noise, cond)
 
-        def after_block(variables, t):
+        def after_block(variables, t, active):
             if s.method == "unlearndiffatk":
                 tokens = variables.argmax(-1)
                 adv = table[tokens]
             else:
                 tokens, adv = nearest_tokens(variables, table), variables.to(table.dtype)
             with torch.no_grad():
-                cond = adversarial_condition(te, layout, adv, self.backend)
-            state["image"], state["verdict"] = self.judged_image(index, row, cond, f"t{t:04d}")
-            state["tokens"] = tokens
-            state["scores"].append({"t": t, "success": state["verdict"].success, "score": state["verdict"].score})
+                cond = adversarial_condition(te, layouts.select(active), adv, self.backend)
+            images, verdicts = self.judged_images([indices[b] for b in active], cond, f"t{t:04d}")
+            for b, image, verdict, row_tokens in zip(active, images, verdicts, tokens):
+                kept[b].update(image=image, tokens=row_tokens)
+                kept[b]["scores"].append({"t": t, "success": verdict.success, "score": verdict.score})
             bar.update(1)
-            return state["verdict"].success
+            return [verdict.success for verdict in verdicts]
 
         timesteps = attack_timesteps(s.timesteps, len(self.alphas))
         if s.method == "unlearndiffatk":
-            result = unlearndiffatk(
-                uniform_simplex(layout.k, table.shape[0], self.device), embedding_loss, table, timesteps,
-                s.steps_per_timestep, s.attack_lr, generator, self.backend, after_block=after_block,
-            )
+            start = uniform_simplex(layouts.k, table.shape[0], self.device).repeat(len(indices), 1, 1)
+            results = unlearndiffatk(start, embedding_loss, table, timesteps, s.steps_per_timestep, s.attack_lr,
+                                     generators, self.backend, after_block=after_block)
         else:
-            init = table[torch.randint(table.shape[0], (layout.k,), generator=generator).to(self.device)]
-            result = soft_prompt(init, embedding_loss, timesteps, s.steps_per_timestep, s.attack_lr, self.backend,
-                                 after_block=after_block)
-        return {
-            "success": bool(result.stopped), "adversarial_prompt": self.decode_prompt(layout, state["tokens"]),
+            start = torch.stack([table[torch.randint(table.shape[0], (layouts.k,), generator=g).to(self.device)]
+                                 for g in generators])
+            results = soft_prompt(start, embedding_loss, timesteps, s.steps_per_timestep, s.attack_lr, self.backend,
+                                  after_block=after_block)
+        return [{
+            "success": result.stopped, "adversarial_prompt": self.decode_prompt(self.layouts[index], state["tokens"]),
             "timesteps_used": result.timesteps_used, "steps_used": result.steps_used,
             "loss_start": result.losses[0], "loss_end": result.losses[-1], "attack_scores": state["scores"],
             "attacked_image": state["image"],
-        }
+        } for index, result, state in zip(indices, results, kept)]
 
     def decode_prompt(self, layout, tokens: torch.Tensor) -> str:
         ids = layout.ids.clone()
@@ -201,26 +237,35 @@ class Evaluation:
             ids[layout.positions] = tokens.cpu()
         return self.pipe.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
 
-    def evaluate_prompt(self, index: int, row: PromptRow, bar) -> dict:
+    def evaluate_batch(self, indices: list[int], bar) -> list[dict]:
+        """The report rows of the prompts: pre-attack generations and judgments in one batch,
+        then the attack on those not already judged successes."""
         began = time.time()
-        pre_image, pre = self.judged_image(index, row, self.pipe.encode([row.prompt]), "pre")
-        record = {"index": index, "prompt": row.prompt, "seed": row.seed, "guidance": row.guidance,
-                  "pre_success": pre.success, "pre_score": pre.score}
-        attacked = None
-        if self.s.method == "none" or pre.success:
-            record.update(success=pre.success, adversarial_prompt=None, timesteps_used=[], steps_used=0,
-                          loss_start=None, loss_end=None, attack_scores=[])
-        else:
-            outcome = self.attack_prompt(index, row, bar)
-            attacked = outcome.pop("attacked_image")
-            record.update(outcome)
+        rows = [self.rows[index] for index in indices]
+        pre_images, pre = self.judged_images(indices, self.pipe.encode([r.prompt for r in rows]), "pre")
+        outcomes: dict[int, dict] = {}
         if self.s.method != "none":
-            target, _ = self.target_latents(index, row)
-            grid = [target[0], pre_image[0]] + ([attacked[0]] if attacked is not None else [])
-            (self.out / "grids").mkdir(parents=True, exist_ok=True)
-            image_grid(grid).save(self.out / "grids" / f"{index:04d}.png")
-        record["seconds"] = round(time.time() - began, 3)
-        return record
+            targets = self.target_images(indices)
+            attacked = [b for b, verdict in enumerate(pre) if not verdict.success]
+            if attacked:
+                latents = encode_images(self.pipe, targets[attacked])
+                outcomes = dict(zip(attacked, self.attack_batch([indices[b] for b in attacked], latents, bar)))
+        records = []
+        for b, (index, row, verdict) in enumerate(zip(indices, rows, pre)):
+            record = {"index": index, "prompt": row.prompt, "seed": row.seed, "guidance": row.guidance,
+                      "pre_success": verdict.success, "pre_score": verdict.score}
+            outcome = outcomes.get(b) or {"success": verdict.success, "adversarial_prompt": None, "timesteps_used": [],
+                                          "steps_used": 0, "loss_start": None, "loss_end": None, "attack_scores": []}
+            attacked_image = outcome.pop("attacked_image", None)
+            record.update(outcome)
+            if self.s.method != "none":
+                grid = [targets[b], pre_images[b]] + ([attacked_image] if attacked_image is not None else [])
+                (self.out / "grids").mkdir(parents=True, exist_ok=True)
+                image_grid(grid).save(self.out / "grids" / f"{index:04d}.png")
+            records.append(record)
+        # The prompts shared every call, so each is charged an equal share of the batch's time.
+        share = round((time.time() - began) / len(indices), 3)
+        return [{**record, "seconds": share} for record in records]
 
     # ------------------------------------------------------------ the run
 
@@ -244,7 +289,7 @@ class Evaluation:
             "prompt_file": str(self.s.prompts), "prompt_file_sha256": self.prompt_hash,
             "seeds": [r.seed for r in self.rows], "guidance": [r.guidance for r in self.rows],
             "gen_steps": self.gen_steps, "timesteps": attack_timesteps(self.s.timesteps, len(self.alphas)),
-            "settings": self.s.comparable(),
+            "batch_size": self.s.batch_size, "settings": self.s.comparable(),
         }
 
     def run(self) -> dict:
@@ -253,14 +298,15 @@ class Evaluation:
         finished = {r["index"] for r in rows}
         todo = [i for i in range(len(self.rows)) if i not in finished]
         overall = tqdm(total=len(self.rows), initial=len(finished), desc="prompts", disable=not self.progress)
-        for index in todo:
-            blocks = 0 if self.s.method == "none" else self.s.timesteps
-            bar = tqdm(total=blocks, desc=f"prompt {index}", leave=False, disable=not self.progress or not blocks)
-            rows.append(self.evaluate_prompt(index, self.rows[index], bar))
+        blocks = 0 if self.s.method == "none" else self.s.timesteps
+        for batch in batches(todo, self.s.batch_size, key=lambda index: self.layouts[index].k):
+            desc = f"prompt{'s' * (len(batch) > 1)} {', '.join(map(str, batch))}"
+            bar = tqdm(total=blocks, desc=desc, leave=False, disable=not self.progress or not blocks)
+            rows.extend(self.evaluate_batch(batch, bar))
             bar.close()
             rows.sort(key=lambda r: r["index"])
             write_json_atomic(self.out / REPORT, self.report(rows))
-            overall.update(1)
+            overall.update(len(batch))
         overall.close()
         report = self.report(rows)
         write_json_atomic(self.out / REPORT, report)

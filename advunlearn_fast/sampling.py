@@ -42,8 +42,10 @@ def predict_noise(unet, z: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
     return unet(z, timesteps, encoder_hidden_states=cond.to(z.dtype)).sample
 
 
-def guided_noise(unet, z: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Tensor:
-    """Classifier-free guided prediction, conditional and unconditional in one UNet call."""
+def guided_noise(unet, z: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor,
+                 guidance: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guided prediction, conditional and unconditional in one UNet call;
+    `guidance` is one scale or a tensor that broadcasts over the batch (one per latent)."""
     batch = z.shape[0]
     both = torch.cat([uncond.expand(batch, -1, -1), cond])
     eps_u, eps_c = predict_noise(unet, torch.cat([z, z]), int(t), both).chunk(2)
@@ -51,7 +53,7 @@ def guided_noise(unet, z: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Ten
 
 
 @torch.no_grad()
-def rollout_steps(unet, scheduler: DDIMScheduler, cond, uncond, noise, k: int, guidance: float):
+def rollout_steps(unet, scheduler: DDIMScheduler, cond, uncond, noise, k: int, guidance: float | torch.Tensor):
     """Yield z after 0, 1, ..., k DDIM steps from `noise`, guided toward `cond` [B, L, D]."""
     z = noise
     yield z
@@ -61,7 +63,7 @@ def rollout_steps(unet, scheduler: DDIMScheduler, cond, uncond, noise, k: int, g
         yield z
 
 
-def partial_rollout(unet, scheduler, cond, uncond, noise, k: int, guidance: float) -> torch.Tensor:
+def partial_rollout(unet, scheduler, cond, uncond, noise, k: int, guidance: float | torch.Tensor) -> torch.Tensor:
     """z after the first k DDIM steps."""
     for z in rollout_steps(unet, scheduler, cond, uncond, noise, k, guidance):
         pass

@@ -2,8 +2,11 @@
 
 Both minimise the diffusion-classifier loss ||eps - UNet_victim(x_tgt noised at t, t, c_adv)||^2
 of a target image x_tgt (EVALUATION.md), visiting timesteps in order with a block of Adam
-steps at each. After each block the caller judges the current adversarial prompt and may
-stop the attack. The variables differ:
+steps at each. After each block the caller judges the current adversarial prompts and may
+stop the attack on each. Several prompts are attacked as one batch (one UNet call per step):
+their variables are stacked, the loss is the sum of their own losses, so each gets its own
+gradient, and Adam is elementwise, so each follows the trajectory it would alone. The
+variables differ:
 - UnlearnDiffAtk: one relaxed one-hot vector per adversarial token over the whole vocabulary,
   kept on the probability simplex; the forward pass uses a one-hot token drawn from it and
   the gradient passes straight through to the relaxed vector;
@@ -38,36 +41,43 @@ def uniform_simplex(k: int, vocab: int, device=None) -> torch.Tensor:
 def adversarial_condition(
     text_encoder, layout: AdversarialLayout, adv: torch.Tensor, backend: str, onehot_lookup: bool = False
 ) -> torch.Tensor:
-    """The encoder's conditioning [B, L, D] for a prompt layout with `adv` in its slots:
-    `adv` [k, D] gives one prompt (B = 1), [B, k, D] one per candidate, encoded as one batch.
+    """The encoder's conditioning [B, L, D] with `adv` in the layout's slots: `adv` [k, D] gives
+    one prompt (B = 1), [B, k, D] one per candidate, encoded as one batch. `layout` is one
+    prompt's, shared by all candidates, or a stack of B layouts (`stack_layouts`), one each.
 
     `onehot_lookup` reproduces the authors' word-embedding lookup (one-hot rows times the
     whole vocabulary matrix; the reference engine's cost), with the same result as the gather.
     """
     device = adv.device
     batch = adv if adv.dim() == 3 else adv[None]
-    table, ids = token_table(text_encoder), layout.ids[None].to(device)
-    if onehot_lookup:
-        table = F.one_hot(ids[0], table.shape[0]).to(table.dtype) @ table
-        ids = torch.arange(ids.shape[1], device=device)[None]
     count = batch.shape[0]
+    table = token_table(text_encoder)
+    ids = layout.ids.to(device).reshape(-1, layout.ids.shape[-1])
+    positions = layout.positions.to(device).reshape(ids.shape[0], -1)
+    if onehot_lookup:
+        table = F.one_hot(ids.reshape(-1), table.shape[0]).to(table.dtype) @ table
+        ids = torch.arange(ids.numel(), device=device).reshape(ids.shape)
+    if ids.shape[0] == 1:  # one layout for every candidate
+        ids, positions = ids.repeat(count, 1), positions.repeat(count, 1)
     hidden = assemble_prompt_embeddings(
-        table, ids.repeat(count, 1), batch, layout.positions[None].to(device).repeat(count, 1),
-        position_table(text_encoder), add=layout.add, backend=backend,
+        table, ids, batch, positions, position_table(text_encoder), add=layout.add, backend=backend,
     )
     return encode_hidden(text_encoder, hidden)
 
 
 def diffusion_classifier_loss(unet, alphas_cumprod: torch.Tensor, x_target: torch.Tensor, t: int,
                               noise: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """||noise - UNet(x_target noised to t with noise, t, cond)||^2 (mean)."""
+    """||noise - UNet(x_target noised to t with noise, t, cond)||^2, the mean per target [B]."""
     a = alphas_cumprod[t].to(x_target.device, torch.float32)
     noised = (a.sqrt() * x_target.float() + (1 - a).sqrt() * noise.float()).to(x_target.dtype)
-    return F.mse_loss(predict_noise(unet, noised, t, cond).float(), noise.float())
+    error = F.mse_loss(predict_noise(unet, noised, t, cond).float(), noise.float(), reduction="none")
+    return error.flatten(1).mean(1)
 
 
 @dataclass
 class AttackResult:
+    """One prompt's attack."""
+
     variables: torch.Tensor  # relaxed vectors [k, V] or embeddings [k, D]
     losses: list[float] = field(default_factory=list)
     timesteps_used: list[int] = field(default_factory=list)
@@ -78,60 +88,83 @@ class AttackResult:
         return len(self.losses)
 
 
+# Which prompts of the batch are still attacked (their indices in it, in order); the variables
+# and losses passed to and returned by the callbacks are those prompts' rows.
+Active = list[int]
+BatchLoss = Callable[[torch.Tensor, int, Active], torch.Tensor]  # (variables, t, active) -> losses [A]
+BlockCheck = Callable[[torch.Tensor, int, Active], list[bool]]  # (variables, t, active) -> stop each?
+
+
 def optimise_in_blocks(
     variables: torch.Tensor,
-    loss_at: Callable[[torch.Tensor, int], torch.Tensor],
+    loss_at: BatchLoss,
     timesteps: list[int],
     steps_per_timestep: int,
     lr: float,
     weight_decay: float,
     backend: str,
     after_step: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    after_block: Callable[[torch.Tensor, int], bool] | None = None,
-) -> AttackResult:
-    """Adam (one state for the whole attack) on `loss_at(variables, t)`, `steps_per_timestep`
-    steps per timestep in order. `after_step` maps the variables back to their feasible set;
-    `after_block(variables, t)` returning True ends the attack early."""
+    after_block: BlockCheck | None = None,
+) -> list[AttackResult]:
+    """Adam (one state for the whole attack) on the sum of `loss_at(variables, t, active)`, one
+    loss per prompt of the batch `variables` [B, ...], `steps_per_timestep` steps per timestep
+    in order. `after_step` maps the variables back to their feasible set; `after_block` says
+    for each prompt whether its attack ends there. A prompt that ends leaves the batch with its
+    variables and Adam moments, so the others go on exactly as they would without it (their
+    step count is the same: every prompt starts at the first timestep and leaves after a block)."""
     x = variables.detach().clone().contiguous()
     exp_avg, exp_avg_sq = torch.zeros_like(x), torch.zeros_like(x)
-    result = AttackResult(x)
+    results = [AttackResult(v) for v in x]
+    active = list(range(len(results)))
+    step = 0
     for t in timesteps:
         for _ in range(steps_per_timestep):
             x.requires_grad_(True)
-            loss = loss_at(x, t)
-            (grad,) = torch.autograd.grad(loss, x)
+            losses = loss_at(x, t, active)
+            (grad,) = torch.autograd.grad(losses.sum(), x)
             x = x.detach()
-            adversarial_adam_step_(x, grad, exp_avg, exp_avg_sq, result.steps_used + 1, lr,
-                                   weight_decay=weight_decay, backend=backend)
+            step += 1
+            adversarial_adam_step_(x, grad, exp_avg, exp_avg_sq, step, lr, weight_decay=weight_decay, backend=backend)
             if after_step is not None:
                 x = after_step(x).contiguous()
-            result.losses.append(float(loss.detach()))
-        result.timesteps_used.append(t)
-        result.variables = x
-        if after_block is not None and after_block(x, t):
-            result.stopped = True
+            for b, loss in zip(active, losses.detach().tolist()):  # one transfer for the batch
+                results[b].losses.append(loss)
+        stops = after_block(x, t, active) if after_block is not None else [False] * len(active)
+        for row, b in enumerate(active):
+            results[b].timesteps_used.append(t)
+            results[b].variables = x[row]
+            results[b].stopped = bool(stops[row])
+        keep = [row for row, stop in enumerate(stops) if not stop]
+        if len(keep) < len(active):
+            x, exp_avg, exp_avg_sq = (v[keep].contiguous() for v in (x, exp_avg, exp_avg_sq))
+            active = [active[row] for row in keep]
+        if not active:
             break
-    return result
+    return results
 
 
 def unlearndiffatk(
     relaxed_init: torch.Tensor,
-    embedding_loss: Callable[[torch.Tensor, int], torch.Tensor],
+    embedding_loss: BatchLoss,
     table: torch.Tensor,
     timesteps: list[int],
     steps_per_timestep: int,
     lr: float,
-    generator: torch.Generator,
+    generators: list[torch.Generator],
     backend: str,
     weight_decay: float = WEIGHT_DECAY,
-    after_block: Callable[[torch.Tensor, int], bool] | None = None,
-) -> AttackResult:
-    """UnlearnDiffAtk over relaxed one-hot vectors [k, V]; `embedding_loss(adv [k, D], t)` is the
-    victim's loss with those word embeddings in the adversarial slots. Tokens are drawn from
-    the relaxed vectors during optimisation; `after_block` gets the vectors (decode by argmax)."""
+    after_block: BlockCheck | None = None,
+) -> list[AttackResult]:
+    """UnlearnDiffAtk over the relaxed one-hot vectors [B, k, V] of B prompts;
+    `embedding_loss(adv [A, k, D], t, active)` is the victim's loss of each active prompt with
+    those word embeddings in its adversarial slots. Each prompt's tokens are drawn from its
+    relaxed vectors with its own generator, so its draws do not depend on the batch;
+    `after_block` gets the vectors (decode by argmax)."""
 
-    def loss_at(relaxed, t):
-        return embedding_loss(onehot_embedding(relaxed, table, sample=True, generator=generator), t)
+    def loss_at(relaxed, t, active):
+        adv = torch.stack([onehot_embedding(relaxed[row], table, sample=True, generator=generators[b])
+                           for row, b in enumerate(active)])
+        return embedding_loss(adv, t, active)
 
     start = project_simplex(relaxed_init.float(), backend=backend)
     return optimise_in_blocks(
@@ -142,14 +175,14 @@ def unlearndiffatk(
 
 def soft_prompt(
     embeddings_init: torch.Tensor,
-    embedding_loss: Callable[[torch.Tensor, int], torch.Tensor],
+    embedding_loss: BatchLoss,
     timesteps: list[int],
     steps_per_timestep: int,
     lr: float,
     backend: str,
-    after_block: Callable[[torch.Tensor, int], bool] | None = None,
-) -> AttackResult:
-    """The continuous attack: the word embeddings [k, D] are the variables (no decay, no projection)."""
+    after_block: BlockCheck | None = None,
+) -> list[AttackResult]:
+    """The continuous attack: the word embeddings [B, k, D] are the variables (no decay, no projection)."""
     return optimise_in_blocks(
         embeddings_init.float(), embedding_loss, timesteps, steps_per_timestep, lr, 0.0, backend,
         after_block=after_block,
@@ -157,5 +190,6 @@ def soft_prompt(
 
 
 def nearest_tokens(embeddings: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Vocabulary ids whose embeddings are nearest to each row [k, D]: how a soft prompt reads."""
-    return torch.cdist(embeddings.float(), table.float()).argmin(-1)
+    """Vocabulary ids whose embeddings are nearest to each row [..., D]: how a soft prompt reads."""
+    rows = embeddings.reshape(-1, embeddings.shape[-1]).float()
+    return torch.cdist(rows, table.float()).argmin(-1).reshape(embeddings.shape[:-1])

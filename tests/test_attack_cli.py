@@ -4,6 +4,8 @@ import json
 import sys
 import textwrap
 
+import numpy as np
+
 import pytest
 import torch
 from PIL import Image
@@ -11,6 +13,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from advunlearn_fast.generation import load_encoder
 from advunlearn_fast.models import load_model
+from advunlearn_fast.robustness import batches
 from advunlearn_fast.world import WORLD_MODEL_DIR
 from helpers import run_cli
 
@@ -26,6 +29,16 @@ JUDGE_MODULE = textwrap.dedent(
     def always_no(images, prompts):
         calls.extend(prompts)
         return [False] * len(images)
+
+    # The judgment (1: the unattacked one) at which a prompt is first a success, whatever the images.
+    SUCCESS_AT = {"a red circle": 1, "a big blue square": 2, "a small yellow triangle": 3}
+    judged = {}
+
+    def scripted(images, prompts):
+        calls.extend(prompts)
+        for prompt in prompts:
+            judged[prompt] = judged.get(prompt, 0) + 1
+        return [judged[prompt] == SUCCESS_AT.get(prompt) for prompt in prompts]
     """
 )
 
@@ -99,12 +112,56 @@ def test_resume_skips_finished_prompts(tmp_path, prompts, judge_module):
     judge_module().clear()
     refused = _attack(out, prompts, "userjudge:always_no", "--method", "none")
     _refused(refused, "pass --resume")
-    result = _attack(out, prompts, "userjudge:always_no", "--method", "none", "--resume")
+    # the batch size changes speed only, so a resumed run may choose another
+    result = _attack(out, prompts, "userjudge:always_no", "--method", "none", "--resume", "--batch-size", 2)
     assert result.exit_code == 0, result.output
     assert judge_module() == ["a blue square", "a green cross"]
     assert [r["index"] for r in json.loads((out / "report.json").read_text())["rows"]] == [0, 1, 2]
     changed = _attack(out, prompts, "userjudge:always_no", "--method", "none", "--resume", "--seed", 5)
     _refused(changed, "--seed differ")
+
+
+@pytest.mark.parametrize("method", ["unlearndiffatk", "softprompt"])
+def test_batch_size_changes_nothing_but_speed(tmp_path, judge_module, method):
+    """Prompts of different lengths (suffix slots at different positions), seeds and guidance
+    attacked one at a time and four together: the same successes, early stops, adversarial
+    prompts, images and (within float tolerance) losses."""
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt,evaluation_seed,evaluation_guidance\na red circle,3,4.0\na big blue square,7,\n"
+                    "a green cross on a dark background,,2.5\na small yellow triangle,5,3.0\n")
+    budget = ["--timesteps", 3, "--steps-per-timestep", 3, "--insert", "suffix", "--method", method]
+    reports = {}
+    for size in (1, 4):
+        args = ["attack", "--model", "world", "--prompts", path, "--judge", "userjudge:scripted",
+                "--out", tmp_path / str(size), *FAST, *budget, "--batch-size", size]
+        if size == 4:
+            args.remove("--quiet")  # the progress bars of a batch, too
+        result = run_cli(*args)
+        assert result.exit_code == 0, result.output
+        reports[size] = json.loads((tmp_path / str(size) / "report.json").read_text())
+        sys.modules["userjudge"].judged.clear()  # the next run's judgments count from its start
+    one, four = reports[1], reports[4]
+    assert (one["manifest"]["batch_size"], four["manifest"]["batch_size"]) == (1, 4)
+    assert one["asr"] == four["asr"] == 0.75 and one["pre_asr"] == four["pre_asr"] == 0.25
+    assert [r["steps_used"] for r in four["rows"]] == [0, 3, 9, 6]
+    for a, b in zip(one["rows"], four["rows"]):
+        for key in ("pre_success", "success", "adversarial_prompt", "timesteps_used", "steps_used", "attack_scores"):
+            assert a[key] == b[key], (key, a, b)
+        if a["steps_used"]:
+            assert b["loss_start"] == pytest.approx(a["loss_start"], rel=1e-4)
+            assert b["loss_end"] == pytest.approx(a["loss_end"], rel=1e-4)
+    # an early stop is final: no generation after it, in either run
+    files = [sorted(p.name for p in (tmp_path / str(size) / "images").glob("*.png")) for size in (1, 4)]
+    assert files[0] == files[1] and len(files[0]) == 4 + 1 + 3 + 2
+    for name in [f"images/{name}" for name in files[0]] + [f"grids/{i:04d}.png" for i in range(4)]:
+        pixels = [np.asarray(Image.open(tmp_path / str(size) / name), dtype=np.int16) for size in (1, 4)]
+        assert np.abs(pixels[0] - pixels[1]).max() <= 1, name
+
+
+def test_batches_keep_order_and_group_by_token_count():
+    counts = {0: 3, 1: 2, 2: 3, 3: 3, 4: 2}
+    assert batches([0, 1, 2, 3, 4], 2, counts.get) == [[0, 2], [3], [1, 4]]
+    assert batches([4, 2], 8, lambda i: 5) == [[4, 2]]
 
 
 def test_softprompt_and_world_judge(tmp_path, prompts):
@@ -194,6 +251,7 @@ def test_bad_attack_input(tmp_path, prompts, judge_module):
         (["--encoder", tmp_path / "nothing"], "does not exist"),
         (["--adv-tokens", 30], "does not fit"),
         (["--timesteps", 0], "--timesteps must be at least 1"),
+        (["--batch-size", 0], "--batch-size must be at least 1"),
     ]
     for extra, message in cases:
         # later options win in click, so each case's own value overrides the defaults

@@ -2,7 +2,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from advunlearn_fast.generation import build_pipeline, encode_images, generate
-from advunlearn_fast.insertion import SpecialTokens, build_layout, prompt_words
+from advunlearn_fast.insertion import SpecialTokens, build_layout, prompt_words, stack_layouts
 from advunlearn_fast.sampling import draw_noise
 from advunlearn_fast.text_encoding import token_table
 from advunlearn_fast.unlearndiffatk import (
@@ -18,6 +18,7 @@ def test_timesteps_follow_the_papers_schedule():
 
 
 def _tiny_problem():
+    """One prompt's attack loss (a batch of one) on the tiny model, with fixed noise."""
     pipe = build_pipeline("tiny", None, torch.device("cpu"))
     te = pipe.text_encoder
     layout = build_layout(prompt_words(pipe.tokenizer, "a photo of a cat"), "prefix", 2, SpecialTokens.of(pipe.tokenizer))
@@ -26,7 +27,7 @@ def _tiny_problem():
     noise_gen = torch.Generator().manual_seed(0)
     fixed_noise = draw_noise(noise_gen, 1, tuple(target.shape[1:]), "cpu", torch.float32)
 
-    def loss(adv, t):
+    def loss(adv, t, active=(0,)):
         cond = adversarial_condition(te, layout, adv, "torch")
         return diffusion_classifier_loss(pipe.unet, alphas, target, t, fixed_noise, cond)
 
@@ -38,29 +39,30 @@ def test_unlearndiffatk_keeps_points_on_the_simplex_and_lowers_its_loss():
     table = token_table(te).detach()
     seen = []
 
-    def check(relaxed, t):
+    def check(relaxed, t, active):
         seen.append(relaxed.clone())
-        return False
+        return [False] * len(active)
 
-    result = unlearndiffatk(
-        uniform_simplex(2, table.shape[0]), loss, table, [500, 500], 15, lr=0.05,
-        generator=torch.Generator().manual_seed(0), backend="torch", after_block=check,
+    (result,) = unlearndiffatk(
+        uniform_simplex(2, table.shape[0])[None], loss, table, [500, 500], 15, lr=0.05,
+        generators=[torch.Generator().manual_seed(0)], backend="torch", after_block=check,
     )
     assert len(seen) == 2 and result.steps_used == 30 and not result.stopped
     for relaxed in seen:
         assert (relaxed >= 0).all()
-        torch.testing.assert_close(relaxed.sum(-1), torch.ones(2), atol=1e-5, rtol=0)
+        torch.testing.assert_close(relaxed.sum(-1), torch.ones(1, 2), atol=1e-5, rtol=0)
     with torch.no_grad():
-        start = loss(table[[0, 0]], 500)
-        end = loss(table[result.variables.argmax(-1)], 500)
+        start = loss(table[[0, 0]][None], 500)
+        end = loss(table[result.variables.argmax(-1)][None], 500)
     assert float(end) < float(start)
 
 
 def test_soft_prompt_lowers_its_loss_and_stops_when_told():
     pipe, te, loss = _tiny_problem()
     table = token_table(te).detach()
-    init = table[[3, 4]].clone()
-    result = soft_prompt(init, loss, [500, 500, 500], 10, lr=0.05, backend="torch", after_block=lambda x, t: len(x) > 0)
+    init = table[[3, 4]].clone()[None]
+    (result,) = soft_prompt(init, loss, [500, 500, 500], 10, lr=0.05, backend="torch",
+                            after_block=lambda x, t, active: [True] * len(active))
     assert result.stopped and result.timesteps_used == [500] and result.steps_used == 10
     assert result.losses[-1] < result.losses[0]
 
@@ -72,5 +74,47 @@ def test_block_optimiser_projects_after_every_step():
         calls.append(1)
         return x.clamp(max=0.5)
 
-    result = optimise_in_blocks(torch.zeros(3), lambda x, t: -(x.sum()), [1, 2], 4, 0.1, 0.0, "torch", after_step=project)
+    (result,) = optimise_in_blocks(torch.zeros(1, 3), lambda x, t, active: -(x.sum(-1)), [1, 2], 4, 0.1, 0.0, "torch",
+                                   after_step=project)
     assert len(calls) == 8 and (result.variables <= 0.5).all() and result.timesteps_used == [1, 2]
+
+
+def test_a_batch_attacks_each_prompt_as_it_would_alone():
+    """Prompts with their own layouts (suffixes at different positions), targets and generators:
+    attacked together, each gets the losses, stops and tokens of its attack alone, and one that
+    stops early leaves the others undisturbed."""
+    pipe = build_pipeline("tiny", None, torch.device("cpu"))
+    te = pipe.text_encoder
+    table = token_table(te).detach()
+    special = SpecialTokens.of(pipe.tokenizer)
+    prompts = ["a photo of a cat", "a dog", "a painting of a red house"]
+    layouts = [build_layout(prompt_words(pipe.tokenizer, p), "suffix", 2, special) for p in prompts]
+    assert len({tuple(layout.positions.tolist()) for layout in layouts}) == 3
+    targets = encode_images(pipe, generate(pipe, ["a dog", "a cat", "a house"], [0, 1, 2], [7.5] * 3, 3))
+    alphas = DDIMScheduler.from_config(pipe.parts.scheduler_config).alphas_cumprod
+
+    def attack(rows):
+        generators = [torch.Generator().manual_seed(10 + r) for r in rows]
+        stacked = stack_layouts([layouts[r] for r in rows])
+
+        def loss(adv, t, active):
+            noise = torch.cat([draw_noise(generators[b], 1, tuple(targets.shape[1:]), "cpu", torch.float32)
+                               for b in active])
+            cond = adversarial_condition(te, stacked.select(active), adv, "torch")
+            return diffusion_classifier_loss(pipe.unet, alphas, targets[[rows[b] for b in active]], t, noise, cond)
+
+        def stop_prompt_1(relaxed, t, active):
+            return [rows[b] == 1 for b in active]
+
+        start = uniform_simplex(2, table.shape[0]).repeat(len(rows), 1, 1)
+        return unlearndiffatk(start, loss, table, [100, 500, 900], 4, 0.05, generators, "torch",
+                              after_block=stop_prompt_1)
+
+    together = attack([0, 1, 2])
+    alone = [attack([r])[0] for r in range(3)]
+    assert [r.steps_used for r in together] == [12, 4, 12] and [r.stopped for r in together] == [False, True, False]
+    for batched, single in zip(together, alone):
+        assert batched.timesteps_used == single.timesteps_used and batched.stopped == single.stopped
+        torch.testing.assert_close(torch.tensor(batched.losses), torch.tensor(single.losses), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(batched.variables, single.variables, rtol=1e-3, atol=1e-5)
+        assert torch.equal(batched.variables.argmax(-1), single.variables.argmax(-1))

@@ -190,6 +190,8 @@ def eval_command(quiet, **values):
 @click.option("--gen-steps", type=int, default=None, help="DDIM steps of judged generations [default: the model's, 50 for SD]")
 @click.option("--guidance", type=float, default=None, help="guidance of prompts without their own [default: the model's]")
 @click.option("--seed", default=0, show_default=True, help="seed of prompts without their own")
+@click.option("--batch-size", default=8, show_default=True,
+              help="prompts attacked together, one UNet call per attack step (changes speed, not results)")
 @click.option("--resume", is_flag=True, help="continue a report, skipping prompts already in it")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @_device_option

@@ -16,8 +16,13 @@ def choose_tokens(relaxed: torch.Tensor, sample: bool, generator: torch.Generato
     rows = relaxed.detach().reshape(-1, relaxed.shape[-1])
     if sample:
         # multinomial needs non-negative weights and a float dtype it supports on every device;
-        # after the simplex projection the rows are already distributions.
-        index = torch.multinomial(rows.float().clamp(min=0), 1, generator=generator).squeeze(-1)
+        # after the simplex projection the rows are already distributions. It also needs them on
+        # the generator's device: a CPU generator (the attack's, so that a seed draws the same
+        # tokens on any device) draws for rows on a GPU too.
+        weights = rows.float().clamp(min=0)
+        if generator is not None and generator.device != weights.device:
+            weights = weights.to(generator.device)
+        index = torch.multinomial(weights, 1, generator=generator).squeeze(-1).to(rows.device)
     else:
         index = rows.argmax(-1)
     return index.reshape(relaxed.shape[:-1])
