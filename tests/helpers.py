@@ -61,3 +61,12 @@ def save_sd_folder(folder: Path, seed: int = 0) -> dict:
 def run_cli(*args):
     """Invoke `advunlearn` through click; returns the click Result."""
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
+
+
+def assert_refused(result, message):
+    """Bad input: exit status 2 and one line, `advunlearn: error: ...` naming the problem."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("advunlearn: error:"), result.output
+    assert message in lines[0], lines[0]

@@ -15,7 +15,7 @@ from advunlearn_fast.generation import load_encoder
 from advunlearn_fast.models import load_model
 from advunlearn_fast.robustness import batches
 from advunlearn_fast.world import WORLD_MODEL_DIR
-from helpers import run_cli
+from helpers import assert_refused, run_cli
 
 FAST = ["--timesteps", 2, "--steps-per-timestep", 2, "--adv-tokens", 2, "--gen-steps", 4, "--target-steps", 4, "--quiet"]
 JUDGE_MODULE = textwrap.dedent(
@@ -58,14 +58,6 @@ def prompts(tmp_path):
     path = tmp_path / "prompts.csv"
     path.write_text("prompt,evaluation_seed,evaluation_guidance\na red circle,3,4.0\na blue square,7,\na green cross,,2.5\n")
     return path
-
-
-def _refused(result, message):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("advunlearn: error:"), result.output
-    assert message in lines[0], lines[0]
 
 
 def _attack(out, prompts, judge, *extra):
@@ -111,14 +103,14 @@ def test_resume_skips_finished_prompts(tmp_path, prompts, judge_module):
     (out / "report.json").write_text(json.dumps(report))
     judge_module().clear()
     refused = _attack(out, prompts, "userjudge:always_no", "--method", "none")
-    _refused(refused, "pass --resume")
+    assert_refused(refused, "pass --resume")
     # the batch size changes speed only, so a resumed run may choose another
     result = _attack(out, prompts, "userjudge:always_no", "--method", "none", "--resume", "--batch-size", 2)
     assert result.exit_code == 0, result.output
     assert judge_module() == ["a blue square", "a green cross"]
     assert [r["index"] for r in json.loads((out / "report.json").read_text())["rows"]] == [0, 1, 2]
     changed = _attack(out, prompts, "userjudge:always_no", "--method", "none", "--resume", "--seed", 5)
-    _refused(changed, "--seed differ")
+    assert_refused(changed, "--seed differ")
 
 
 @pytest.mark.parametrize("method", ["unlearndiffatk", "softprompt"])
@@ -257,29 +249,29 @@ def test_bad_attack_input(tmp_path, prompts, judge_module):
         # later options win in click, so each case's own value overrides the defaults
         args = ["--prompts", prompts, "--judge", "userjudge:always_no", *FAST, *extra]
         result = run_cli("attack", "--model", "world", "--out", out, *args)
-        _refused(result, message)
+        assert_refused(result, message)
         assert not (out / "report.json").exists()
 
 
 def test_bad_generate_input(tmp_path, sd_folder):
-    _refused(run_cli("generate", "--model", "world", "--out", tmp_path / "o"), "exactly one of --prompt")
+    assert_refused(run_cli("generate", "--model", "world", "--out", tmp_path / "o"), "exactly one of --prompt")
     bad_pt = tmp_path / "bad.pt"
     torch.save({"text_encoder.unrelated.weight": torch.zeros(2)}, bad_pt)
-    _refused(run_cli("generate", "--model", sd_folder, "--encoder", bad_pt, "--prompt", "x", "--out", tmp_path / "o"),
+    assert_refused(run_cli("generate", "--model", sd_folder, "--encoder", bad_pt, "--prompt", "x", "--out", tmp_path / "o"),
              "no CLIP text-encoder weights")
-    _refused(run_cli("generate", "--model", "world", "--encoder", _narrow_encoder(tmp_path / "n"), "--prompt", "x",
+    assert_refused(run_cli("generate", "--model", "world", "--encoder", _narrow_encoder(tmp_path / "n"), "--prompt", "x",
                      "--out", tmp_path / "o"), "hidden width 16")
     unet_run = tmp_path / "unet-run"
     (unet_run / "unet").mkdir(parents=True)
     (unet_run / "run.json").write_text("{}")
-    _refused(run_cli("generate", "--model", "world", "--encoder", unet_run, "--prompt", "x", "--out", tmp_path / "o"),
+    assert_refused(run_cli("generate", "--model", "world", "--encoder", unet_run, "--prompt", "x", "--out", tmp_path / "o"),
              "has no text_encoder/")
 
 
 def test_nudenet_judge_needs_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "nudenet", None)  # as if not installed: importing it fails
     result = run_cli("attack", "--model", "world", "--prompts", "x.txt", "--judge", "nudenet", "--out", "o")
-    _refused(result, "pip install nudenet")
+    assert_refused(result, "pip install nudenet")
 
 
 def test_nudenet_judge_runs_offline_on_generated_images(tmp_path, no_network):
@@ -313,7 +305,7 @@ def _fake_run(folder, model, concept):
 ])
 def test_run_folder_defaults_say_what_to_pass(sd_folder, tmp_path, concept, message):
     run = _fake_run(tmp_path / "run", sd_folder, concept)
-    _refused(run_cli("attack", "--encoder", run, "--quiet"), message)
+    assert_refused(run_cli("attack", "--encoder", run, "--quiet"), message)
 
 
 def test_run_folder_uses_the_projects_prompt_set(sd_folder, tmp_path, judge_module):

@@ -2,15 +2,7 @@
 
 import pytest
 
-from helpers import FAST_ARGS, run_cli
-
-
-def _refused(result, message):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("advunlearn: error:"), result.output
-    assert message in lines[0]
+from helpers import FAST_ARGS, assert_refused, run_cli
 
 
 @pytest.mark.parametrize(
@@ -35,23 +27,23 @@ def test_bad_training_input(sd_folder, tmp_path, args, message):
     out = tmp_path / "out"
     # A bound on iterations keeps a wrongly accepted input from training for long.
     result = run_cli("train", "--model", sd_folder, "--out", out, "--iterations", 1, *FAST_ARGS, *args)
-    _refused(result, message)
+    assert_refused(result, message)
     assert not (out / "text_encoder").exists()
 
 
 def test_bad_models(tmp_path):
-    _refused(run_cli("train", "--model", tmp_path / "missing", "--concept", "x"), "does not exist")
+    assert_refused(run_cli("train", "--model", tmp_path / "missing", "--concept", "x"), "does not exist")
     (tmp_path / "empty").mkdir()
-    _refused(run_cli("train", "--model", tmp_path / "empty", "--concept", "x"), "not a Stable Diffusion diffusers folder")
+    assert_refused(run_cli("train", "--model", tmp_path / "empty", "--concept", "x"), "not a Stable Diffusion diffusers folder")
     # The design card's command as written: the default hub model is not on this machine.
     result = run_cli("train", "--concept", "Van Gogh", "--layers", "all", "--out", tmp_path / "o")
-    _refused(result, "--model /path/to/a/diffusers/folder")
+    assert_refused(result, "--model /path/to/a/diffusers/folder")
 
 
 def test_output_path_that_is_a_file(tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
-    _refused(run_cli("train", "--model", "tiny", "--concept", "x", "--out", target), "is a file")
+    assert_refused(run_cli("train", "--model", "tiny", "--concept", "x", "--out", target), "is a file")
 
 
 def test_cuda_without_cuda(tmp_path):
@@ -59,18 +51,18 @@ def test_cuda_without_cuda(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    _refused(run_cli("train", "--model", "tiny", "--concept", "x", "--device", "cuda", "--out", tmp_path / "o"),
+    assert_refused(run_cli("train", "--model", "tiny", "--concept", "x", "--device", "cuda", "--out", tmp_path / "o"),
              "CUDA is not available")
 
 
 def test_config_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("concept: [unclosed\n")
-    _refused(run_cli("train", "--config", bad), "cannot be parsed")
+    assert_refused(run_cli("train", "--config", bad), "cannot be parsed")
     unknown = tmp_path / "unknown.toml"
     unknown.write_text('concept = "x"\nlearning_rate = 1\n')
-    _refused(run_cli("train", "--config", unknown), "unknown setting 'learning_rate'")
-    _refused(run_cli("train", "--config", tmp_path / "none.yaml"), "--config file not found")
+    assert_refused(run_cli("train", "--config", unknown), "unknown setting 'learning_rate'")
+    assert_refused(run_cli("train", "--config", tmp_path / "none.yaml"), "--config file not found")
 
 
 def test_config_file_with_flag_override(tmp_path):

@@ -10,7 +10,7 @@ from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
 from advunlearn_fast.models import load_model
-from helpers import run_cli
+from helpers import assert_refused, run_cli
 from weights import save_random_inception, save_tiny_clip
 
 PROMPTS = "prompt,evaluation_seed\na red circle,3\nan image of a striped blue square,5\na photo of a cat,\n"
@@ -80,14 +80,6 @@ def test_fid_of_the_generated_images_against_themselves_is_zero(tmp_path, files,
     assert "clip_score" not in report["metrics"] and report["manifest"]["clip"] is None
 
 
-def _refused(result, message):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("advunlearn: error:"), result.output
-    assert message in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("extra, message", [
     (["--real", "{real}"], "FID needs the Inception weights on local disk: pass --inception <path to pt_inception"),
     (["--real", "{real}", "--inception", "{tmp}/none.pth"], "is not a file on local disk: pass the FID Inception weights"),
@@ -104,13 +96,13 @@ def test_missing_or_bad_metric_inputs_are_refused_before_generation(tmp_path, fi
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     out = tmp_path / "out"
     args = [a.format(tmp=tmp_path, real=files["real"], inception=files["inception"], clip=files["clip"]) for a in extra]
-    _refused(_eval(out, files, *args), message)
+    assert_refused(_eval(out, files, *args), message)
     assert not (out / "images").exists()
 
 
 def test_nothing_to_measure_names_the_options(tmp_path, files):
     result = run_cli("eval", "--model", "tiny", "--prompts", files["prompts"], "--out", tmp_path / "o", "--quiet")
-    _refused(result, "nothing to measure: pass --clip <local CLIP folder> for the CLIP score and/or --real DIR")
+    assert_refused(result, "nothing to measure: pass --clip <local CLIP folder> for the CLIP score and/or --real DIR")
 
 
 def test_attack_with_a_clip_judge_takes_the_runs_concept(tmp_path, files):
