@@ -126,10 +126,11 @@ def run_demo(s: DemoSettings) -> dict:
         "seconds": round(time.time() - began, 1),
         "settings": settings_record(s, str(attack_prompts)),
     }
-    write_json_atomic(out / DEMO_JSON, report)
+    # demo.json last: its presence says the demo finished.
+    demo_grid(out).save(out / "demo.png")
     if s.json_path:
         write_json_atomic(Path(s.json_path), report)
-    demo_grid(out).save(out / "demo.png")
+    write_json_atomic(out / DEMO_JSON, report)
     return report
 
 
