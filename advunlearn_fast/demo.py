@@ -100,11 +100,11 @@ def run_demo(s: DemoSettings) -> dict:
     for name in ("esd", "advunlearn"):
         encoders[name], train_seconds[name] = train_stage(out / name, attribute, value, name, s)
 
-    results = {}
+    results, reports = {}, {}
     for name in MODELS:
         tick = time.time()
         clean = clean_rates(encoders[name], attribute, value, s)
-        asr = {
+        asr = reports[name] = {
             method: attack_stage(encoders[name], out / "attacks" / f"{name}-{method}", str(attack_prompts), judge, method, s)
             for method in ATTACK_LR
         }
@@ -127,7 +127,7 @@ def run_demo(s: DemoSettings) -> dict:
         "settings": settings_record(s, str(attack_prompts)),
     }
     # demo.json last: its presence says the demo finished.
-    demo_grid(out).save(out / "demo.png")
+    demo_grid(out, reports).save(out / "demo.png")
     if s.json_path:
         write_json_atomic(Path(s.json_path), report)
     write_json_atomic(out / DEMO_JSON, report)
@@ -253,21 +253,20 @@ def settings_record(s: DemoSettings, attack_prompts: str) -> dict:
     }
 
 
-def demo_grid(out: Path, columns: int = 4, scale: int = 4):
+def demo_grid(out: Path, reports: dict, columns: int = 4, scale: int = 4):
     """Rows base / ESD / AdvUnlearn; for the first prompts: clean, soft-prompt attacked and
     UnlearnDiffAtk attacked images (the last judged image of each attack; the clean one when
-    the attack was not needed)."""
+    the attack was not needed). `reports[model][method]` are the attack reports."""
     from PIL import Image
 
-    report = json.loads((out / "attacks" / f"{MODELS[0]}-softprompt" / "report.json").read_text(encoding="utf-8"))
-    columns = min(columns, report["n"])  # a shape concept has only one prompt per template
+    columns = min(columns, reports[MODELS[0]]["softprompt"]["n"])  # a shape concept has only one prompt per template
     cells = []
     for name in MODELS:
         row = []
         for index in range(columns):
             row.append(out / "attacks" / f"{name}-softprompt" / "images" / f"{index:04d}-pre.png")
             for method in ATTACK_LR:
-                row.append(attacked_image(out / "attacks" / f"{name}-{method}", index))
+                row.append(attacked_image(out / "attacks" / f"{name}-{method}", reports[name][method], index))
         cells.append(row)
     first = Image.open(cells[0][0])
     w, h = first.width * scale, first.height * scale
@@ -280,8 +279,7 @@ def demo_grid(out: Path, columns: int = 4, scale: int = 4):
     return grid
 
 
-def attacked_image(report_dir: Path, index: int) -> Path:
-    report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+def attacked_image(report_dir: Path, report: dict, index: int) -> Path:
     row = next(r for r in report["rows"] if r["index"] == index)
     if row["attack_scores"]:
         return report_dir / "images" / f"{index:04d}-t{row['attack_scores'][-1]['t']:04d}.png"
