@@ -40,7 +40,8 @@ def position_table(text_encoder: CLIPTextModel) -> torch.Tensor:
 def encode_hidden(text_encoder: CLIPTextModel, hidden: torch.Tensor) -> torch.Tensor:
     """Last hidden state from embeddings that already include positions [B, L, D]."""
     model = _text_transformer(text_encoder)
-    mask = create_causal_mask(config=model.config, inputs_embeds=hidden, attention_mask=None, cache=None)
+    # Positional: the fourth parameter is `past_key_values` in transformers 5.17 (the GPU image's) and `cache` in 5.24.
+    mask = create_causal_mask(model.config, hidden, None, None)
     out = model.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
     return model.final_layer_norm(out)
 

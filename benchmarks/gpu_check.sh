@@ -2,13 +2,14 @@
 # The engine at full size on one CUDA GPU, nothing downloaded, in under 8 minutes on an H100:
 #   1. SD v1.x's architecture with random weights (--model sd-v1-random: 860M-parameter UNet, CLIP
 #      ViT-L/14 encoder) at 512 px, published settings (30-step attack, 50 DDIM steps, retain batch
-#      5, all encoder layers): the reference engine for one iteration and the fast engine for three
+#      5, all encoder layers): the reference engine for one iteration and the fast engine for four
 #      (the first dropped as warm-up), s/iter and peak GPU memory of both (benchmarks/bench_step.py);
 #   2. the Triton kernel tests, natively;
 #   3. the fast engine again with --optim adam, and with --checkpointing, for the memory table of
-#      README.md (the first run's fast engine uses the default, 8-bit Adam when bitsandbytes is there).
+#      README.md (the first run's fast engine uses the default, 8-bit Adam when bitsandbytes is there);
+#   4. the Triton kernels against their PyTorch references in bf16 (benchmarks/bench_kernels.py).
 # Everything goes to $OUT (default ./gpu-check-out): gpu_check.log, env.txt, step.json,
-# kernels.log, fast-adam.json, fast-checkpointing.json, summary.txt.
+# kernels.log, fast-adam.json, fast-checkpointing.json, kernels-bench.json, summary.txt.
 #
 #   bash benchmarks/fetch_gpu_wheels.sh      # first, where pip works: diffusers, bitsandbytes wheels
 #   bash benchmarks/gpu_check.sh             # on the GPU machine
@@ -36,10 +37,12 @@ if [ "${GPU_CHECK_DRY:-0}" = 1 ]; then
     common=(--model tiny --device cpu --attack-steps 2 --ddim-steps 4 --bank-size 2 --retain-bank-size 1)
     fast_iterations=2
     kernel_tests=(--collect-only -q)  # the interpreter would take minutes: only check they load
+    kernel_bench=(--device cpu --repeats 2 --warmup 1)
 else
     common=(--model sd-v1-random --device cuda --image-size 512 --bank-size 4 --retain-bank-size 1)
-    fast_iterations=3
+    fast_iterations=4
     kernel_tests=(-q)
+    kernel_bench=(--device cuda)
 fi
 # A short retain set keeps the one-off bank build to seconds; it does not change an iteration's cost.
 printf 'a photo of a %s\n' chair bicycle clock cup book boat bench kite > "$scratch/retain.txt"
@@ -79,6 +82,8 @@ step "fast, torch Adam" 90 python3 -m benchmarks.bench_step "${common[@]}" --eng
     --iterations "$fast_iterations" --optim adam --json "$OUT/fast-adam.json"
 step "fast, checkpointing" 90 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
     --iterations "$fast_iterations" --checkpointing --json "$OUT/fast-checkpointing.json"
+step "kernel benchmark" 60 python3 -m benchmarks.bench_kernels --dtype bf16 "${kernel_bench[@]}" \
+    --json "$OUT/kernels-bench.json"
 if [ "${GPU_CHECK_COMPILE:-0}" = 1 ]; then
     step "inductor --compile test" 240 env ADVUNLEARN_SLOW_TESTS=1 python3 -m pytest -q tests/test_acceleration.py -k inductor
 fi
