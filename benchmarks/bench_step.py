@@ -52,6 +52,11 @@ def parse_args(argv=None):
     p.add_argument("--engines", default="reference,fast")
     p.add_argument("--optim", default=None, choices=["adam", "adam8bit"], help="fast engine's optimiser (default: its own)")
     p.add_argument("--checkpointing", action="store_true", help="fast engine: activation checkpointing")
+    p.add_argument("--compile", action="store_true",
+                   help="fast engine: torch.compile (the first iteration, dropped, holds the compilation)")
+    p.add_argument("--run-dir", default=None,
+                   help="keep each engine's run folder (log.jsonl: seconds per iteration) in DIR/<engine> "
+                        "instead of a temporary folder: what a run cut short by a timeout leaves to read")
     p.add_argument("--layers", default="all", help="text-encoder layers trained")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
@@ -85,7 +90,7 @@ def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
         image_size=args.image_size, bank_size=args.bank_size, retain_bank_size=args.retain_bank_size,
         retain_prompts=args.retain_prompts, bank_dir=bank_dir, engine=engine, save_every=10**9,
         device=args.device, layers=args.layers, optim=args.optim if fast else None,
-        checkpointing=fast and args.checkpointing,
+        checkpointing=fast and args.checkpointing, compile=fast and args.compile,
     )
     reset_peak(device)
     began = time.time()
@@ -103,6 +108,7 @@ def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
         "dtype": summary["unet_dtype"],
         "optim": summary["config"]["optim"],
         "checkpointing": summary["config"]["checkpointing"],
+        "compile": summary["config"]["compile"],
         "bank": summary.get("bank"),
         "bank_unet_fwd_equiv": summary["unet_fwd_equiv_total"].get("bank", 0),
         "wall_s": wall,
@@ -116,8 +122,9 @@ def main(argv=None) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         bank_dir = args.bank_dir or str(Path(tmp) / "bank")
+        runs = Path(args.run_dir or tmp)
         for engine in args.engines.split(","):
-            results[engine] = run_engine(engine, args, Path(tmp) / engine, bank_dir)
+            results[engine] = run_engine(engine, args, runs / engine, bank_dir)
     ref, fast = results.get("reference"), results.get("fast")
     report = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
@@ -152,10 +159,10 @@ def main(argv=None) -> dict:
 
 def print_table(report: dict) -> None:
     print(f"device {report['device']}, model {report['model']}, settings {report['settings']}")
-    print(f"{'engine':<10} {'dtype':<9} {'optim':<9} {'ckpt':<5} {'s/iter':>9} {'UNet fwd-eq/iter':>17} {'peak MB':>9} {'reserved MB':>12}")
+    print(f"{'engine':<10} {'dtype':<9} {'optim':<9} {'ckpt':<5} {'compile':<7} {'s/iter':>9} {'UNet fwd-eq/iter':>17} {'peak MB':>9} {'reserved MB':>12}")
     for name, r in report["engines"].items():
         reserved = f"{r['peak_reserved_mb']:>12.0f}" if r["peak_reserved_mb"] is not None else f"{'-':>12}"
-        print(f"{name:<10} {r['dtype']:<9} {r['optim']:<9} {str(r['checkpointing']):<5} {r['s_per_iter']:>9.3f} "
+        print(f"{name:<10} {r['dtype']:<9} {r['optim']:<9} {str(r['checkpointing']):<5} {str(r['compile']):<7} {r['s_per_iter']:>9.3f} "
               f"{r['unet_fwd_equiv']:>17.0f} {r['peak_mb']:>9.0f} {reserved}")
     if "speedup" in report:
         print(

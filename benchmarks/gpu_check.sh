@@ -16,8 +16,10 @@
 #   GPU_CHECK_DRY=1 bash benchmarks/gpu_check.sh   # the same steps on a CPU with the tiny model:
 #                                                  # checks the script, measures nothing
 # GPU_CHECK_BUDGET_S (default 450) bounds the whole run: a step that would start with less than
-# 30 s left is skipped, and each step's timeout is cut to what is left. With GPU_CHECK_COMPILE=1
-# the inductor --compile test runs last, if time is left.
+# 30 s left is skipped, and each step's timeout is cut to what is left. GPU_CHECK_STEPS picks
+# steps (default "step kernels adam checkpointing kernel-bench"); "compile" adds the fast engine
+# under --compile (inductor; its first iteration, dropped, holds the compilation), whose per-
+# iteration log is copied to compile-log.jsonl even when the step runs out of time.
 set -uo pipefail  # no -e: a failed step is reported and the next one still runs
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -48,10 +50,12 @@ fi
 printf 'a photo of a %s\n' chair bicycle clock cup book boat bench kite > "$scratch/retain.txt"
 common+=(--retain-prompts "$scratch/retain.txt" --bank-dir "$scratch/bank" --concept nudity)
 
+steps=" ${GPU_CHECK_STEPS:-step kernels adam checkpointing kernel-bench} "
 status=()
-step() {  # step NAME CAP_SECONDS COMMAND...: run with a timeout cut to the budget left
-    local name=$1 cap=$2 left rc
-    shift 2
+step() {  # step KEY NAME CAP_SECONDS COMMAND...: when KEY is in the steps, run with a timeout cut to the budget left
+    local key=$1 name=$2 cap=$3 left rc
+    shift 3
+    [[ $steps == *" $key "* ]] || return 0
     left=$((budget - SECONDS))
     if [ "$left" -lt 30 ]; then
         echo "== $name: skipped, ${left}s of the budget left"
@@ -75,18 +79,18 @@ step() {  # step NAME CAP_SECONDS COMMAND...: run with a timeout cut to the budg
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-step "reference vs fast" 300 python3 -m benchmarks.bench_step "${common[@]}" \
+step step "reference vs fast" 300 python3 -m benchmarks.bench_step "${common[@]}" \
     --iterations "$fast_iterations" --reference-iterations 1 --json "$OUT/step.json"
-step "kernel tests" 150 bash -c "python3 -m pytest ${kernel_tests[*]} tests/kernels > '$OUT/kernels.log' 2>&1; rc=\$?; tail -3 '$OUT/kernels.log'; exit \$rc"
-step "fast, torch Adam" 90 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
+step kernels "kernel tests" 150 bash -c "python3 -m pytest ${kernel_tests[*]} tests/kernels > '$OUT/kernels.log' 2>&1; rc=\$?; tail -3 '$OUT/kernels.log'; exit \$rc"
+step adam "fast, torch Adam" 90 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
     --iterations "$fast_iterations" --optim adam --json "$OUT/fast-adam.json"
-step "fast, checkpointing" 90 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
+step checkpointing "fast, checkpointing" 90 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
     --iterations "$fast_iterations" --checkpointing --json "$OUT/fast-checkpointing.json"
-step "kernel benchmark" 60 python3 -m benchmarks.bench_kernels --dtype bf16 "${kernel_bench[@]}" \
+step kernel-bench "kernel benchmark" 60 python3 -m benchmarks.bench_kernels --dtype bf16 "${kernel_bench[@]}" \
     --json "$OUT/kernels-bench.json"
-if [ "${GPU_CHECK_COMPILE:-0}" = 1 ]; then
-    step "inductor --compile test" 240 env ADVUNLEARN_SLOW_TESTS=1 python3 -m pytest -q tests/test_acceleration.py -k inductor
-fi
+step compile "fast, --compile" 400 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
+    --iterations $((fast_iterations + 2)) --compile --run-dir "$scratch/compile" --json "$OUT/fast-compile.json"
+[ -f "$scratch/compile/fast/log.jsonl" ] && cp "$scratch/compile/fast/log.jsonl" "$OUT/compile-log.jsonl"
 
 python3 - "$OUT" > "$OUT/summary.txt" <<'EOF'
 import json, sys
@@ -94,7 +98,7 @@ from pathlib import Path
 
 out = Path(sys.argv[1])
 print(f"{'run':<22} {'engine':<10} {'optim':<9} {'ckpt':<5} {'s/iter':>8} {'peak GiB':>9} {'reserved GiB':>13}")
-for name in ("step", "fast-adam", "fast-checkpointing"):
+for name in ("step", "fast-adam", "fast-checkpointing", "fast-compile"):
     path = out / f"{name}.json"
     if not path.is_file():
         print(f"{name:<22} (no result)")

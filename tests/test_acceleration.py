@@ -92,7 +92,7 @@ def test_compile_is_wired_and_outputs_stay_plain(sd_folder, tmp_path, monkeypatc
 @pytest.mark.skipif(
     os.environ.get("ADVUNLEARN_SLOW_TESTS") != "1",
     reason="torch.compile's inductor backend spends about 3 minutes compiling the tiny model's run on a "
-    "2-core CPU; set ADVUNLEARN_SLOW_TESTS=1 to run it (GPU_CHECK_COMPILE=1 benchmarks/gpu_check.sh does, on a GPU)",
+    "2-core CPU; set ADVUNLEARN_SLOW_TESTS=1 to run it (GPU_CHECK_STEPS=compile benchmarks/gpu_check.sh measures the compiled engine on a GPU)",
 )
 def test_compile_with_inductor_trains(sd_folder, tmp_path):
     out = tmp_path / "run"
