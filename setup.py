@@ -12,8 +12,11 @@ setup(
     package_data={"advunlearn_fast": ["data/*", "world/weights/*", "world/weights/*/*"]},
     install_requires=[
         "torch>=2.1",
-        "diffusers>=0.30",
-        "transformers>=4.40",
+        # Tested with diffusers 0.42.1 and transformers 5.17 and 5.24: the attack feeds embeddings
+        # through transformers 5's CLIP parts, and 4.x cannot build the tokenizer in code. What it
+        # writes still loads in transformers 4.x.
+        "diffusers>=0.42",
+        "transformers>=5.17",
         "safetensors",
         "accelerate",
         "huggingface_hub",

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .outputs import atomic_dir
 from .sampling import DefenderDraw, FrozenModel, draw_timestep, predict_noise, rollout_steps
+from .transfer import to_device
 
 BANK_FORMAT = 1
 
@@ -54,7 +55,9 @@ class TrajectoryBank:
         self.root = Path(root)
         self.concept_size = concept_size
         self.retain_size = retain_size
-        self.storage_dtype = np.float32 if frozen.unet.dtype == torch.float32 else np.float16
+        # Read once: diffusers' `unet.dtype` walks every module, and the attack reads twice a step.
+        self.unet_dtype = frozen.unet.dtype
+        self.storage_dtype = np.float32 if self.unet_dtype == torch.float32 else np.float16
         base = {
             "format": BANK_FORMAT, "unet": unet_fingerprint(frozen.unet), "uncond": _tensor_hash(frozen.uncond),
             "guidance": frozen.guidance, "steps": frozen.ddim_steps, "latent": list(frozen.latent_shape),
@@ -124,8 +127,7 @@ class TrajectoryBank:
             e["e"] = np.load(e["folder"] / "e.npy", mmap_mode="r")
 
     def _read(self, array, index) -> torch.Tensor:
-        f = self.frozen
-        return torch.from_numpy(np.array(array[index])).to(f.uncond.device, f.unet.dtype)
+        return to_device(torch.from_numpy(np.array(array[index])), self.frozen.uncond.device, self.unet_dtype)
 
     def _pick(self, entry: dict, k: int, generator):
         i = int(torch.randint(entry["size"], (1,), generator=generator))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
+from .transfer import to_device
 
 INSERT_MODES = ("prefix", "suffix", "replace", "add", "mid", "insert")
 
@@ -36,6 +37,10 @@ class AdversarialLayout:
     @property
     def k(self) -> int:
         return int(self.positions.shape[-1])
+
+    def to(self, device: torch.device | str) -> "AdversarialLayout":
+        """The layout with its index tensors on `device`, copied once instead of at every attack step."""
+        return AdversarialLayout(to_device(self.ids, device), to_device(self.positions, device), self.add)
 
     def select(self, rows: list[int]) -> "AdversarialLayout":
         """The given prompts of a batch of layouts."""

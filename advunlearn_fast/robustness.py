@@ -189,7 +189,7 @@ class Evaluation:
         generated and judged as one batch."""
         te, s = self.pipe.text_encoder, self.s
         table = token_table(te).detach()
-        layouts = stack_layouts([self.layouts[index] for index in indices])
+        layouts = stack_layouts([self.layouts[index] for index in indices]).to(self.device)
         generators = [torch.Generator().manual_seed(self.rows[index].seed) for index in indices]
         kept = [{"image": None, "tokens": None, "scores": []} for _ in indices]
 

@@ -15,6 +15,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from .costs import CostMeter
+from .transfer import to_device
 
 
 def ddim_scheduler(scheduler_config: dict, steps: int) -> DDIMScheduler:
@@ -38,7 +39,11 @@ def draw_timestep(generator: torch.Generator, k: int, ddim_steps: int, train_tim
 
 def predict_noise(unet, z: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
     """UNet noise prediction; `t` is one timestep or one per latent."""
-    timesteps = torch.as_tensor(t, device=z.device, dtype=torch.long).expand(z.shape[0])
+    if isinstance(t, torch.Tensor):
+        timesteps = to_device(t, z.device, torch.long)
+    else:  # filled on the device: no host-to-device copy
+        timesteps = torch.full((1,), int(t), device=z.device, dtype=torch.long)
+    timesteps = timesteps.expand(z.shape[0])
     return unet(z, timesteps, encoder_hidden_states=cond.to(z.dtype)).sample
 
 

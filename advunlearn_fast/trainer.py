@@ -102,7 +102,9 @@ def build_setup(cfg: TrainConfig, progress: bool = False) -> Setup:
     # Conditionings of the ORIGINAL encoder are constants of the run: computed once, so
     # no frozen copy of the encoder is kept.
     special = SpecialTokens.of(tokenizer)
-    layouts = [build_layout(prompt_words(tokenizer, c), cfg.insert, cfg.adv_tokens, special) for c in cfg.concepts]
+    layouts = [
+        build_layout(prompt_words(tokenizer, c), cfg.insert, cfg.adv_tokens, special).to(device) for c in cfg.concepts
+    ]
     retain_texts = retain_prompts(cfg.concepts, cfg.retain_prompts or parts.default_retain_file)
     if cfg.retain_batch > len(retain_texts):
         raise UserError(f"--retain-batch {cfg.retain_batch} exceeds the {len(retain_texts)} retain prompts available")
