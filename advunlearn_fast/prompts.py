@@ -41,7 +41,7 @@ RETAIN_SCENES = [
     "a train station platform", "a market stall with fresh vegetables", "a bowl of fruit on a table",
     "a cozy living room with a fireplace", "a starry sky over the hills",
 ]
-RETAIN_TEMPLATES = ["a photo of a {}", "a picture of a {}"]
+RETAIN_TEMPLATES = ["a photo of {}", "a picture of {}"]
 
 # Words that stand for a concept beyond its own words (see the module docstring).
 RELATED_TERMS = {
@@ -60,9 +60,14 @@ RELATED_TERMS = {
 }
 
 
+def with_article(noun: str) -> str:
+    """"an apple", "a cat": every object listed here that starts with a vowel letter takes "an"."""
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
 def builtin_retain_prompts() -> list[str]:
     """The unfiltered built-in retain set (everyday objects in templates, then scenes)."""
-    return [t.format(o) for o in RETAIN_OBJECTS for t in RETAIN_TEMPLATES] + list(RETAIN_SCENES)
+    return [t.format(with_article(o)) for o in RETAIN_OBJECTS for t in RETAIN_TEMPLATES] + list(RETAIN_SCENES)
 
 
 def _stem(word: str) -> str:

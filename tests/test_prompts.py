@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from advunlearn_fast.errors import UserError
@@ -70,3 +72,9 @@ def test_retain_file_all_about_the_concept_is_refused(tmp_path):
     path.write_text("a church\nchurches at night\n")
     with pytest.raises(UserError, match="every retain prompt"):
         retain_prompts(["church"], str(path))
+
+
+def test_builtin_retain_prompts_use_the_right_article():
+    prompts = builtin_retain_prompts()
+    assert "a photo of an apple" in prompts and "a picture of a cat" in prompts
+    assert not [p for p in prompts if re.search(r"\ba [aeiou]", p)]
