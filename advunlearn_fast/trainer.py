@@ -16,6 +16,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -236,8 +237,9 @@ def defender_step(s: Setup, concept: int, adv, optimizer, generator: torch.Gener
     }
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Run AdvUnlearn as configured; returns the run summary also written to run.json."""
+def train(cfg: TrainConfig, progress: bool = True, after_iteration: Callable[[dict], None] | None = None) -> dict:
+    """Run AdvUnlearn as configured; returns the run summary also written to run.json.
+    `after_iteration` gets each iteration's log record (benchmarks step their profiler with it)."""
     cfg.validate()
     # Decided once and saved with the config: a resumed run must rebuild the same optimiser state.
     cfg = dataclasses.replace(cfg, optim=resolve_optim(cfg.optim, cfg.engine, resolve_device(cfg.device)))
@@ -279,6 +281,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if cfg.attack_restarts > 1 and candidates_end:
             record["attack_loss_end_candidates"] = candidates_end
         log.append(record)
+        if after_iteration is not None:
+            after_iteration(record)
         bar.set_postfix(loss=f"{record['loss']:.4g}", attack=f"{record['attack_loss_end'] or 0:.4g}")
         bar.update(1)
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.iterations:

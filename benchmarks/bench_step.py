@@ -26,6 +26,8 @@ from pathlib import Path
 import diffusers
 import torch
 import transformers
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity
 
 from advunlearn_fast.cli.main import quiet_libraries
 from advunlearn_fast.config import TrainConfig
@@ -54,6 +56,10 @@ def parse_args(argv=None):
     p.add_argument("--checkpointing", action="store_true", help="fast engine: activation checkpointing")
     p.add_argument("--compile", action="store_true",
                    help="fast engine: torch.compile (the first iteration, dropped, holds the compilation)")
+    p.add_argument("--profile", action="store_true",
+                   help="run each engine under torch.profiler (every iteration after the first): how much of the "
+                        "wall time the GPU is busy (on a CPU: inside ATen operators), and the top operators")
+    p.add_argument("--trace", default=None, help="with --profile: write a Chrome trace per engine to TRACE.<engine>.json")
     p.add_argument("--run-dir", default=None,
                    help="keep each engine's run folder (log.jsonl: seconds per iteration) in DIR/<engine> "
                         "instead of a temporary folder: what a run cut short by a timeout leaves to read")
@@ -94,10 +100,16 @@ def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
     )
     reset_peak(device)
     began = time.time()
-    summary = train(cfg, progress=False)
+    if args.profile:
+        trace = f"{args.trace}.{engine}.json" if args.trace else None
+        summary, profile = profiled_train(cfg, device, trace)
+    else:
+        summary, profile = train(cfg, progress=False), None
     wall = time.time() - began
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     timed = log[1:] if len(log) > 1 else log
+    if profile is not None:
+        profile.update(summarise_profile(profile.pop("averages"), sum(r["seconds"] for r in timed), device))
     return {
         "s_per_iter": statistics.median(r["seconds"] for r in timed),
         "s_per_iter_all": [r["seconds"] for r in log],
@@ -112,6 +124,42 @@ def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
         "bank": summary.get("bank"),
         "bank_unet_fwd_equiv": summary["unet_fwd_equiv_total"].get("bank", 0),
         "wall_s": wall,
+        "profile": profile,
+    }
+
+
+def profiled_train(cfg: TrainConfig, device: torch.device, trace: str | None) -> tuple[dict, dict]:
+    """train() under torch.profiler, recording every iteration after the first: setup, bank build and
+    the first iteration (warm-up) are left out."""
+    if cfg.iterations < 2:
+        raise SystemExit("bench_step: --profile needs at least 2 iterations (the first is not recorded)")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    schedule = torch.profiler.schedule(wait=0, warmup=1, active=cfg.iterations - 1, repeat=1)
+    with torch.profiler.profile(activities=activities, schedule=schedule) as prof:
+        summary = train(cfg, progress=False, after_iteration=lambda record: prof.step())
+    if trace:
+        prof.export_chrome_trace(trace)
+    return summary, {"iterations": cfg.iterations - 1, "averages": prof.key_averages(), "trace": trace}
+
+
+def summarise_profile(averages, seconds: float, device: torch.device, top: int = 12) -> dict:
+    """Where the recorded iterations' `seconds` went. On CUDA: the time the GPU was busy (kernels and
+    copies; the rest it waited for the host). On a CPU: the time inside ATen operators (the rest is
+    Python, module calls and dispatch). The profiler's own overhead is in `seconds`."""
+    if device.type == "cuda":
+        events = [e for e in averages if e.device_type == DeviceType.CUDA]
+        busy = sum(e.self_device_time_total for e in events) / 1e6
+        key, label = (lambda e: e.self_device_time_total), "gpu_busy"
+    else:
+        events = [e for e in averages if e.key.startswith("aten::")]
+        busy = sum(e.self_cpu_time_total for e in events) / 1e6
+        key, label = (lambda e: e.self_cpu_time_total), "in_operators"
+    ranked = sorted(events, key=key, reverse=True)[:top]
+    return {
+        "recorded_s": seconds,
+        f"{label}_s": busy,
+        f"{label}_fraction": busy / seconds if seconds else None,
+        "top": [{"name": e.key, "calls": e.count, "self_ms": key(e) / 1e3} for e in ranked],
     }
 
 
@@ -164,6 +212,16 @@ def print_table(report: dict) -> None:
         reserved = f"{r['peak_reserved_mb']:>12.0f}" if r["peak_reserved_mb"] is not None else f"{'-':>12}"
         print(f"{name:<10} {r['dtype']:<9} {r['optim']:<9} {str(r['checkpointing']):<5} {str(r['compile']):<7} {r['s_per_iter']:>9.3f} "
               f"{r['unet_fwd_equiv']:>17.0f} {r['peak_mb']:>9.0f} {reserved}")
+    for name, r in report["engines"].items():
+        profile = r["profile"]
+        if profile is None:
+            continue
+        label = "GPU busy" if "gpu_busy_s" in profile else "inside ATen operators"
+        busy = profile.get("gpu_busy_s", profile.get("in_operators_s"))
+        fraction = profile.get("gpu_busy_fraction", profile.get("in_operators_fraction")) or 0.0
+        print(f"{name}: {profile['iterations']} iterations profiled in {profile['recorded_s']:.2f} s, "
+              f"{label} {busy:.2f} s ({100 * fraction:.0f}%); top: "
+              + ", ".join(f"{op['name']} {op['self_ms']:.0f} ms" for op in profile["top"][:5]))
     if "speedup" in report:
         print(
             f"speedup {report['speedup']:.1f}x per iteration, {report['unet_fwd_equiv_ratio']:.1f}x fewer UNet passes; "

@@ -7,9 +7,11 @@
 #   2. the Triton kernel tests, natively;
 #   3. the fast engine again with --optim adam, and with --checkpointing, for the memory table of
 #      README.md (the first run's fast engine uses the default, 8-bit Adam when bitsandbytes is there);
-#   4. the Triton kernels against their PyTorch references in bf16 (benchmarks/bench_kernels.py).
-# Everything goes to $OUT (default ./gpu-check-out): gpu_check.log, env.txt, step.json,
-# kernels.log, fast-adam.json, fast-checkpointing.json, kernels-bench.json, summary.txt.
+#   4. the fast engine under torch.profiler: how much of an iteration the GPU is busy;
+#   5. the Triton kernels against their PyTorch references in bf16 (benchmarks/bench_kernels.py).
+# Everything goes to $OUT (default ./gpu-check-out), eight files (what the device tool brings back):
+# gpu_check.log (with the kernel tests' output), env.txt, step.json, fast-adam.json,
+# fast-checkpointing.json, fast-profile.json, kernels-bench.json, summary.txt.
 #
 #   bash benchmarks/fetch_gpu_wheels.sh      # first, where pip works: diffusers, bitsandbytes wheels
 #   bash benchmarks/gpu_check.sh             # on the GPU machine
@@ -17,7 +19,7 @@
 #                                                  # checks the script, measures nothing
 # GPU_CHECK_BUDGET_S (default 450) bounds the whole run: a step that would start with less than
 # 30 s left is skipped, and each step's timeout is cut to what is left. GPU_CHECK_STEPS picks
-# steps (default "step kernels adam checkpointing kernel-bench"); "compile" adds the fast engine
+# steps (default "step kernels adam checkpointing profile kernel-bench"); "compile" adds the fast engine
 # under --compile (inductor; its first iteration, dropped, holds the compilation), whose per-
 # iteration log is copied to compile-log.jsonl even when the step runs out of time.
 set -uo pipefail  # no -e: a failed step is reported and the next one still runs
@@ -50,7 +52,7 @@ fi
 printf 'a photo of a %s\n' chair bicycle clock cup book boat bench kite > "$scratch/retain.txt"
 common+=(--retain-prompts "$scratch/retain.txt" --bank-dir "$scratch/bank" --concept nudity)
 
-steps=" ${GPU_CHECK_STEPS:-step kernels adam checkpointing kernel-bench} "
+steps=" ${GPU_CHECK_STEPS:-step kernels adam checkpointing profile kernel-bench} "
 status=()
 step() {  # step KEY NAME CAP_SECONDS COMMAND...: when KEY is in the steps, run with a timeout cut to the budget left
     local key=$1 name=$2 cap=$3 left rc
@@ -81,11 +83,13 @@ cat "$OUT/env.txt"
 
 step step "reference vs fast" 300 python3 -m benchmarks.bench_step "${common[@]}" \
     --iterations "$fast_iterations" --reference-iterations 1 --json "$OUT/step.json"
-step kernels "kernel tests" 150 bash -c "python3 -m pytest ${kernel_tests[*]} tests/kernels > '$OUT/kernels.log' 2>&1; rc=\$?; tail -3 '$OUT/kernels.log'; exit \$rc"
+step kernels "kernel tests" 150 python3 -m pytest "${kernel_tests[@]}" tests/kernels
 step adam "fast, torch Adam" 90 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
     --iterations "$fast_iterations" --optim adam --json "$OUT/fast-adam.json"
 step checkpointing "fast, checkpointing" 90 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
     --iterations "$fast_iterations" --checkpointing --json "$OUT/fast-checkpointing.json"
+step profile "fast, profiled" 120 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
+    --iterations 3 --profile --json "$OUT/fast-profile.json"
 step kernel-bench "kernel benchmark" 60 python3 -m benchmarks.bench_kernels --dtype bf16 "${kernel_bench[@]}" \
     --json "$OUT/kernels-bench.json"
 step compile "fast, --compile" 400 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
@@ -108,6 +112,13 @@ for name in ("step", "fast-adam", "fast-checkpointing", "fast-compile"):
         reserved = r["peak_reserved_mb"] / 1024 if r["peak_reserved_mb"] is not None else float("nan")
         print(f"{name:<22} {engine:<10} {r['optim']:<9} {str(r['checkpointing']):<5} {r['s_per_iter']:>8.2f} "
               f"{r['peak_mb'] / 1024:>9.2f} {reserved:>13.2f}")
+profiled = out / "fast-profile.json"
+if profiled.is_file():
+    p = json.loads(profiled.read_text())["engines"]["fast"]["profile"]
+    label = "GPU busy" if "gpu_busy_s" in p else "inside ATen operators"
+    fraction = p.get("gpu_busy_fraction", p.get("in_operators_fraction")) or 0.0
+    print(f"fast engine under the profiler: {label} {100 * fraction:.0f}% of {p['recorded_s']:.2f} s "
+          f"({p['iterations']} iterations); top: " + ", ".join(f"{op['name']} {op['self_ms']:.0f} ms" for op in p["top"][:3]))
 step = out / "step.json"
 if step.is_file():
     report = json.loads(step.read_text())

@@ -24,3 +24,17 @@ def test_bench_step_reports_both_engines(tmp_path):
     assert len(engines["reference"]["s_per_iter_all"]) == 1 and len(engines["fast"]["s_per_iter_all"]) == 2
     assert engines["fast"]["checkpointing"] and not engines["reference"]["checkpointing"]
     assert engines["fast"]["optim"] == engines["reference"]["optim"] == "adam"
+
+
+def test_bench_step_profiles_the_iterations_after_the_first(tmp_path):
+    report = main(["--model", "tiny", "--device", "cpu", "--engines", "fast", "--iterations", "3", "--attack-steps", "2",
+                   "--ddim-steps", "4", "--retain-batch", "2", "--bank-size", "2", "--retain-bank-size", "1",
+                   "--profile", "--trace", str(tmp_path / "trace")])
+    profile = report["engines"]["fast"]["profile"]
+    assert profile["iterations"] == 2
+    # On a CPU: the share of the recorded time spent inside ATen operators, and the operators that took it.
+    assert 0 < profile["in_operators_s"] <= profile["recorded_s"]
+    assert profile["top"] and all(op["name"].startswith("aten::") and op["calls"] > 0 for op in profile["top"])
+    ranked = [op["self_ms"] for op in profile["top"]]
+    assert ranked == sorted(ranked, reverse=True)
+    assert (tmp_path / "trace.fast.json").stat().st_size > 0
