@@ -61,7 +61,8 @@ RELATED_TERMS = {
 
 
 def with_article(noun: str) -> str:
-    """"an apple", "a cat": every object listed here that starts with a vowel letter takes "an"."""
+    """The noun with its indefinite article; every object listed here that starts with a vowel
+    letter takes "an" (an apple, an umbrella)."""
     return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
