@@ -78,8 +78,13 @@ def _stem(word: str) -> str:
     return word
 
 
+# Words that say nothing about what a prompt shows: a concept written "an owl" or "a cat" must
+# not drop every prompt with "an" or "a" in it.
+FUNCTION_WORDS = {"a", "an", "the", "of", "in", "on", "at", "with", "and", "or", "to", "for", "by", "from"}
+
+
 def _words(text: str) -> set[str]:
-    return {_stem(w) for w in re.findall(r"[a-z0-9]+", text.lower())}
+    return {_stem(w) for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in FUNCTION_WORDS}
 
 
 def concept_terms(concept: str) -> set[str]:

@@ -9,6 +9,7 @@ reads them from a cache built once.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -39,10 +40,10 @@ def draw_timestep(generator: torch.Generator, k: int, ddim_steps: int, train_tim
 
 def predict_noise(unet, z: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
     """UNet noise prediction; `t` is one timestep or one per latent."""
-    if isinstance(t, torch.Tensor):
-        timesteps = to_device(t, z.device, torch.long)
-    else:  # filled on the device: no host-to-device copy
+    if isinstance(t, numbers.Integral):  # filled on the device: no host-to-device copy
         timesteps = torch.full((1,), int(t), device=z.device, dtype=torch.long)
+    else:
+        timesteps = to_device(torch.as_tensor(t), z.device, torch.long)
     timesteps = timesteps.expand(z.shape[0])
     return unet(z, timesteps, encoder_hidden_states=cond.to(z.dtype)).sample
 
@@ -139,6 +140,7 @@ class FreshRollouts:
         f = self.frozen
         k, t = draw_step_and_timestep(generator, f.ddim_steps, f.train_timesteps)
         c_p = f.concept_conds[concept : concept + 1]
+        retain = to_device(retain, c_p.device)
         z = f.rollout(torch.cat([c_p, f.retain_conds[retain]]), k, generator)
         e_0, e_p = f.predict(torch.cat([z[:1], z[:1]]), t, torch.cat([f.uncond, c_p])).chunk(2)
         e_r = f.predict(z[1:], t, f.retain_conds[retain])

@@ -42,6 +42,7 @@ from .bank import TrajectoryBank
 from .costs import CostMeter
 from .sampling import FreshRollouts, FrozenModel, ddim_scheduler, predict_noise
 from .text_encoding import encode_ids, token_table, tokenize
+from .transfer import to_device
 from .unlearndiffatk import adversarial_condition as encode_with_adversarial
 
 # Settings a resumed run may change; every other one must match the checkpoint.
@@ -215,7 +216,9 @@ def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.
 def defender_step(s: Setup, concept: int, adv, optimizer, generator: torch.Generator) -> dict:
     """One Adam step on L_u (ESD target, adversarial or clean prompt) + gamma * L_r."""
     cfg = s.cfg
-    chosen = torch.randperm(len(s.retain_texts), generator=generator)[: cfg.retain_batch].to(s.device)
+    # On the host: the bank reads one entry per chosen prompt, and reading GPU indices back would
+    # wait for the GPU once per prompt.
+    chosen = torch.randperm(len(s.retain_texts), generator=generator)[: cfg.retain_batch]
     d = s.source.defender_draw(concept, chosen, generator)
     target = esd_target(d.e_uncond, d.e_concept, cfg.negative_guidance)
 
@@ -226,7 +229,7 @@ def defender_step(s: Setup, concept: int, adv, optimizer, generator: torch.Gener
     s.meter.add("train", 1, backward=True)
     loss_u = unlearn_loss(predict_noise(s.unet, d.z[:1], d.t[:1], cond), target)
     s.meter.add("retain", len(chosen), backward=True)
-    retain_pred = predict_noise(s.unet, d.z[1:], d.t[1:], encode_ids(s.te, s.retain_ids[chosen]))
+    retain_pred = predict_noise(s.unet, d.z[1:], d.t[1:], encode_ids(s.te, s.retain_ids[to_device(chosen, s.device)]))
     loss_r = retain_loss(retain_pred, d.e_retain)
     loss = total_loss(loss_u, loss_r, cfg.retain_weight)
     optimizer.zero_grad(set_to_none=True)

@@ -65,7 +65,12 @@ def parse_args(argv=None):
                         "instead of a temporary folder: what a run cut short by a timeout leaves to read")
     p.add_argument("--layers", default="all", help="text-encoder layers trained")
     p.add_argument("--json", default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.trace and not args.profile:
+        p.error("--trace needs --profile")
+    if args.profile and min(args.iterations, args.reference_iterations or args.iterations) < 2:
+        p.error("--profile needs at least 2 iterations per engine (the first is not recorded)")
+    return args
 
 
 def reset_peak(device: torch.device) -> None:
@@ -131,8 +136,6 @@ def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
 def profiled_train(cfg: TrainConfig, device: torch.device, trace: str | None) -> tuple[dict, dict]:
     """train() under torch.profiler, recording every iteration after the first: setup, bank build and
     the first iteration (warm-up) are left out."""
-    if cfg.iterations < 2:
-        raise SystemExit("bench_step: --profile needs at least 2 iterations (the first is not recorded)")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     schedule = torch.profiler.schedule(wait=0, warmup=1, active=cfg.iterations - 1, repeat=1)
     with torch.profiler.profile(activities=activities, schedule=schedule) as prof:
@@ -205,6 +208,16 @@ def main(argv=None) -> dict:
     return report
 
 
+def profile_line(profile: dict, top: int = 5) -> str:
+    """One line for a `--profile` summary (also printed by gpu_check.sh)."""
+    gpu = "gpu_busy_s" in profile
+    busy = profile["gpu_busy_s" if gpu else "in_operators_s"]
+    fraction = profile["gpu_busy_fraction" if gpu else "in_operators_fraction"] or 0.0
+    return (f"{profile['iterations']} iterations profiled in {profile['recorded_s']:.2f} s, "
+            f"{'GPU busy' if gpu else 'inside ATen operators'} {busy:.2f} s ({100 * fraction:.0f}%); top: "
+            + ", ".join(f"{op['name']} {op['self_ms']:.0f} ms" for op in profile["top"][:top]))
+
+
 def print_table(report: dict) -> None:
     print(f"device {report['device']}, model {report['model']}, settings {report['settings']}")
     print(f"{'engine':<10} {'dtype':<9} {'optim':<9} {'ckpt':<5} {'compile':<7} {'s/iter':>9} {'UNet fwd-eq/iter':>17} {'peak MB':>9} {'reserved MB':>12}")
@@ -213,15 +226,8 @@ def print_table(report: dict) -> None:
         print(f"{name:<10} {r['dtype']:<9} {r['optim']:<9} {str(r['checkpointing']):<5} {str(r['compile']):<7} {r['s_per_iter']:>9.3f} "
               f"{r['unet_fwd_equiv']:>17.0f} {r['peak_mb']:>9.0f} {reserved}")
     for name, r in report["engines"].items():
-        profile = r["profile"]
-        if profile is None:
-            continue
-        label = "GPU busy" if "gpu_busy_s" in profile else "inside ATen operators"
-        busy = profile.get("gpu_busy_s", profile.get("in_operators_s"))
-        fraction = profile.get("gpu_busy_fraction", profile.get("in_operators_fraction")) or 0.0
-        print(f"{name}: {profile['iterations']} iterations profiled in {profile['recorded_s']:.2f} s, "
-              f"{label} {busy:.2f} s ({100 * fraction:.0f}%); top: "
-              + ", ".join(f"{op['name']} {op['self_ms']:.0f} ms" for op in profile["top"][:5]))
+        if r["profile"] is not None:
+            print(f"{name}: {profile_line(r['profile'])}")
     if "speedup" in report:
         print(
             f"speedup {report['speedup']:.1f}x per iteration, {report['unet_fwd_equiv_ratio']:.1f}x fewer UNet passes; "

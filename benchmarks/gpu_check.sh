@@ -2,16 +2,16 @@
 # The engine at full size on one CUDA GPU, nothing downloaded, in under 8 minutes on an H100:
 #   1. SD v1.x's architecture with random weights (--model sd-v1-random: 860M-parameter UNet, CLIP
 #      ViT-L/14 encoder) at 512 px, published settings (30-step attack, 50 DDIM steps, retain batch
-#      5, all encoder layers): the reference engine for one iteration and the fast engine for four
-#      (the first dropped as warm-up), s/iter and peak GPU memory of both (benchmarks/bench_step.py);
+#      5, all encoder layers): the reference engine for two iterations and the fast engine for four
+#      (the first of each dropped as warm-up), s/iter and peak GPU memory of both (benchmarks/bench_step.py);
 #   2. the Triton kernel tests, natively;
 #   3. the fast engine again with --optim adam, and with --checkpointing, for the memory table of
 #      README.md (the first run's fast engine uses the default, 8-bit Adam when bitsandbytes is there);
-#   4. the fast engine under torch.profiler: how much of an iteration the GPU is busy;
-#   5. the Triton kernels against their PyTorch references in bf16 (benchmarks/bench_kernels.py).
+#   4. the Triton kernels against their PyTorch references in bf16 (benchmarks/bench_kernels.py);
+#   5. the fast engine under torch.profiler: how much of an iteration the GPU is busy.
 # Everything goes to $OUT (default ./gpu-check-out), eight files (what the device tool brings back):
 # gpu_check.log (with the kernel tests' output), env.txt, step.json, fast-adam.json,
-# fast-checkpointing.json, fast-profile.json, kernels-bench.json, summary.txt.
+# fast-checkpointing.json, kernels-bench.json, fast-profile.json, summary.txt.
 #
 #   bash benchmarks/fetch_gpu_wheels.sh      # first, where pip works: diffusers, bitsandbytes wheels
 #   bash benchmarks/gpu_check.sh             # on the GPU machine
@@ -19,9 +19,10 @@
 #                                                  # checks the script, measures nothing
 # GPU_CHECK_BUDGET_S (default 450) bounds the whole run: a step that would start with less than
 # 30 s left is skipped, and each step's timeout is cut to what is left. GPU_CHECK_STEPS picks
-# steps (default "step kernels adam checkpointing profile kernel-bench"); "compile" adds the fast engine
-# under --compile (inductor; its first iteration, dropped, holds the compilation), whose per-
-# iteration log is copied to compile-log.jsonl even when the step runs out of time.
+# steps (default "step kernels adam checkpointing kernel-bench profile"); "compile" adds the fast
+# engine under --compile (inductor; its first iteration, dropped, holds the compilation), whose
+# per-iteration log is copied to compile-log.jsonl even when the step runs out of time: two more
+# files, so name fewer steps with it.
 set -uo pipefail  # no -e: a failed step is reported and the next one still runs
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -52,7 +53,13 @@ fi
 printf 'a photo of a %s\n' chair bicycle clock cup book boat bench kite > "$scratch/retain.txt"
 common+=(--retain-prompts "$scratch/retain.txt" --bank-dir "$scratch/bank" --concept nudity)
 
-steps=" ${GPU_CHECK_STEPS:-step kernels adam checkpointing profile kernel-bench} "
+steps=" ${GPU_CHECK_STEPS:-step kernels adam checkpointing kernel-bench profile} "
+for key in $steps; do
+    case $key in
+        step | kernels | adam | checkpointing | kernel-bench | profile | compile) ;;
+        *) echo "gpu_check: unknown step '$key' in GPU_CHECK_STEPS (steps: step kernels adam checkpointing kernel-bench profile compile, separated by spaces)"; exit 2 ;;
+    esac
+done
 status=()
 step() {  # step KEY NAME CAP_SECONDS COMMAND...: when KEY is in the steps, run with a timeout cut to the budget left
     local key=$1 name=$2 cap=$3 left rc
@@ -82,16 +89,16 @@ step() {  # step KEY NAME CAP_SECONDS COMMAND...: when KEY is in the steps, run 
 cat "$OUT/env.txt"
 
 step step "reference vs fast" 300 python3 -m benchmarks.bench_step "${common[@]}" \
-    --iterations "$fast_iterations" --reference-iterations 1 --json "$OUT/step.json"
+    --iterations "$fast_iterations" --reference-iterations 2 --json "$OUT/step.json"
 step kernels "kernel tests" 150 python3 -m pytest "${kernel_tests[@]}" tests/kernels
 step adam "fast, torch Adam" 90 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
     --iterations "$fast_iterations" --optim adam --json "$OUT/fast-adam.json"
 step checkpointing "fast, checkpointing" 90 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
     --iterations "$fast_iterations" --checkpointing --json "$OUT/fast-checkpointing.json"
-step profile "fast, profiled" 120 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
-    --iterations 3 --profile --json "$OUT/fast-profile.json"
 step kernel-bench "kernel benchmark" 60 python3 -m benchmarks.bench_kernels --dtype bf16 "${kernel_bench[@]}" \
     --json "$OUT/kernels-bench.json"
+step profile "fast, profiled" 120 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
+    --iterations 3 --profile --json "$OUT/fast-profile.json"
 step compile "fast, --compile" 400 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
     --iterations $((fast_iterations + 2)) --compile --run-dir "$scratch/compile" --json "$OUT/fast-compile.json"
 [ -f "$scratch/compile/fast/log.jsonl" ] && cp "$scratch/compile/fast/log.jsonl" "$OUT/compile-log.jsonl"
@@ -114,11 +121,8 @@ for name in ("step", "fast-adam", "fast-checkpointing", "fast-compile"):
               f"{r['peak_mb'] / 1024:>9.2f} {reserved:>13.2f}")
 profiled = out / "fast-profile.json"
 if profiled.is_file():
-    p = json.loads(profiled.read_text())["engines"]["fast"]["profile"]
-    label = "GPU busy" if "gpu_busy_s" in p else "inside ATen operators"
-    fraction = p.get("gpu_busy_fraction", p.get("in_operators_fraction")) or 0.0
-    print(f"fast engine under the profiler: {label} {100 * fraction:.0f}% of {p['recorded_s']:.2f} s "
-          f"({p['iterations']} iterations); top: " + ", ".join(f"{op['name']} {op['self_ms']:.0f} ms" for op in p["top"][:3]))
+    from benchmarks.bench_step import profile_line
+    print("fast engine, " + profile_line(json.loads(profiled.read_text())["engines"]["fast"]["profile"], top=3))
 step = out / "step.json"
 if step.is_file():
     report = json.loads(step.read_text())
@@ -128,7 +132,7 @@ if step.is_file():
               f"{report['bank_build_s']:.1f} s; 1000 iterations, all attacked (the published run's 200 "
               f"warm-up ones are not), would take about {1000 * report['fast_s_per_iter'] / 3600:.2f} h")
 EOF
-printf '%s\n' "${status[@]}" >> "$OUT/summary.txt"
+printf '%s\n' ${status[@]+"${status[@]}"} >> "$OUT/summary.txt"
 echo "== summary (${SECONDS}s)"
 cat "$OUT/summary.txt"
 rm -rf "$scratch"

@@ -78,3 +78,10 @@ def test_builtin_retain_prompts_use_the_right_article():
     prompts = builtin_retain_prompts()
     assert "a photo of an apple" in prompts and "a picture of a cat" in prompts
     assert not [p for p in prompts if re.search(r"\ba [aeiou]", p)]
+
+
+def test_articles_in_a_concept_do_not_filter_the_retain_set():
+    prompts = builtin_retain_prompts()
+    assert filter_retain_prompts(prompts, ["an owl"]) == filter_retain_prompts(prompts, ["owl"])
+    kept = filter_retain_prompts(prompts, ["a cat"])
+    assert "a photo of a dog" in kept and "a photo of a cat" not in kept

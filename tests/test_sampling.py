@@ -13,7 +13,7 @@ def test_predict_noise_same_for_every_timestep_form():
     cond = torch.randn(3, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = predict_noise(unet, z, 500, cond)
-        for t in (torch.tensor(500), torch.tensor([500]), torch.tensor([500, 500, 500])):
+        for t in (torch.tensor(500), torch.tensor([500]), torch.tensor([500, 500, 500]), [500, 500, 500]):
             assert torch.equal(predict_noise(unet, z, t, cond), expected)
         # One timestep per latent is honoured, not broadcast from the first.
         mixed = predict_noise(unet, z, torch.tensor([500, 20, 900]), cond)
