@@ -105,16 +105,15 @@ def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
     )
     reset_peak(device)
     began = time.time()
-    if args.profile:
-        trace = f"{args.trace}.{engine}.json" if args.trace else None
-        summary, profile = profiled_train(cfg, device, trace)
-    else:
-        summary, profile = train(cfg, progress=False), None
+    trace = f"{args.trace}.{engine}.json" if args.trace else None
+    summary, averages = profiled_train(cfg, device, trace) if args.profile else (train(cfg, progress=False), None)
     wall = time.time() - began
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     timed = log[1:] if len(log) > 1 else log
-    if profile is not None:
-        profile.update(summarise_profile(profile.pop("averages"), sum(r["seconds"] for r in timed), device))
+    profile = None
+    if averages is not None:
+        recorded = sum(r["seconds"] for r in timed)
+        profile = {"iterations": len(timed), "trace": trace, **summarise_profile(averages, recorded, device)}
     return {
         "s_per_iter": statistics.median(r["seconds"] for r in timed),
         "s_per_iter_all": [r["seconds"] for r in log],
@@ -133,16 +132,16 @@ def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
     }
 
 
-def profiled_train(cfg: TrainConfig, device: torch.device, trace: str | None) -> tuple[dict, dict]:
+def profiled_train(cfg: TrainConfig, device: torch.device, trace: str | None):
     """train() under torch.profiler, recording every iteration after the first: setup, bank build and
-    the first iteration (warm-up) are left out."""
+    the first iteration (warm-up) are left out. Returns the run summary and the profiler's averages."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     schedule = torch.profiler.schedule(wait=0, warmup=1, active=cfg.iterations - 1, repeat=1)
     with torch.profiler.profile(activities=activities, schedule=schedule) as prof:
         summary = train(cfg, progress=False, after_iteration=lambda record: prof.step())
     if trace:
         prof.export_chrome_trace(trace)
-    return summary, {"iterations": cfg.iterations - 1, "averages": prof.key_averages(), "trace": trace}
+    return summary, prof.key_averages()
 
 
 def summarise_profile(averages, seconds: float, device: torch.device, top: int = 12) -> dict:
