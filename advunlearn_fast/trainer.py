@@ -23,9 +23,10 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .acceleration import compile_models, enable_activation_checkpointing
-from .attack import random_token_embeddings, soft_prompt_attack
+from .attack import random_token_embeddings, soft_prompt_attack, with_gradient
 from .config import TrainConfig
 from .errors import UserError
+from .graphs import CudaRecorder, GraphedStep
 from .insertion import SpecialTokens, build_layout, prompt_words
 from .layers import (
     freeze_all_but, parse_layer_spec, text_encoder_depth, text_encoder_parameters, unet_parameters,
@@ -46,7 +47,9 @@ from .transfer import to_device
 from .unlearndiffatk import adversarial_condition as encode_with_adversarial
 
 # Settings a resumed run may change; every other one must match the checkpoint.
-RESUMABLE_CHANGES = {"iterations", "out", "resume", "device", "save_every", "bank_dir", "compile", "checkpointing"}
+RESUMABLE_CHANGES = {
+    "iterations", "out", "resume", "device", "save_every", "bank_dir", "compile", "checkpointing", "cuda_graphs",
+}
 STATE_FILE = "training_state.pt"
 
 
@@ -84,6 +87,8 @@ class Setup:
     layer_indices: list = field(default_factory=list)
     bank_built: int = 0
     bank_seconds: float = 0.0
+    attack_steps: dict = field(default_factory=dict)  # concept -> its attack step (eager or GraphedStep)
+    graph_recorder: object = None  # one CUDA graph memory pool for every concept's attack step
 
 
 def unet_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
@@ -184,18 +189,42 @@ def attack_start(s: Setup, concept: int, table: torch.Tensor, latest_adv: dict, 
     return torch.stack(starts)
 
 
+def attack_step(s: Setup, concept: int):
+    """The attack's device work, (adv [R, k, D], t [1], z_t [1, ...], e_p) -> (losses [R], gradient):
+    with the fast engine on CUDA recorded once as a CUDA graph and replayed (graphs.py)."""
+    if concept not in s.attack_steps:
+
+        def losses(adv, t, z, e_p):
+            cond = adversarial_condition(s, concept, adv)
+            return attack_loss(predict_noise(s.unet, z.expand(len(adv), *z.shape[1:]), t, cond), e_p)
+
+        step = with_gradient(losses)
+        if s.cfg.engine == "fast" and s.cfg.cuda_graphs and s.device.type == "cuda":
+            s.graph_recorder = s.graph_recorder or CudaRecorder()
+            step = GraphedStep(step, s.graph_recorder)
+        s.attack_steps[concept] = step
+    return s.attack_steps[concept]
+
+
+def attack_step_mode(s: Setup) -> str:
+    """How the attack steps ran, for run.json: eager, cuda-graph, or why graphs were given up."""
+    graphed = [step for step in s.attack_steps.values() if isinstance(step, GraphedStep)]
+    failed = [step.describe() for step in graphed if step.failure is not None]
+    return failed[0] if failed else graphed[0].describe() if graphed else "eager"
+
+
 def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.Generator):
     """One attack round on the candidates `adv_init` [R, k, D]: the current model is frozen while
     they move. Returns the candidate with the lowest final loss [k, D], its loss at every step,
     and every candidate's final loss."""
+    step = attack_step(s, concept)
 
-    def loss_fn(adv):
+    def loss_and_grad(adv):
         # One draw of (t, z_t) for all candidates, so that their final losses compare like for like,
         # and one UNet call for all of them.
         t, z, e_p = s.source.attack_draw(concept, generator)
         s.meter.add("attack", len(adv), backward=True)
-        cond = adversarial_condition(s, concept, adv)
-        return attack_loss(predict_noise(s.unet, z.expand(len(adv), *z.shape[1:]), t, cond), e_p)
+        return step(adv, to_device(t, s.device), z, e_p)
 
     was_training = s.trained.training
     s.trained.eval()
@@ -203,7 +232,8 @@ def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.
         p.requires_grad_(False)
     try:
         candidates, losses = soft_prompt_attack(
-            adv_init, loss_fn, s.cfg.attack_steps, s.cfg.attack_lr, s.cfg.attack == "fast-at", kernel_backend(s.device)
+            adv_init, loss_and_grad, s.cfg.attack_steps, s.cfg.attack_lr, s.cfg.attack == "fast-at",
+            kernel_backend(s.device),
         )
     finally:
         for p in s.trainable.values():
@@ -226,10 +256,16 @@ def defender_step(s: Setup, concept: int, adv, optimizer, generator: torch.Gener
         cond = adversarial_condition(s, concept, adv)
     else:
         cond = encode_ids(s.te, s.concept_ids[concept : concept + 1])
+    retain_cond = encode_ids(s.te, s.retain_ids[to_device(chosen, s.device)])
     s.meter.add("train", 1, backward=True)
-    loss_u = unlearn_loss(predict_noise(s.unet, d.z[:1], d.t[:1], cond), target)
     s.meter.add("retain", len(chosen), backward=True)
-    retain_pred = predict_noise(s.unet, d.z[1:], d.t[1:], encode_ids(s.te, s.retain_ids[to_device(chosen, s.device)]))
+    if cfg.engine == "fast":  # one UNet call for the concept and the retain prompts
+        pred = predict_noise(s.unet, d.z, d.t, torch.cat([cond, retain_cond]))
+        concept_pred, retain_pred = pred[:1], pred[1:]
+    else:  # the authors' two calls
+        concept_pred = predict_noise(s.unet, d.z[:1], d.t[:1], cond)
+        retain_pred = predict_noise(s.unet, d.z[1:], d.t[1:], retain_cond)
+    loss_u = unlearn_loss(concept_pred, target)
     loss_r = retain_loss(retain_pred, d.e_retain)
     loss = total_loss(loss_u, loss_r, cfg.retain_weight)
     optimizer.zero_grad(set_to_none=True)
@@ -317,6 +353,7 @@ def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
         "layers": s.layer_indices,
         "retain_prompt_count": len(s.retain_texts),
         "unet_dtype": str(s.frozen.unet.dtype).replace("torch.", ""),
+        "attack_step": attack_step_mode(s),
         "bank": {"entries_built": s.bank_built, "seconds": round(s.bank_seconds, 3)} if s.cfg.engine == "fast" and s.cfg.bank else None,
         "unet_fwd_equiv_total": dict(s.meter.total),
         "versions": {

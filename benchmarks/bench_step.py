@@ -9,7 +9,8 @@ its iterations and reported separately, with the number of reference-speed itera
 takes to pay for itself. Peak memory: torch.cuda.max_memory_allocated (and the allocator's
 max_memory_reserved, what the GPU must actually have) on CUDA; on a CPU the process's peak RSS,
 reset between engines. --optim and --checkpointing set the fast engine's memory options; the
-reference engine always runs as the authors' code does.
+reference engine always runs as the authors' code does; --no-cuda-graphs runs the fast engine's
+attack step eagerly (graphs are CUDA-only; a CPU runs it eagerly anyway).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--engines", default="reference,fast")
     p.add_argument("--optim", default=None, choices=["adam", "adam8bit"], help="fast engine's optimiser (default: its own)")
     p.add_argument("--checkpointing", action="store_true", help="fast engine: activation checkpointing")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="fast engine: run the attack step eagerly instead of replaying a CUDA graph")
     p.add_argument("--compile", action="store_true",
                    help="fast engine: torch.compile (the first iteration, dropped, holds the compilation)")
     p.add_argument("--profile", action="store_true",
@@ -102,6 +105,7 @@ def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
         retain_prompts=args.retain_prompts, bank_dir=bank_dir, engine=engine, save_every=10**9,
         device=args.device, layers=args.layers, optim=args.optim if fast else None,
         checkpointing=fast and args.checkpointing, compile=fast and args.compile,
+        cuda_graphs=fast and args.cuda_graphs,
     )
     reset_peak(device)
     began = time.time()
@@ -125,6 +129,10 @@ def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
         "optim": summary["config"]["optim"],
         "checkpointing": summary["config"]["checkpointing"],
         "compile": summary["config"]["compile"],
+        "attack_step": summary["attack_step"],
+        # Per iteration, to compare runs of one seed (graphs or not, on the same device).
+        "loss_all": [r["loss"] for r in log],
+        "attack_loss_end_all": [r["attack_loss_end"] for r in log],
         "bank": summary.get("bank"),
         "bank_unet_fwd_equiv": summary["unet_fwd_equiv_total"].get("bank", 0),
         "wall_s": wall,
@@ -225,6 +233,7 @@ def print_table(report: dict) -> None:
         print(f"{name:<10} {r['dtype']:<9} {r['optim']:<9} {str(r['checkpointing']):<5} {str(r['compile']):<7} {r['s_per_iter']:>9.3f} "
               f"{r['unet_fwd_equiv']:>17.0f} {r['peak_mb']:>9.0f} {reserved}")
     for name, r in report["engines"].items():
+        print(f"{name}: attack step {r['attack_step']}")
         if r["profile"] is not None:
             print(f"{name}: {profile_line(r['profile'])}")
     if "speedup" in report:

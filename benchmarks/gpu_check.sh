@@ -5,13 +5,16 @@
 #      5, all encoder layers): the reference engine for two iterations and the fast engine for four
 #      (the first of each dropped as warm-up), s/iter and peak GPU memory of both (benchmarks/bench_step.py);
 #   2. the Triton kernel tests, natively;
-#   3. the fast engine again with --optim adam, and with --checkpointing, for the memory table of
+#   3. the fast engine with its attack step run eagerly (--no-cuda-graphs): what the CUDA graphs
+#      gain, and whether the same seed gives the same losses with and without them;
+#   4. the fast engine again with --optim adam, and with --checkpointing, for the memory table of
 #      README.md (the first run's fast engine uses the default, 8-bit Adam when bitsandbytes is there);
-#   4. the Triton kernels against their PyTorch references in bf16 (benchmarks/bench_kernels.py);
-#   5. the fast engine under torch.profiler: how much of an iteration the GPU is busy.
-# Everything goes to $OUT (default ./gpu-check-out), eight files (what the device tool brings back):
-# gpu_check.log (with the kernel tests' output), env.txt, step.json, fast-adam.json,
-# fast-checkpointing.json, kernels-bench.json, fast-profile.json, summary.txt.
+#   5. the Triton kernels against their PyTorch references in bf16 (benchmarks/bench_kernels.py);
+#   6. the fast engine under torch.profiler: how much of an iteration the GPU is busy.
+# Everything goes to $OUT (default ./gpu-check-out), at most eight files (what the device tool brings
+# back): gpu_check.log (with the kernel tests' output), env.txt, summary.txt and one JSON per step run
+# (step.json, fast-eager.json, fast-adam.json, fast-checkpointing.json, kernels-bench.json,
+# fast-profile.json, fast-compile.json): name at most five JSON-writing steps.
 #
 #   bash benchmarks/fetch_gpu_wheels.sh      # first, where pip works: diffusers, bitsandbytes wheels
 #   bash benchmarks/gpu_check.sh             # on the GPU machine
@@ -19,7 +22,7 @@
 #                                                  # checks the script, measures nothing
 # GPU_CHECK_BUDGET_S (default 450) bounds the whole run: a step that would start with less than
 # 30 s left is skipped, and each step's timeout is cut to what is left. GPU_CHECK_STEPS picks
-# steps (default "step kernels adam checkpointing kernel-bench profile"); "compile" adds the fast
+# steps (default "step eager checkpointing adam profile"; the others: kernels kernel-bench compile); "compile" adds the fast
 # engine under --compile (inductor; its first iteration, dropped, holds the compilation), whose
 # per-iteration log is copied to compile-log.jsonl even when the step runs out of time: two more
 # files, so name fewer steps with it.
@@ -53,11 +56,11 @@ fi
 printf 'a photo of a %s\n' chair bicycle clock cup book boat bench kite > "$scratch/retain.txt"
 common+=(--retain-prompts "$scratch/retain.txt" --bank-dir "$scratch/bank" --concept nudity)
 
-steps=" ${GPU_CHECK_STEPS:-step kernels adam checkpointing kernel-bench profile} "
+steps=" ${GPU_CHECK_STEPS:-step eager checkpointing adam profile} "
 for key in $steps; do
     case $key in
-        step | kernels | adam | checkpointing | kernel-bench | profile | compile) ;;
-        *) echo "gpu_check: unknown step '$key' in GPU_CHECK_STEPS (steps: step kernels adam checkpointing kernel-bench profile compile, separated by spaces)"; exit 2 ;;
+        step | eager | kernels | adam | checkpointing | kernel-bench | profile | compile) ;;
+        *) echo "gpu_check: unknown step '$key' in GPU_CHECK_STEPS (steps: step eager kernels adam checkpointing kernel-bench profile compile, separated by spaces)"; exit 2 ;;
     esac
 done
 status=()
@@ -90,6 +93,8 @@ cat "$OUT/env.txt"
 
 step step "reference vs fast" 300 python3 -m benchmarks.bench_step "${common[@]}" \
     --iterations "$fast_iterations" --reference-iterations 2 --json "$OUT/step.json"
+step eager "fast, eager attack step" 90 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
+    --iterations "$fast_iterations" --no-cuda-graphs --json "$OUT/fast-eager.json"
 step kernels "kernel tests" 150 python3 -m pytest "${kernel_tests[@]}" tests/kernels
 step adam "fast, torch Adam" 90 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
     --iterations "$fast_iterations" --optim adam --json "$OUT/fast-adam.json"
@@ -108,8 +113,8 @@ import json, sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
-print(f"{'run':<22} {'engine':<10} {'optim':<9} {'ckpt':<5} {'s/iter':>8} {'peak GiB':>9} {'reserved GiB':>13}")
-for name in ("step", "fast-adam", "fast-checkpointing", "fast-compile"):
+print(f"{'run':<22} {'engine':<10} {'optim':<9} {'ckpt':<5} {'s/iter':>8} {'peak GiB':>9} {'reserved GiB':>13}  attack step")
+for name in ("step", "fast-eager", "fast-adam", "fast-checkpointing", "fast-compile"):
     path = out / f"{name}.json"
     if not path.is_file():
         print(f"{name:<22} (no result)")
@@ -118,12 +123,22 @@ for name in ("step", "fast-adam", "fast-checkpointing", "fast-compile"):
     for engine, r in report["engines"].items():
         reserved = r["peak_reserved_mb"] / 1024 if r["peak_reserved_mb"] is not None else float("nan")
         print(f"{name:<22} {engine:<10} {r['optim']:<9} {str(r['checkpointing']):<5} {r['s_per_iter']:>8.2f} "
-              f"{r['peak_mb'] / 1024:>9.2f} {reserved:>13.2f}")
+              f"{r['peak_mb'] / 1024:>9.2f} {reserved:>13.2f}  {r.get('attack_step', '?')}")
 profiled = out / "fast-profile.json"
 if profiled.is_file():
     from benchmarks.bench_step import profile_line
     print("fast engine, " + profile_line(json.loads(profiled.read_text())["engines"]["fast"]["profile"], top=3))
+eager = out / "fast-eager.json"
 step = out / "step.json"
+if eager.is_file() and step.is_file():  # same seed and settings: the graphs must not change the run
+    graphed_run = json.loads(step.read_text())["engines"]["fast"]
+    eager_run = json.loads(eager.read_text())["engines"]["fast"]
+    pairs = list(zip(graphed_run["loss_all"] + graphed_run["attack_loss_end_all"],
+                     eager_run["loss_all"] + eager_run["attack_loss_end_all"]))
+    worst = max(abs(a - b) / max(abs(b), 1e-12) for a, b in pairs)
+    print(f"attack step {graphed_run['attack_step']} vs eager: {eager_run['s_per_iter'] / graphed_run['s_per_iter']:.2f}x "
+          f"faster iterations ({graphed_run['s_per_iter']:.2f} vs {eager_run['s_per_iter']:.2f} s); losses of the "
+          f"{len(pairs) // 2} iterations differ by at most {100 * worst:.2g}% (relative)")
 if step.is_file():
     report = json.loads(step.read_text())
     if "speedup" in report:

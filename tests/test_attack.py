@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from advunlearn_fast.attack import random_token_embeddings, soft_prompt_attack
+from advunlearn_fast.attack import random_token_embeddings, soft_prompt_attack, with_gradient
 from advunlearn_fast.config import TrainConfig
 from advunlearn_fast.losses import attack_loss
 from advunlearn_fast.sampling import predict_noise
@@ -29,7 +29,7 @@ def test_attack_uses_a_fresh_gradient_every_step(sign):
         return (scale * (x - target) ** 2).sum(1)
 
     x0 = torch.tensor([[0.0, 0.0, 0.0], [1.0, -1.0, 2.0]])
-    got, losses = soft_prompt_attack(x0, loss_fn, steps=25, lr=0.01, sign_grad=sign)
+    got, losses = soft_prompt_attack(x0, with_gradient(loss_fn), steps=25, lr=0.01, sign_grad=sign)
     # Each candidate follows its own Adam path, as if it had been attacked alone.
     for r in range(2):
         expected = _adam_reference(x0[r : r + 1], lambda x: 2 * scale * (x - target), 25, 0.01, sign)
@@ -60,7 +60,7 @@ def test_attack_lowers_its_loss_on_the_tiny_model():
         t, z, e_p = next(cycle)
         return attack_loss(predict_noise(s.unet, z, t, adversarial_condition(s, 0, adv)), e_p)
 
-    adv, _ = soft_prompt_attack(adv0, loss_fn, steps=24, lr=0.02, sign_grad=False)
+    adv, _ = soft_prompt_attack(adv0, with_gradient(loss_fn), steps=24, lr=0.02, sign_grad=False)
     assert mean_loss(adv) < 0.8 * mean_loss(adv0)
 
 

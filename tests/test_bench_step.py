@@ -26,6 +26,9 @@ def test_bench_step_reports_both_engines(tmp_path):
     assert len(engines["reference"]["s_per_iter_all"]) == 1 and len(engines["fast"]["s_per_iter_all"]) == 2
     assert engines["fast"]["checkpointing"] and not engines["reference"]["checkpointing"]
     assert engines["fast"]["optim"] == engines["reference"]["optim"] == "adam"
+    # CUDA graphs are for CUDA: a CPU runs every attack step eagerly and says so.
+    assert engines["fast"]["attack_step"] == engines["reference"]["attack_step"] == "eager"
+    assert len(engines["fast"]["loss_all"]) == len(engines["fast"]["attack_loss_end_all"]) == 2
 
 
 def test_bench_step_profiles_the_iterations_after_the_first(tmp_path):
