@@ -157,7 +157,8 @@ def summarise_profile(averages, seconds: float, device: torch.device, top: int =
     copies; the rest it waited for the host). On a CPU: the time inside ATen operators (the rest is
     Python, module calls and dispatch). The profiler's own overhead is in `seconds`."""
     if device.type == "cuda":
-        events = [e for e in averages if e.device_type == DeviceType.CUDA]
+        # With CUDA graphs the profiler also lists its step markers among the device's events.
+        events = [e for e in averages if e.device_type == DeviceType.CUDA and not e.key.startswith("ProfilerStep")]
         busy = sum(e.self_device_time_total for e in events) / 1e6
         key, label = (lambda e: e.self_device_time_total), "gpu_busy"
     else:

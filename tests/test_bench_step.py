@@ -52,3 +52,24 @@ def test_bench_step_refuses_a_profile_it_could_not_record():
         with pytest.raises(SystemExit) as refused:
             main(["--model", "tiny", "--device", "cpu", *argv])
         assert refused.value.code == 2
+
+
+def test_gpu_busy_time_leaves_out_the_profilers_step_markers():
+    """With CUDA graphs the profiler lists its ProfilerStep markers among the device's events
+    (seen on an H100): counted as kernels, they made the GPU 175% busy."""
+    from types import SimpleNamespace
+
+    import torch
+    from torch.autograd import DeviceType
+
+    from benchmarks.bench_step import summarise_profile
+
+    def event(name, device_us, device_type=DeviceType.CUDA):
+        return SimpleNamespace(key=name, count=1, device_type=device_type, self_device_time_total=device_us)
+
+    averages = [event("ProfilerStep*", 2_000_000), event("gemm", 600_000), event("conv", 900_000),
+                event("aten::add", 50, DeviceType.CPU)]
+    profile = summarise_profile(averages, 2.0, torch.device("cuda"))
+    assert profile["gpu_busy_s"] == pytest.approx(1.5)
+    assert profile["gpu_busy_fraction"] == pytest.approx(0.75)
+    assert [op["name"] for op in profile["top"]] == ["conv", "gemm"]
