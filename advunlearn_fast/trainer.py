@@ -87,7 +87,7 @@ class Setup:
     layer_indices: list = field(default_factory=list)
     bank_built: int = 0
     bank_seconds: float = 0.0
-    attack_steps: dict = field(default_factory=dict)  # concept -> its attack step (eager or GraphedStep)
+    attack_step_by_concept: dict = field(default_factory=dict)  # eager step or GraphedStep
     graph_recorder: object = None  # one CUDA graph memory pool for every concept's attack step
 
 
@@ -192,7 +192,7 @@ def attack_start(s: Setup, concept: int, table: torch.Tensor, latest_adv: dict, 
 def attack_step(s: Setup, concept: int):
     """The attack's device work, (adv [R, k, D], t [1], z_t [1, ...], e_p) -> (losses [R], gradient):
     with the fast engine on CUDA recorded once as a CUDA graph and replayed (graphs.py)."""
-    if concept not in s.attack_steps:
+    if concept not in s.attack_step_by_concept:
 
         def losses(adv, t, z, e_p):
             cond = adversarial_condition(s, concept, adv)
@@ -202,13 +202,13 @@ def attack_step(s: Setup, concept: int):
         if s.cfg.engine == "fast" and s.cfg.cuda_graphs and s.device.type == "cuda":
             s.graph_recorder = s.graph_recorder or CudaRecorder()
             step = GraphedStep(step, s.graph_recorder)
-        s.attack_steps[concept] = step
-    return s.attack_steps[concept]
+        s.attack_step_by_concept[concept] = step
+    return s.attack_step_by_concept[concept]
 
 
 def attack_step_mode(s: Setup) -> str:
     """How the attack steps ran, for run.json: eager, cuda-graph, or why graphs were given up."""
-    graphed = [step for step in s.attack_steps.values() if isinstance(step, GraphedStep)]
+    graphed = [step for step in s.attack_step_by_concept.values() if isinstance(step, GraphedStep)]
     failed = [step.describe() for step in graphed if step.failure is not None]
     return failed[0] if failed else graphed[0].describe() if graphed else "eager"
 

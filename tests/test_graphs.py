@@ -66,7 +66,7 @@ def test_a_replayed_attack_equals_the_eager_attack():
     eager = _attack(_setup())
     s = _setup()
     recorder = ReplayingRecorder()
-    s.attack_steps[0] = GraphedStep(attack_step(s, 0), recorder)
+    s.attack_step_by_concept[0] = GraphedStep(attack_step(s, 0), recorder)
     replayed = _attack(s)
 
     assert recorder.recordings == 1  # one signature: recorded once, replayed every step
@@ -99,7 +99,7 @@ def test_a_step_that_cannot_be_recorded_runs_eagerly_and_says_why():
 def test_a_recording_whose_replay_disagrees_with_the_eager_step_is_not_used():
     s = _setup()
     eager = _attack(_setup())
-    s.attack_steps[0] = GraphedStep(attack_step(s, 0), WrongRecorder())
+    s.attack_step_by_concept[0] = GraphedStep(attack_step(s, 0), WrongRecorder())
     with pytest.warns(UserWarning, match="differ from the eager"):
         checked = _attack(s)
     torch.testing.assert_close(checked[0], eager[0], rtol=0, atol=0)
@@ -109,5 +109,5 @@ def test_a_recording_whose_replay_disagrees_with_the_eager_step_is_not_used():
 def test_the_cpu_runs_the_attack_step_eagerly():
     s = _setup()
     _attack(s)
-    assert not isinstance(s.attack_steps[0], GraphedStep)
+    assert not isinstance(s.attack_step_by_concept[0], GraphedStep)
     assert attack_step_mode(s) == "eager"
