@@ -1,12 +1,18 @@
 """Memory and speed options that change how the models run, never what they compute.
 
-Both act in place: the modules keep their identity, parameter names and state-dict keys,
+They act in place: the modules keep their identity, parameter names and state-dict keys,
 so checkpoints, --resume and the written encoder are the same with or without them.
 """
 
 from __future__ import annotations
 
 from .text_encoding import _text_transformer
+
+
+def uses_cuda_graphs(cfg, device) -> bool:
+    """Whether the attack step is replayed as a CUDA graph (graphs.py): the fast engine on CUDA
+    unless --no-cuda-graphs. The reference engine keeps the authors' eager loop."""
+    return cfg.engine == "fast" and cfg.cuda_graphs and device.type == "cuda"
 
 
 def enable_activation_checkpointing(text_encoder, unet) -> None:

@@ -64,7 +64,7 @@ class TrainConfig:
     retain_bank_size: int = field(default=2, metadata={"help": "bank trajectories per retain prompt"})
     optim: Optional[str] = field(default=None, metadata={"help": "optimiser of the trained parameters: adam, or adam8bit (bitsandbytes 8-bit Adam state) [default: adam8bit for the fast engine on CUDA when bitsandbytes imports, else adam]"})
     compile: bool = field(default=False, metadata={"help": "fast engine: torch.compile the UNet and the text encoder's layers (minutes of compiling first; for long GPU runs)"})
-    cuda_graphs: bool = field(default=True, metadata={"help": "fast engine on CUDA: record the attack step once as a CUDA graph and replay it (the step is host-bound without; if recording fails the step runs eagerly and run.json says why)"})
+    cuda_graphs: bool = field(default=True, metadata={"help": "fast engine on CUDA: record the attack step once as a CUDA graph and replay it (the eager step is host-bound; run.json's attack_step says how the step ran)"})
     checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing in the UNet and the trained text encoder: less memory for about one more forward pass"})
     attack_restarts: int = field(default=1, metadata={"help": "adversarial candidates optimised together, one batched UNet call per attack step; the lowest final attack loss is used"})
 

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .acceleration import compile_models, enable_activation_checkpointing
+from .acceleration import compile_models, enable_activation_checkpointing, uses_cuda_graphs
 from .attack import random_token_embeddings, soft_prompt_attack, with_gradient
 from .config import TrainConfig
 from .errors import UserError
@@ -199,7 +199,7 @@ def attack_step(s: Setup, concept: int):
             return attack_loss(predict_noise(s.unet, z.expand(len(adv), *z.shape[1:]), t, cond), e_p)
 
         step = with_gradient(losses)
-        if s.cfg.engine == "fast" and s.cfg.cuda_graphs and s.device.type == "cuda":
+        if uses_cuda_graphs(s.cfg, s.device):
             s.graph_recorder = s.graph_recorder or CudaRecorder()
             step = GraphedStep(step, s.graph_recorder)
         s.attack_step_by_concept[concept] = step
@@ -207,10 +207,12 @@ def attack_step(s: Setup, concept: int):
 
 
 def attack_step_mode(s: Setup) -> str:
-    """How the attack steps ran, for run.json: eager, cuda-graph, or why graphs were given up."""
-    graphed = [step for step in s.attack_step_by_concept.values() if isinstance(step, GraphedStep)]
-    failed = [step.describe() for step in graphed if step.failure is not None]
-    return failed[0] if failed else graphed[0].describe() if graphed else "eager"
+    """How the attack steps ran, for run.json: eager, cuda-graph, or why a graph was not used
+    (each distinct answer once: concepts have their own graphs)."""
+    steps = s.attack_step_by_concept.values()
+    if not steps:
+        return "no attack step ran"
+    return "; ".join(sorted({step.describe() if isinstance(step, GraphedStep) else "eager" for step in steps}))
 
 
 def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.Generator):

@@ -152,13 +152,18 @@ def profiled_train(cfg: TrainConfig, device: torch.device, trace: str | None):
     return summary, prof.key_averages()
 
 
+def _annotation(event) -> bool:
+    return bool(getattr(event, "is_user_annotation", False)) or event.key.startswith("ProfilerStep")
+
+
 def summarise_profile(averages, seconds: float, device: torch.device, top: int = 12) -> dict:
     """Where the recorded iterations' `seconds` went. On CUDA: the time the GPU was busy (kernels and
     copies; the rest it waited for the host). On a CPU: the time inside ATen operators (the rest is
     Python, module calls and dispatch). The profiler's own overhead is in `seconds`."""
     if device.type == "cuda":
-        # With CUDA graphs the profiler also lists its step markers among the device's events.
-        events = [e for e in averages if e.device_type == DeviceType.CUDA and not e.key.startswith("ProfilerStep")]
+        # The profiler also lists annotated regions (its step markers, Optimizer.step) among the
+        # device's events: only kernels and copies are the GPU's work.
+        events = [e for e in averages if e.device_type == DeviceType.CUDA and not _annotation(e)]
         busy = sum(e.self_device_time_total for e in events) / 1e6
         key, label = (lambda e: e.self_device_time_total), "gpu_busy"
     else:

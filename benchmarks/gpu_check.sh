@@ -1,31 +1,32 @@
 #!/usr/bin/env bash
-# The engine at full size on one CUDA GPU, nothing downloaded, in under 8 minutes on an H100:
-#   1. SD v1.x's architecture with random weights (--model sd-v1-random: 860M-parameter UNet, CLIP
-#      ViT-L/14 encoder) at 512 px, published settings (30-step attack, 50 DDIM steps, retain batch
-#      5, all encoder layers): the reference engine for two iterations and the fast engine for four
-#      (the first of each dropped as warm-up), s/iter and peak GPU memory of both (benchmarks/bench_step.py);
-#   2. the Triton kernel tests, natively;
-#   3. the fast engine with its attack step run eagerly (--no-cuda-graphs): what the CUDA graphs
-#      gain, and whether the same seed gives the same losses with and without them;
-#   4. the fast engine again with --optim adam, and with --checkpointing, for the memory table of
-#      README.md (the first run's fast engine uses the default, 8-bit Adam when bitsandbytes is there);
-#   5. the Triton kernels against their PyTorch references in bf16 (benchmarks/bench_kernels.py);
-#   6. the fast engine under torch.profiler: how much of an iteration the GPU is busy.
+# The engine at full size on one CUDA GPU, nothing downloaded, in under 8 minutes on an H100.
+# Steps, picked by key with GPU_CHECK_STEPS (default "step eager checkpointing adam profile"):
+#   step           SD v1.x's architecture with random weights (--model sd-v1-random: 860M-parameter
+#                  UNet, CLIP ViT-L/14 encoder) at 512 px, published settings (30-step attack, 50 DDIM
+#                  steps, retain batch 5, all encoder layers): the reference engine for two iterations
+#                  and the fast engine for four (the first of each dropped as warm-up), s/iter and peak
+#                  GPU memory of both (benchmarks/bench_step.py);
+#   eager          the fast engine with its attack step run eagerly (--no-cuda-graphs): what the CUDA
+#                  graphs gain, and how far the same seed's losses move without them;
+#   adam, checkpointing   the fast engine with --optim adam, and with --checkpointing, for the memory
+#                  table of README.md (the other runs use the default, 8-bit Adam with bitsandbytes);
+#   profile        the fast engine under torch.profiler: how much of an iteration the GPU is busy;
+#   kernels        (on request) the Triton kernel tests, natively;
+#   kernel-bench   (on request) the Triton kernels against their PyTorch references in bf16;
+#   compile        (on request) the fast engine under --compile (inductor; its first iteration,
+#                  dropped, holds the compilation), whose per-iteration log is copied to
+#                  compile-log.jsonl even when the step runs out of time.
 # Everything goes to $OUT (default ./gpu-check-out), at most eight files (what the device tool brings
 # back): gpu_check.log (with the kernel tests' output), env.txt, summary.txt and one JSON per step run
 # (step.json, fast-eager.json, fast-adam.json, fast-checkpointing.json, kernels-bench.json,
-# fast-profile.json, fast-compile.json): name at most five JSON-writing steps.
+# fast-profile.json, fast-compile.json, and compile-log.jsonl): name at most five JSON-writing steps.
 #
 #   bash benchmarks/fetch_gpu_wheels.sh      # first, where pip works: diffusers, bitsandbytes wheels
 #   bash benchmarks/gpu_check.sh             # on the GPU machine
 #   GPU_CHECK_DRY=1 bash benchmarks/gpu_check.sh   # the same steps on a CPU with the tiny model:
 #                                                  # checks the script, measures nothing
 # GPU_CHECK_BUDGET_S (default 450) bounds the whole run: a step that would start with less than
-# 30 s left is skipped, and each step's timeout is cut to what is left. GPU_CHECK_STEPS picks
-# steps (default "step eager checkpointing adam profile"; the others: kernels kernel-bench compile); "compile" adds the fast
-# engine under --compile (inductor; its first iteration, dropped, holds the compilation), whose
-# per-iteration log is copied to compile-log.jsonl even when the step runs out of time: two more
-# files, so name fewer steps with it.
+# 30 s left is skipped, and each step's timeout is cut to what is left.
 set -uo pipefail  # no -e: a failed step is reported and the next one still runs
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}

@@ -54,9 +54,9 @@ def test_bench_step_refuses_a_profile_it_could_not_record():
         assert refused.value.code == 2
 
 
-def test_gpu_busy_time_leaves_out_the_profilers_step_markers():
-    """With CUDA graphs the profiler lists its ProfilerStep markers among the device's events
-    (seen on an H100): counted as kernels, they made the GPU 175% busy."""
+def test_gpu_busy_time_leaves_out_annotated_regions():
+    """The profiler lists its ProfilerStep markers and annotations such as Optimizer.step among
+    the device's events (seen on an H100): counted as kernels, they made the GPU 175% busy."""
     from types import SimpleNamespace
 
     import torch
@@ -64,11 +64,12 @@ def test_gpu_busy_time_leaves_out_the_profilers_step_markers():
 
     from benchmarks.bench_step import summarise_profile
 
-    def event(name, device_us, device_type=DeviceType.CUDA):
-        return SimpleNamespace(key=name, count=1, device_type=device_type, self_device_time_total=device_us)
+    def event(name, device_us, device_type=DeviceType.CUDA, annotation=False):
+        return SimpleNamespace(key=name, count=1, device_type=device_type, self_device_time_total=device_us,
+                               is_user_annotation=annotation)
 
-    averages = [event("ProfilerStep*", 2_000_000), event("gemm", 600_000), event("conv", 900_000),
-                event("aten::add", 50, DeviceType.CPU)]
+    averages = [event("ProfilerStep*", 2_000_000), event("Optimizer.step#Adam8bit.step", 49_000, annotation=True),
+                event("gemm", 600_000), event("conv", 900_000), event("aten::add", 50, DeviceType.CPU)]
     profile = summarise_profile(averages, 2.0, torch.device("cuda"))
     assert profile["gpu_busy_s"] == pytest.approx(1.5)
     assert profile["gpu_busy_fraction"] == pytest.approx(0.75)
