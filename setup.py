@@ -7,9 +7,13 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["advunlearn_fast", "advunlearn_fast.*"]),
+    # kernels/ and cli/ sit at the top of the repository (the design card's layout) but are
+    # installed inside the package: top-level `kernels` and `cli` imports belong to other
+    # projects (Hugging Face's `kernels`, which diffusers looks for).
+    packages=find_packages(include=["advunlearn_fast", "advunlearn_fast.*"]) + ["advunlearn_fast.kernels", "advunlearn_fast.cli"],
+    package_dir={"advunlearn_fast.kernels": "kernels", "advunlearn_fast.cli": "cli"},
     include_package_data=True,
-    package_data={"advunlearn_fast": ["data/*", "world/weights/*", "world/weights/*/*"]},
+    package_data={"advunlearn_fast": ["world/weights/*", "world/weights/*/*"]},
     install_requires=[
         "torch>=2.1",
         # Tested with diffusers 0.42.1 and transformers 5.17 and 5.24: the attack feeds embeddings

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .outputs import write_json_atomic
+from advunlearn_fast.errors import UserError
+from advunlearn_fast.outputs import write_json_atomic
 
 MODELS = ("base", "esd", "advunlearn")
 DEMO_JSON = "demo.json"
@@ -67,7 +67,7 @@ class DemoSettings:
 
 def concept_attribute(concept: str) -> tuple[str, str]:
     """('colour', 'red') for the concept 'red': demo concepts are single world attribute values."""
-    from .world.judge import ATTRIBUTES
+    from advunlearn_fast.world.judge import ATTRIBUTES
 
     value = " ".join(concept.lower().split())
     for attribute, values in ATTRIBUTES.items():
@@ -87,7 +87,7 @@ def run_demo(s: DemoSettings) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     began = time.time()
 
-    from .robustness import default_evaluation
+    from advunlearn_fast.evaluation.robustness import default_evaluation
 
     judge, default_prompts = default_evaluation(value, "world", out / "attacks")
     attack_prompts = out / "attacks" / "attack_prompts.txt"
@@ -139,7 +139,7 @@ def concept_phrases(attribute: str, value: str) -> list[str]:
     ("red circle", ..., "red cross"). The bare word alone erased only about half of the red
     in held-out captions (benchmarks/README.md); the phrases' shared word still names the concept,
     so other-coloured circles stay in the retain set."""
-    from .world.judge import ATTRIBUTES
+    from advunlearn_fast.world.judge import ATTRIBUTES
 
     if attribute == "colour":
         return [f"{value} {shape}" for shape in ATTRIBUTES["shape"]]
@@ -149,7 +149,7 @@ def concept_phrases(attribute: str, value: str) -> list[str]:
 
 
 def training_config(run: Path, attribute: str, value: str, name: str, s: DemoSettings):
-    from .config import TrainConfig
+    from advunlearn_fast.training.config import TrainConfig
 
     extra = ADVERSARIAL if name == "advunlearn" else {"attack": "none", "warmup": 0}
     return TrainConfig(**TRAINING, **extra, concepts=concept_phrases(attribute, value), out=str(run), seed=s.seed,
@@ -160,8 +160,8 @@ def write_retain_prompts(out: Path, concepts: list[str], seed: int) -> None:
     """A seeded sample of the world's retain captions unrelated to the concept (same for both runs)."""
     import random
 
-    from .prompts import filter_retain_prompts, read_prompt_file
-    from .world import WORLD_MODEL_DIR
+    from advunlearn_fast.prompts import filter_retain_prompts, read_prompt_file
+    from advunlearn_fast.world import WORLD_MODEL_DIR
 
     kept = filter_retain_prompts(read_prompt_file(WORLD_MODEL_DIR / "retain_prompts.txt"), concepts)
     chosen = random.Random(seed).sample(kept, min(RETAIN_PROMPTS, len(kept)))
@@ -170,7 +170,7 @@ def write_retain_prompts(out: Path, concepts: list[str], seed: int) -> None:
 
 def train_stage(run: Path, attribute: str, value: str, name: str, s: DemoSettings) -> tuple[str, float]:
     """Train (or, resumed, finish or reuse) one encoder; its run folder and training seconds."""
-    from .trainer import train
+    from advunlearn_fast.training.trainer import train
 
     summary_file = run / "run.json"
     summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
@@ -186,7 +186,7 @@ def train_stage(run: Path, attribute: str, value: str, name: str, s: DemoSetting
 
 
 def attack_stage(encoder: str | None, out: Path, prompts: str, judge: str, method: str, s: DemoSettings) -> dict:
-    from .robustness import AttackSettings, run_evaluation
+    from advunlearn_fast.evaluation.robustness import AttackSettings, run_evaluation
 
     # Every run attacks towards the same original-model images: generated once, by the first run.
     targets = out.parent / f"{MODELS[0]}-{next(iter(ATTACK_LR))}" / "targets"
@@ -200,13 +200,13 @@ def attack_stage(encoder: str | None, out: Path, prompts: str, judge: str, metho
 
 def clean_rates(encoder: str | None, attribute: str, value: str, s: DemoSettings) -> dict:
     """Concept rate on held-out prompts naming the concept, utility on those that do not."""
-    from .generation import build_pipeline, generate, single_thread_for_small_cpu_models
-    from .trainer import resolve_device
-    from .world.evaluate import heldout_prompts
-    from .world.judge import default_judge
+    from advunlearn_fast.device import limit_threads_for_small_model, resolve_device
+    from advunlearn_fast.evaluation.generation import build_pipeline, generate
+    from advunlearn_fast.world.evaluate import heldout_prompts
+    from advunlearn_fast.world.judge import default_judge
 
     pipe = build_pipeline("world", encoder, resolve_device(s.device))
-    single_thread_for_small_cpu_models(pipe)
+    limit_threads_for_small_model(pipe.unet, pipe.device)
     prompts = heldout_prompts(CLEAN_PROMPTS, s.seed)
     seeds = [s.seed * len(prompts) + i for i in range(len(prompts))]  # one noise per prompt, as in `generate`
     images = generate(pipe, [p.prompt for p in prompts], seeds, [pipe.default_guidance] * len(prompts),

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError
+from advunlearn_fast.errors import UserError
 
 # transformers 4.x keys CLIPTextModel weights under `text_model.`; 5.x drops the
 # prefix when saving, and 4.x then silently re-initialises every weight. SD v1.x

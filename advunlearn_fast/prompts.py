@@ -17,7 +17,7 @@ import csv
 import re
 from pathlib import Path
 
-from .errors import UserError
+from advunlearn_fast.errors import UserError
 
 RETAIN_OBJECTS = [
     "apple", "backpack", "banana", "baseball bat", "bear", "bed", "bench", "bicycle", "bird", "boat",

@@ -81,8 +81,9 @@ def timed(fn, repeats, warmup, device, torch):
 def cases(args, device, dtype, torch):
     """(op, shape, {variant: callable}) on shared inputs; variant "torch" is each op's reference,
     the baseline of the reported ratios."""
-    from advunlearn_fast import kernels
     from advunlearn_fast.kernels import reference
+
+    from advunlearn_fast import kernels
 
     B, k, L, D, V = args.batch, args.k, 77, 768, 49408
     gen = torch.Generator().manual_seed(0)
@@ -150,7 +151,6 @@ def main(argv=None):
         # Must precede the first kernel call, which is when triton gets imported.
         os.environ["TRITON_INTERPRET"] = "1"
     import torch
-
     from advunlearn_fast.kernels import interpreter_enabled, triton_available
 
     if args.threads:

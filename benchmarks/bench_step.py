@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_step --model tiny --device cpu --iterations 3 --json out.json
 
-Both engines run the real training loop (`advunlearn_fast.trainer.train`) on the same model
+Both engines run the real training loop (`advunlearn_fast.training.trainer.train`) on the same model
 and settings (default: the published ones, 30 attack steps, 50 DDIM steps, retain batch 5),
 every iteration attacked (warm-up 0). The trajectory bank of the fast engine is built before
 its iterations and reported separately, with the number of reference-speed iterations it
@@ -30,10 +30,11 @@ import transformers
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity
 
-from advunlearn_fast.cli.main import quiet_libraries
-from advunlearn_fast.config import TrainConfig
-from advunlearn_fast.optim import bitsandbytes_version
-from advunlearn_fast.trainer import resolve_device, train
+from advunlearn_fast.device import resolve_device
+from advunlearn_fast.libraries import quiet_libraries
+from advunlearn_fast.training.config import TrainConfig
+from advunlearn_fast.training.optim import bitsandbytes_version
+from advunlearn_fast.training.trainer import train
 
 
 def parse_args(argv=None):

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Fetch, on a machine with pip access, the wheels that benchmarks/gpu_check.sh installs on a GPU
 # machine without network: the packages this project needs that a CUDA PyTorch image usually
-# lacks (diffusers and its importlib_metadata, bitsandbytes). They land in benchmarks/wheels/
-# (git-ignored; about 50 MB).
+# lacks (diffusers and its importlib_metadata, bitsandbytes), and advunlearn itself from this
+# checkout (kernels/ and cli/ are installed inside the package, so the source tree alone does not
+# import). They land in benchmarks/wheels/ (git-ignored; about 60 MB): run this again after
+# changing the code.
 #
 #   bash benchmarks/fetch_gpu_wheels.sh                      # for the GPU machine's Python 3.12
 #   GPU_PYTHON=3.11 bash benchmarks/fetch_gpu_wheels.sh      # another Python there
@@ -24,4 +26,9 @@ python3 -m pip download --no-deps --only-binary=:all: --dest wheels \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     "$(pin diffusers)" "$(pin importlib_metadata)" "$(pin bitsandbytes)"
+# Built from a copy of the sources: setuptools leaves build/ in the tree it builds.
+source=$(mktemp -d)
+cp -r ../advunlearn_fast ../kernels ../cli ../setup.py ../README.md "$source"
+python3 -m pip wheel --no-deps --no-build-isolation -q -w wheels "$source"
+rm -rf "$source"
 ls -l wheels

@@ -36,10 +36,15 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=
 budget=${GPU_CHECK_BUDGET_S:-450}
 scratch=$(mktemp -d)
 
+# The wheels include advunlearn's own (benchmarks/fetch_gpu_wheels.sh): kernels/ and cli/ import as
+# advunlearn_fast.kernels and advunlearn_fast.cli only once installed.
 if ls benchmarks/wheels/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$scratch/site" \
         benchmarks/wheels/*.whl || echo "gpu_check: installing benchmarks/wheels failed"
-    export PYTHONPATH=$PYTHONPATH:$scratch/site
+    export PYTHONPATH=$scratch/site:$PYTHONPATH
+elif ! python3 -c "import advunlearn_fast.kernels" 2>/dev/null; then
+    echo "gpu_check: advunlearn is not installed; run benchmarks/fetch_gpu_wheels.sh first (it builds its wheel)"
+    exit 2
 fi
 
 if [ "${GPU_CHECK_DRY:-0}" = 1 ]; then

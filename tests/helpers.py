@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import torch
+from advunlearn_fast.cli.main import cli
 from click.testing import CliRunner
 from diffusers import PNDMScheduler
 from safetensors.torch import save_file
 
-from advunlearn_fast.cli.main import cli
+from advunlearn_fast.models.tiny import build_tiny_model
 from advunlearn_fast.outputs import write_tokenizer
-from advunlearn_fast.tiny import build_tiny_model
 
 # Fast settings for end-to-end runs on the tiny model.
 FAST_ARGS = ["--ddim-steps", "4", "--attack-steps", "2", "--retain-batch", "2", "--quiet"]

@@ -6,15 +6,15 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-import advunlearn_fast.trainer as trainer
-from advunlearn_fast.config import TrainConfig
-from advunlearn_fast.losses import attack_loss, retain_loss
-from advunlearn_fast.sampling import predict_noise
-from advunlearn_fast.text_encoding import _text_transformer, encode_ids
 from helpers import FAST_ARGS, run_cli
+from safetensors.torch import load_file
 from test_train_cli import GOLDEN_LOSSES
+
+import advunlearn_fast.training.trainer as trainer
+from advunlearn_fast.models.diffusion import predict_noise
+from advunlearn_fast.models.text_encoding import _text_transformer, encode_ids
+from advunlearn_fast.training.config import TrainConfig
+from advunlearn_fast.training.losses import attack_loss, retain_loss
 
 # The golden run of test_train_cli.py.
 GOLDEN_ARGS = ["--concept", "Van Gogh", "--layers", "1", "--iterations", 3, "--warmup", 1, "--save-every", 2, *FAST_ARGS]
@@ -41,7 +41,7 @@ def _gradients(checkpointing: bool):
     mlp = _text_transformer(s.te).encoder.layers[0].mlp
     mlp.register_forward_pre_hook(lambda *_: runs.__setitem__("encoder", runs["encoder"] + 1))
     adv = torch.randn(2, s.te.config.hidden_size, generator=generator).requires_grad_(True)
-    attack = attack_loss(predict_noise(s.unet, z, t, trainer.adversarial_condition(s, 0, adv)), e_p).sum()
+    attack = attack_loss(predict_noise(s.unet, z, t, trainer.concept_condition(s, 0, adv)), e_p).sum()
     z2 = z.expand(2, -1, -1, -1)
     retain = retain_loss(predict_noise(s.unet, z2, t, encode_ids(s.te, s.retain_ids[:2])), e_p.expand_as(z2))
     grads = torch.autograd.grad(attack + retain, [adv, *s.trainable.values()])

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from advunlearn_fast.attack import random_token_embeddings, soft_prompt_attack, with_gradient
-from advunlearn_fast.config import TrainConfig
-from advunlearn_fast.losses import attack_loss
-from advunlearn_fast.sampling import predict_noise
-from advunlearn_fast.trainer import adversarial_condition, build_setup
+from advunlearn_fast.models.diffusion import predict_noise
+from advunlearn_fast.training.attack import random_token_embeddings, soft_prompt_attack, with_gradient
+from advunlearn_fast.training.config import TrainConfig
+from advunlearn_fast.training.losses import attack_loss
+from advunlearn_fast.training.trainer import build_setup, concept_condition
 
 
 def _adam_reference(x0, grad_fn, steps, lr, sign):
@@ -50,7 +50,7 @@ def test_attack_lowers_its_loss_on_the_tiny_model():
     def mean_loss(adv):
         with torch.no_grad():
             return sum(
-                attack_loss(predict_noise(s.unet, z, t, adversarial_condition(s, 0, adv)), e_p).item()
+                attack_loss(predict_noise(s.unet, z, t, concept_condition(s, 0, adv)), e_p).item()
                 for t, z, e_p in points
             ) / len(points)
 
@@ -58,15 +58,15 @@ def test_attack_lowers_its_loss_on_the_tiny_model():
 
     def loss_fn(adv):
         t, z, e_p = next(cycle)
-        return attack_loss(predict_noise(s.unet, z, t, adversarial_condition(s, 0, adv)), e_p)
+        return attack_loss(predict_noise(s.unet, z, t, concept_condition(s, 0, adv)), e_p)
 
     adv, _ = soft_prompt_attack(adv0, with_gradient(loss_fn), steps=24, lr=0.02, sign_grad=False)
     assert mean_loss(adv) < 0.8 * mean_loss(adv0)
 
 
-def test_adversarial_condition_with_real_token_rows_equals_the_stock_encoder():
+def test_concept_condition_with_real_token_rows_equals_the_stock_encoder():
     """Slots filled with real tokens' embeddings give exactly the prompt with those tokens."""
-    from advunlearn_fast.text_encoding import encode_ids, token_table
+    from advunlearn_fast.models.text_encoding import encode_ids, token_table
 
     for mode in ("suffix", "insert", "add"):
         cfg = TrainConfig(model="tiny", concepts=["Van Gogh"], out="unused", adv_tokens=2, insert=mode, bank=False).validate()
@@ -81,6 +81,6 @@ def test_adversarial_condition_with_real_token_rows_equals_the_stock_encoder():
             adv = table[extra]
         ids[layout.positions] = extra
         with torch.no_grad():
-            ours = adversarial_condition(s, 0, adv)
+            ours = concept_condition(s, 0, adv)
             stock = encode_ids(s.te, ids[None])
         torch.testing.assert_close(ours, stock, rtol=0, atol=1e-5)

@@ -5,17 +5,16 @@ import sys
 import textwrap
 
 import numpy as np
-
 import pytest
 import torch
+from helpers import assert_refused, run_cli
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from advunlearn_fast.generation import load_encoder
-from advunlearn_fast.models import load_model
-from advunlearn_fast.robustness import batches
+from advunlearn_fast.evaluation.generation import load_encoder
+from advunlearn_fast.evaluation.robustness import batches
+from advunlearn_fast.models.loading import load_model
 from advunlearn_fast.world import WORLD_MODEL_DIR
-from helpers import assert_refused, run_cli
 
 FAST = ["--timesteps", 2, "--steps-per-timestep", 2, "--adv-tokens", 2, "--gen-steps", 4, "--target-steps", 4, "--quiet"]
 JUDGE_MODULE = textwrap.dedent(

@@ -5,8 +5,9 @@ R = 1 is the golden run of test_train_cli.py (unchanged behaviour).
 
 import json
 
-import advunlearn_fast.trainer as trainer
 from helpers import run_cli
+
+import advunlearn_fast.training.trainer as trainer
 
 STEPS, RESTARTS = 3, 3
 ARGS = ["--concept", "church", "--iterations", 2, "--warmup", 0, "--layers", "all", "--attack-init", "latest",

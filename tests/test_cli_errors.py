@@ -1,7 +1,6 @@
 """Bad input: one clear line, a non-zero exit, no traceback, no output that looks complete."""
 
 import pytest
-
 from helpers import FAST_ARGS, assert_refused, run_cli
 
 

@@ -7,10 +7,10 @@ concept rate, and the report, grid and resume must behave.
 import json
 
 import pytest
+from helpers import assert_refused, run_cli
 from PIL import Image
 
 from advunlearn_fast import demo
-from helpers import assert_refused, run_cli
 
 
 @pytest.fixture(scope="module")

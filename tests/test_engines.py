@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from helpers import FAST_ARGS, run_cli
 
 ARGS = ["--concept", "church", "--iterations", 2, "--warmup", 0, "--layers", "all", "--lr", "1e-3", *FAST_ARGS]

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from helpers import assert_refused, run_cli
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
-
-from advunlearn_fast.models import load_model
-from helpers import assert_refused, run_cli
 from weights import save_random_inception, save_tiny_clip
+
+from advunlearn_fast.models.loading import load_model
 
 PROMPTS = "prompt,evaluation_seed\na red circle,3\nan image of a striped blue square,5\na photo of a cat,\n"
 FAST = ["--steps", 2, "--batch-size", 2, "--quiet"]

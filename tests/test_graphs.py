@@ -14,12 +14,12 @@ import json
 import pytest
 import torch
 
-import advunlearn_fast.trainer as trainer
-from advunlearn_fast.config import TrainConfig
+import advunlearn_fast.training.trainer as trainer
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.graphs import GraphedStep
-from advunlearn_fast.optim import build_optimizer
-from advunlearn_fast.trainer import attack_step, attack_step_mode, build_setup, run_attack
+from advunlearn_fast.training.config import TrainConfig
+from advunlearn_fast.training.graphs import GraphedStep
+from advunlearn_fast.training.optim import build_optimizer
+from advunlearn_fast.training.trainer import attack_step, attack_step_mode, build_setup, run_attack
 
 
 class ReplayingRecorder:

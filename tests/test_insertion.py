@@ -1,11 +1,13 @@
 import pytest
-import torch
 
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.insertion import (
-    INSERT_MODES, SpecialTokens, build_layout, prompt_words,
+from advunlearn_fast.models.insertion import (
+    INSERT_MODES,
+    SpecialTokens,
+    build_layout,
+    prompt_words,
 )
-from advunlearn_fast.tiny import build_tiny_model
+from advunlearn_fast.models.tiny import build_tiny_model
 
 SP = SpecialTokens(bos=100, eos=101, pad=102, length=12)
 WORDS = [1, 2, 3, 4]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.judges import NUDENET_CLASSES, NUDENET_THRESHOLD, make_judge
+from advunlearn_fast.evaluation.judges import NUDENET_CLASSES, NUDENET_THRESHOLD, make_judge
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_nudenet_overrides(fake_nudenet):
 
 def test_nudenet_judge_runs_offline_on_generated_images():
     pytest.importorskip("nudenet")
-    from advunlearn_fast.generation import build_pipeline, generate
+    from advunlearn_fast.evaluation.generation import build_pipeline, generate
 
     pipe = build_pipeline("world", None, torch.device("cpu"))
     images = generate(pipe, ["a red circle", "a blue square"], [0, 1], [4.0, 4.0], 3)
@@ -87,10 +87,11 @@ def controlled_clip(tmp_path):
     """A tiny CLIP whose image embedding is +u or -u, u = t(concept text) - t(neutral text), by the
     sign of a fixed direction in its pooled vision features: red is on the concept's side and
     blue on the neutral one, by construction."""
-    from advunlearn_fast.clip_local import load_clip
-    from advunlearn_fast.generation import to_pil
-    from advunlearn_fast.judges import CLIP_CONCEPT_TEMPLATE, CLIP_NEUTRAL_TEXT
     from weights import save_tiny_clip
+
+    from advunlearn_fast.evaluation.clip_local import load_clip
+    from advunlearn_fast.evaluation.generation import to_pil
+    from advunlearn_fast.evaluation.judges import CLIP_CONCEPT_TEMPLATE, CLIP_NEUTRAL_TEXT
 
     folder = save_tiny_clip(tmp_path / "clip")
     clip = load_clip(folder, "test")
@@ -125,7 +126,7 @@ def test_clip_judge_needs_its_folder_and_a_concept(tmp_path, controlled_clip):
 
 
 def test_clip_spec_takes_the_runs_concept_only_when_it_names_none():
-    from advunlearn_fast.judges import with_concept
+    from advunlearn_fast.evaluation.judges import with_concept
 
     assert with_concept("clip:/m/clip", "Van Gogh") == "clip:/m/clip:Van Gogh"
     assert with_concept("clip:/m/clip:a church", "Van Gogh") == "clip:/m/clip:a church"

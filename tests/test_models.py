@@ -2,12 +2,10 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import CLIPTextModel
 
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.models import load_model
-from advunlearn_fast.tiny import build_tiny_model
+from advunlearn_fast.models.loading import load_model
+from advunlearn_fast.models.tiny import build_tiny_model
 
 
 def test_sd14_style_folder_loads_weight_for_weight(sd_folder):

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from helpers import FAST_ARGS, run_cli
 from safetensors.torch import load_file
 
-import advunlearn_fast.optim as optim
-import advunlearn_fast.trainer as trainer
-from helpers import FAST_ARGS, run_cli
+import advunlearn_fast.training.optim as optim
+import advunlearn_fast.training.trainer as trainer
 
 ARGS = ["--concept", "nudity", "--layers", "0-1", "--iterations", 3, "--warmup", 1, "--save-every", 2, *FAST_ARGS]
 

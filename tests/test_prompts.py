@@ -4,7 +4,12 @@ import pytest
 
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.prompts import (
-    builtin_retain_prompts, concept_name, concept_terms, filter_retain_prompts, read_prompt_file, retain_prompts,
+    builtin_retain_prompts,
+    concept_name,
+    concept_terms,
+    filter_retain_prompts,
+    read_prompt_file,
+    retain_prompts,
 )
 
 

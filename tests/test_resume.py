@@ -1,11 +1,10 @@
 """An interrupted-and-resumed run ends with the same weights as an uninterrupted one."""
 
-import pytest
 import torch
+from helpers import FAST_ARGS, run_cli
 from safetensors.torch import load_file
 
-import advunlearn_fast.trainer as trainer
-from helpers import FAST_ARGS, run_cli
+import advunlearn_fast.training.trainer as trainer
 
 ARGS = ["--concept", "nudity", "--layers", "0-1", "--iterations", 4, "--warmup", 1, "--save-every", 2,
         "--attack-init", "latest", *FAST_ARGS]

@@ -2,8 +2,8 @@
 
 import torch
 
-from advunlearn_fast.sampling import predict_noise
-from advunlearn_fast.tiny import build_tiny_model
+from advunlearn_fast.models.diffusion import predict_noise
+from advunlearn_fast.models.tiny import build_tiny_model
 
 
 def test_predict_noise_same_for_every_timestep_form():

@@ -1,7 +1,7 @@
 import torch
 
-from advunlearn_fast.text_encoding import encode_hidden, encode_ids, position_table, token_table
-from advunlearn_fast.tiny import build_tiny_model
+from advunlearn_fast.models.text_encoding import encode_hidden, encode_ids, position_table, token_table
+from advunlearn_fast.models.tiny import build_tiny_model
 
 
 def encode_embeddings(te, ids):

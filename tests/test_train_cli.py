@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from helpers import FAST_ARGS, run_cli
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
-from advunlearn_fast.models import load_model
-from helpers import FAST_ARGS, run_cli
+from advunlearn_fast.models.loading import load_model
 
 # Losses of the first three iterations of the run below (fast engine, trajectory bank),
 # seed 0, CPU, torch 2.13:

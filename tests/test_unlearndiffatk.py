@@ -1,14 +1,18 @@
 import torch
 from diffusers import DDIMScheduler
 
-from advunlearn_fast.generation import build_pipeline, encode_images, generate
-from advunlearn_fast.insertion import SpecialTokens, build_layout, prompt_words, stack_layouts
-from advunlearn_fast.sampling import draw_noise
-from advunlearn_fast.text_encoding import token_table
-from advunlearn_fast.unlearndiffatk import (
-    adversarial_condition, attack_timesteps, diffusion_classifier_loss, optimise_in_blocks, soft_prompt,
-    uniform_simplex, unlearndiffatk,
+from advunlearn_fast.evaluation.generation import build_pipeline, encode_images, generate
+from advunlearn_fast.evaluation.unlearndiffatk import (
+    attack_timesteps,
+    diffusion_classifier_loss,
+    optimise_in_blocks,
+    soft_prompt,
+    uniform_simplex,
+    unlearndiffatk,
 )
+from advunlearn_fast.models.diffusion import draw_noise
+from advunlearn_fast.models.insertion import SpecialTokens, build_layout, prompt_words, stack_layouts
+from advunlearn_fast.models.text_encoding import adversarial_condition, token_table
 
 
 def test_timesteps_follow_the_papers_schedule():

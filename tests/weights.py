@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-from advunlearn_fast.fid_inception import FIDInception
-from advunlearn_fast.resnet50 import ResNet50
-from advunlearn_fast.vocab import build_clip_tokenizer
+from advunlearn_fast.evaluation.fid_inception import FIDInception
+from advunlearn_fast.evaluation.resnet50 import ResNet50
+from advunlearn_fast.models.vocab import build_clip_tokenizer
 
 CLIP_WORDS = ["a", "an", "image", "of", "photo", "red", "blue", "circle", "square", "church", "cat"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-WORLD_MODEL_DIR = Path(__file__).parent / "weights"
+from advunlearn_fast.models.loading import WORLD_MODEL_DIR
 
 
 def world_folder(model: str) -> Path | None:

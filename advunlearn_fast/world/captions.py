@@ -11,7 +11,7 @@ import re
 
 from transformers import CLIPTokenizer
 
-from advunlearn_fast.vocab import build_clip_tokenizer
+from advunlearn_fast.models.vocab import build_clip_tokenizer
 from advunlearn_fast.world.render import COLOURS, SHAPES, TEXTURES
 from advunlearn_fast.world.words import EVERYDAY_WORDS
 

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from advunlearn_fast.world.judge_net import JudgeNet
-from advunlearn_fast.world.render import render, random_scenes
+from advunlearn_fast.world.render import random_scenes, render
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

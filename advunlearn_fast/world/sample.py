@@ -9,8 +9,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from advunlearn_fast.sampling import ddim_scheduler, partial_rollout
-from advunlearn_fast.text_encoding import encode_ids, tokenize
+from advunlearn_fast.models.diffusion import ddim_scheduler, partial_rollout
+from advunlearn_fast.models.text_encoding import encode_ids, tokenize
 from advunlearn_fast.world.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 

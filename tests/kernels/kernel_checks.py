@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from advunlearn_fast.kernels import interpreter_enabled, triton_available
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,9 +1,8 @@
 import pytest
 import torch
-from kernel_checks import DEVICE, assert_close, dtype_params, needs_triton
-
 from advunlearn_fast.kernels import adversarial_adam_step_
 from advunlearn_fast.kernels.reference import adversarial_adam_step_reference_
+from kernel_checks import DEVICE, assert_close, dtype_params, needs_triton
 
 ODD_SHAPES = [(1,), (37,), (3, 101)]
 # The soft-prompt attack's k x 768 embeddings, and UnlearnDiffAtk's k relaxed vocabulary rows.

@@ -2,10 +2,9 @@ import functools
 
 import pytest
 import torch
-from kernel_checks import DEVICE, assert_close, dtype_params, needs_triton
-
 from advunlearn_fast.kernels import assemble_prompt_embeddings
 from advunlearn_fast.kernels.reference import assemble_prompt_embeddings_reference
+from kernel_checks import DEVICE, assert_close, dtype_params, needs_triton
 
 # (B, k, L, D, V, P): odd sizes for the masks, then the SD v1.x size (CLIP ViT-L/14 vocabulary).
 ODD_SHAPES = [(1, 1, 3, 5, 7, 3), (3, 2, 7, 37, 50, 9), (2, 5, 13, 100, 101, 20)]

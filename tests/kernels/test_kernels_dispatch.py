@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_checks import DEVICE, needs_triton
-
 from advunlearn_fast.kernels import (
     adversarial_adam_step_,
     assemble_prompt_embeddings,
@@ -15,6 +13,7 @@ from advunlearn_fast.kernels import (
     project_simplex,
     reference,
 )
+from kernel_checks import DEVICE, needs_triton
 
 REPO = Path(__file__).resolve().parents[2]
 

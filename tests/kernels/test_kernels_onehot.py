@@ -1,9 +1,8 @@
 import pytest
 import torch
-from kernel_checks import DEVICE, assert_close, dtype_params
-
 from advunlearn_fast.kernels import onehot_embedding, project_simplex, straight_through_onehot
 from advunlearn_fast.kernels.reference import onehot_embedding_reference
+from kernel_checks import DEVICE, assert_close, dtype_params
 
 
 def relaxed_rows(k, V, seed=0, dtype=torch.float32):

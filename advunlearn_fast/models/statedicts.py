@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from advunlearn_fast.errors import UserError
 
 
 def _first_line(err: Exception) -> str:

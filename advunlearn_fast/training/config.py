@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import UserError
-from .insertion import INSERT_MODES
+from advunlearn_fast.errors import UserError
+from advunlearn_fast.models.insertion import INSERT_MODES
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 ATTACKS = ("pgd", "fast-at", "none")

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from .kernels import adversarial_adam_step_
+from advunlearn_fast.kernels import adversarial_adam_step_
 
 LossAndGrad = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (adv, ...) -> (losses [R], gradient)
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from advunlearn_fast.errors import UserError
+
 
 def _projected(output) -> torch.Tensor:
     # transformers 4.x returns the projected embeddings; 5.x returns a model output that

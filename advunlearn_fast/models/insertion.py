@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UserError
-from .transfer import to_device
+from advunlearn_fast.errors import UserError
+from advunlearn_fast.transfer import to_device
 
 INSERT_MODES = ("prefix", "suffix", "replace", "add", "mid", "insert")
 

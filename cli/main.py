@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 import typing
 
 import click
 from click.core import ParameterSource
 
-from ..config import TrainConfig, config_fields, read_config_file
-from ..errors import UserError
+from advunlearn_fast.errors import UserError
+from advunlearn_fast.libraries import quiet_libraries
+from advunlearn_fast.training.config import TrainConfig, config_fields, read_config_file
 
 # Flags whose name or shape differs from the config field they set.
 FLAG_NAMES = {"concepts": "--concept"}
@@ -82,22 +82,6 @@ def cli():
     quiet_libraries()
 
 
-def quiet_libraries() -> None:
-    """Our own progress bar and errors are the output; the libraries' loading chatter is not."""
-    import logging
-
-    # bitsandbytes (imported by diffusers when installed) warns on CPUs about an optional
-    # hub-downloaded kernel that advunlearn never uses.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-
-
 @cli.command()
 @config_options
 @click.option("--config", "config_file", type=str, default=None, help="YAML or TOML file of settings; flags override it")
@@ -109,7 +93,7 @@ def train(ctx, config_file, quiet, **values):
     Writes OUT/text_encoder (loadable by CLIPTextModel.from_pretrained), OUT/tokenizer,
     run.json, log.jsonl, loss.png and OUT/checkpoints/step-NNNNNN.
     """
-    from ..trainer import train as run_training
+    from advunlearn_fast.training.trainer import train as run_training
 
     cfg = resolve_config(ctx, values, config_file)
     summary = run_training(cfg, progress=not quiet)
@@ -138,7 +122,7 @@ def _device_option(func):
 @_device_option
 def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size, device):
     """Generate images with an encoder plugged into any SD v1.x model; seeds go to manifest.json."""
-    from ..generation import generate_images
+    from advunlearn_fast.evaluation.generation import generate_images
 
     written = generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size,
                               device, model_config)
@@ -162,7 +146,7 @@ def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, 
 @_device_option
 def eval_command(quiet, **values):
     """Utility: CLIP score and FID of images generated with an encoder plugged in (world accuracy on the concept world)."""
-    from ..utility import EvalSettings, run_eval
+    from advunlearn_fast.evaluation.utility import EvalSettings, run_eval
 
     result = run_eval(EvalSettings(**values), progress=not quiet)
     metrics = result["metrics"]
@@ -197,7 +181,7 @@ def eval_command(quiet, **values):
 @_device_option
 def attack(quiet, **values):
     """Robustness: pre-ASR and ASR of an (unlearned) encoder under UnlearnDiffAtk or the soft-prompt attack."""
-    from ..robustness import resolve_attack_settings, run_evaluation
+    from advunlearn_fast.evaluation.robustness import resolve_attack_settings, run_evaluation
 
     settings = resolve_attack_settings(**values)
     report = run_evaluation(settings, progress=not quiet)
@@ -217,7 +201,7 @@ def attack(quiet, **values):
 def demo(concept, out, json_path, seed, resume, quiet, device):
     """Erase a concept from the shipped concept world with ESD and AdvUnlearn, attack all three
     encoders, and print concept rate, ASR and utility side by side (minutes on a CPU)."""
-    from ..demo import DemoSettings, format_table, run_demo
+    from advunlearn_fast.demo import DemoSettings, format_table, run_demo
 
     report = run_demo(DemoSettings(concept, out, json_path, seed, device, resume, progress=not quiet))
     click.echo(format_table(report))

@@ -21,10 +21,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .insertion import AdversarialLayout
-from .kernels import adversarial_adam_step_, assemble_prompt_embeddings, onehot_embedding, project_simplex
-from .sampling import predict_noise
-from .text_encoding import encode_hidden, position_table, token_table
+from advunlearn_fast.kernels import adversarial_adam_step_, onehot_embedding, project_simplex
+from advunlearn_fast.models.diffusion import predict_noise
 
 WEIGHT_DECAY = 0.1
 
@@ -36,33 +34,6 @@ def attack_timesteps(count: int, train_timesteps: int = 1000) -> list[int]:
 
 def uniform_simplex(k: int, vocab: int, device=None) -> torch.Tensor:
     return torch.full((k, vocab), 1.0 / vocab, device=device)
-
-
-def adversarial_condition(
-    text_encoder, layout: AdversarialLayout, adv: torch.Tensor, backend: str, onehot_lookup: bool = False
-) -> torch.Tensor:
-    """The encoder's conditioning [B, L, D] with `adv` in the layout's slots: `adv` [k, D] gives
-    one prompt (B = 1), [B, k, D] one per candidate, encoded as one batch. `layout` is one
-    prompt's, shared by all candidates, or a stack of B layouts (`stack_layouts`), one each.
-
-    `onehot_lookup` reproduces the authors' word-embedding lookup (one-hot rows times the
-    whole vocabulary matrix; the reference engine's cost), with the same result as the gather.
-    """
-    device = adv.device
-    batch = adv if adv.dim() == 3 else adv[None]
-    count = batch.shape[0]
-    table = token_table(text_encoder)
-    ids = layout.ids.to(device).reshape(-1, layout.ids.shape[-1])
-    positions = layout.positions.to(device).reshape(ids.shape[0], -1)
-    if onehot_lookup:
-        table = F.one_hot(ids.reshape(-1), table.shape[0]).to(table.dtype) @ table
-        ids = torch.arange(ids.numel(), device=device).reshape(ids.shape)
-    if ids.shape[0] == 1:  # one layout for every candidate
-        ids, positions = ids.repeat(count, 1), positions.repeat(count, 1)
-    hidden = assemble_prompt_embeddings(
-        table, ids, batch, positions, position_table(text_encoder), add=layout.add, backend=backend,
-    )
-    return encode_hidden(text_encoder, hidden)
 
 
 def diffusion_classifier_loss(unet, alphas_cumprod: torch.Tensor, x_target: torch.Tensor, t: int,

@@ -15,12 +15,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from .errors import UserError
+from advunlearn_fast.errors import UserError
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 NEEDED_PARTS = ("tokenizer", "text_encoder", "unet", "scheduler")
+# The shipped concept-world model (`--model world`), a diffusers folder inside the package.
+WORLD_MODEL_DIR = Path(__file__).resolve().parents[1] / "world" / "weights"
 
 
 @dataclass
@@ -143,7 +143,7 @@ def load_hub_model(repo_id: str) -> ModelParts:
 def load_model(spec: str, config_dir: str | None = None, seed: int = 0) -> ModelParts:
     """Everything training needs from `spec`; every failure is one clear UserError."""
     if spec == "tiny":
-        from .tiny import build_tiny_model
+        from advunlearn_fast.models.tiny import build_tiny_model
 
         parts = build_tiny_model(seed=0)
         return ModelParts(
@@ -151,15 +151,13 @@ def load_model(spec: str, config_dir: str | None = None, seed: int = 0) -> Model
             _vae_scale_from_config(dict(parts["vae"].config)), "tiny",
         )
     if spec == "sd-v1-random":
-        from .tiny import build_sd_v1_random
+        from advunlearn_fast.models.tiny import build_sd_v1_random
 
         parts = build_sd_v1_random(seed=0)
         return ModelParts(
             parts["tokenizer"], parts["text_encoder"], parts["unet"], dict(parts["scheduler"].config), 8, spec
         )
     if spec == "world":
-        from .world import WORLD_MODEL_DIR
-
         return load_model_folder(WORLD_MODEL_DIR)
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -173,13 +171,3 @@ def load_model(spec: str, config_dir: str | None = None, seed: int = 0) -> Model
         raise UserError(f"--model {spec} does not exist")
     return load_hub_model(spec)
 
-
-SMALL_MODEL_PARAMETERS = 20_000_000
-
-
-def single_thread_for_small_cpu_model(unet: torch.nn.Module, device: torch.device) -> None:
-    """One intra-op thread for small UNets on a CPU: their operations are too small to split,
-    and with more threads than free cores (two jobs on two cores) each op waits on the
-    slowest thread, which made a world-model iteration 10-20x slower under load."""
-    if device.type == "cpu" and sum(p.numel() for p in unet.parameters()) < SMALL_MODEL_PARAMETERS:
-        torch.set_num_threads(1)

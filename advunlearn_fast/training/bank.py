@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .outputs import atomic_dir
-from .sampling import DefenderDraw, FrozenModel, draw_timestep, predict_noise, rollout_steps
-from .transfer import to_device
+from advunlearn_fast.models.diffusion import predict_noise, rollout_steps
+from advunlearn_fast.outputs import atomic_dir
+from advunlearn_fast.training.sampling import DefenderDraw, FrozenModel, draw_timestep
+from advunlearn_fast.transfer import to_device
 
 BANK_FORMAT = 1
 

@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from .errors import UserError
+from advunlearn_fast.errors import UserError
 
 NUDENET_CLASSES = (
     "FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_BREAST_EXPOSED", "MALE_GENITALIA_EXPOSED",
@@ -87,7 +87,7 @@ def make_judge(spec: str, device: torch.device | str = "cpu") -> Judge:
 
 
 def _world_judge(spec: str) -> Judge:
-    from .world.judge import default_judge, parse_judge_spec
+    from advunlearn_fast.world.judge import default_judge, parse_judge_spec
 
     attribute, value = parse_judge_spec(spec)
 
@@ -112,7 +112,7 @@ def _nudenet_judge(spec: str, rest: str) -> Judge:
     detector = NudeDetector()
 
     def decide(images, prompts):
-        from .generation import to_pil
+        from advunlearn_fast.evaluation.generation import to_pil
 
         verdicts = []
         # The detector reads files in every nudenet version; in-memory arrays vary by version.
@@ -143,9 +143,9 @@ def _weights_on_disk(spec: str, path: str, form: str, what: str) -> Path:
 
 
 def _clip_judge(spec: str, rest: str, device: torch.device) -> Judge:
-    from .clip_local import load_clip
-    from .generation import to_pil
-    from .manifest import path_sha256
+    from advunlearn_fast.evaluation.clip_local import load_clip
+    from advunlearn_fast.evaluation.generation import to_pil
+    from advunlearn_fast.evaluation.manifest import path_sha256
 
     path, _, concept = rest.partition(":")
     folder = _weights_on_disk(spec, path, "clip:<local CLIP folder>[:<concept text>]",
@@ -172,8 +172,8 @@ def _clip_judge(spec: str, rest: str, device: torch.device) -> Judge:
 
 
 def _imagenet_judge(spec: str, rest: str, device: torch.device) -> Judge:
-    from .manifest import path_sha256
-    from .resnet50 import imagenet_preprocess, load_resnet50
+    from advunlearn_fast.evaluation.manifest import path_sha256
+    from advunlearn_fast.evaluation.resnet50 import imagenet_preprocess, load_resnet50
 
     path, sep, class_text = rest.rpartition(":")
     if not sep:
@@ -225,7 +225,7 @@ def _callable_judge(spec: str, module_name: str, function_name: str) -> Judge:
         raise UserError(f"judge {spec!r}: {module_name} has no function {function_name!r}")
 
     def decide(images, prompts):
-        from .generation import to_pil
+        from advunlearn_fast.evaluation.generation import to_pil
 
         try:
             answers = list(function(to_pil(images), list(prompts)))

@@ -20,23 +20,34 @@ import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
-from .errors import UserError
-from .generation import (
-    Pipeline, build_pipeline, encode_images, from_pil, generate_from_conditions, image_grid,
-    read_prompt_rows, single_thread_for_small_cpu_models, to_pil, with_default_guidance,
+from advunlearn_fast.device import kernel_backend, limit_threads_for_small_model, resolve_device
+from advunlearn_fast.errors import UserError
+from advunlearn_fast.evaluation.generation import (
+    Pipeline,
+    build_pipeline,
+    encode_images,
+    from_pil,
+    generate_from_conditions,
+    image_grid,
+    read_prompt_rows,
+    to_pil,
+    with_default_guidance,
 )
-from .insertion import SpecialTokens, build_layout, prompt_words, stack_layouts
-from .judges import Judge, make_judge, with_concept
-from .manifest import file_sha256, versions
-from .outputs import write_json_atomic
-from .prompts import concept_name
-from .sampling import draw_noise
-from .text_encoding import token_table
-from .trainer import kernel_backend, resolve_device
-from .unlearndiffatk import (
-    adversarial_condition, attack_timesteps, diffusion_classifier_loss, nearest_tokens, soft_prompt, uniform_simplex,
+from advunlearn_fast.evaluation.judges import Judge, make_judge, with_concept
+from advunlearn_fast.evaluation.manifest import file_sha256, versions
+from advunlearn_fast.evaluation.unlearndiffatk import (
+    attack_timesteps,
+    diffusion_classifier_loss,
+    nearest_tokens,
+    soft_prompt,
+    uniform_simplex,
     unlearndiffatk,
 )
+from advunlearn_fast.models.diffusion import draw_noise
+from advunlearn_fast.models.insertion import SpecialTokens, build_layout, prompt_words, stack_layouts
+from advunlearn_fast.models.text_encoding import adversarial_condition, token_table
+from advunlearn_fast.outputs import write_json_atomic
+from advunlearn_fast.prompts import concept_name
 
 METHODS = ("unlearndiffatk", "softprompt", "none")
 REPORT = "report.json"
@@ -133,7 +144,7 @@ class Evaluation:
         self.prompt_hash = file_sha256(settings.prompts)
         self.backend = kernel_backend(self.device)
         self.pipe: Pipeline = build_pipeline(settings.model, settings.encoder, self.device, settings.model_config)
-        single_thread_for_small_cpu_models(self.pipe)
+        limit_threads_for_small_model(self.pipe.unet, self.pipe.device)
         self.rows = with_default_guidance(rows, self.pipe.default_guidance)
         self.gen_steps = settings.gen_steps or self.pipe.default_steps
         special = SpecialTokens.of(self.pipe.tokenizer)
@@ -360,14 +371,14 @@ def default_evaluation(concept: str, model: str, out: Path) -> tuple[str | None,
       classifier weights that do not ship, so the judge is left to --judge;
     - nudity: NudeNet; its prompt set (I2P) is third-party and must be passed.
     Prompt files are written to OUT."""
-    from .evalsets import concept_key, prompt_set_csv
-    from .world import world_folder
+    from advunlearn_fast.evaluation.evalsets import concept_key, prompt_set_csv
+    from advunlearn_fast.world import world_folder
 
     folder = world_folder(model)
     words = concept.lower().split()
     out.mkdir(parents=True, exist_ok=True)
     if folder is not None:
-        from .world.judge import ATTRIBUTES
+        from advunlearn_fast.world.judge import ATTRIBUTES
 
         meta = json.loads((folder / "world.json").read_text(encoding="utf-8"))
         for attribute, values in ATTRIBUTES.items():

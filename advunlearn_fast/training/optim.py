@@ -12,7 +12,7 @@ import functools
 
 import torch
 
-from .errors import UserError
+from advunlearn_fast.errors import UserError
 
 
 @functools.lru_cache(maxsize=None)

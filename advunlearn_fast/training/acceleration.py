@@ -6,7 +6,7 @@ so checkpoints, --resume and the written encoder are the same with or without th
 
 from __future__ import annotations
 
-from .text_encoding import _text_transformer
+from advunlearn_fast.models.text_encoding import _text_transformer
 
 
 def uses_cuda_graphs(cfg, device) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from advunlearn_fast import __version__
 
 # Files of a model folder that decide its outputs. Other weight formats a hub snapshot may
 # also hold (TensorFlow, Flax, ONNX) are never read by this tool, so they are not hashed.

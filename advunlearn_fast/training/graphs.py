@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .errors import UserError
+from advunlearn_fast.errors import UserError
 
 Step = Callable[..., tuple[torch.Tensor, ...]]
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .statedicts import load_weights, read_state_dict
+from advunlearn_fast.models.statedicts import load_weights, read_state_dict
 
 INPUT_SIZE = 299
 FEATURES = 2048

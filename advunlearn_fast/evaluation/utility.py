@@ -24,18 +24,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import UserError
-from .fid_inception import FEATURES, WEIGHTS_FILE, FIDInception, load_fid_inception
-from .generation import (
-    build_pipeline, check_generation_args, generate, read_prompt_rows, single_thread_for_small_cpu_models, to_pil,
-    to_uint8, with_default_guidance,
+from advunlearn_fast.device import limit_threads_for_small_model, resolve_device
+from advunlearn_fast.errors import UserError
+from advunlearn_fast.evaluation.fid_inception import FEATURES, WEIGHTS_FILE, FIDInception, load_fid_inception
+from advunlearn_fast.evaluation.generation import (
+    build_pipeline,
+    check_generation_args,
+    generate,
+    read_prompt_rows,
+    to_pil,
+    to_uint8,
+    with_default_guidance,
 )
-from .manifest import file_sha256, path_sha256, versions
-from .metrics import clip_scores, fid
-from .outputs import write_json_atomic
-from .trainer import resolve_device
-from .world import world_folder
-from .world.judge import default_judge
+from advunlearn_fast.evaluation.manifest import file_sha256, path_sha256, versions
+from advunlearn_fast.evaluation.metrics import clip_scores, fid
+from advunlearn_fast.outputs import write_json_atomic
+from advunlearn_fast.world import world_folder
+from advunlearn_fast.world.judge import default_judge
 
 EVAL_FILE = "eval.json"
 REAL_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -122,7 +127,7 @@ def inception_features(net: FIDInception, images: list[torch.Tensor], device: to
 
 def named_attributes(prompt: str) -> dict[str, str]:
     """The world attributes a prompt names exactly one value of, e.g. {'colour': 'red'}."""
-    from .world.judge import ATTRIBUTES
+    from advunlearn_fast.world.judge import ATTRIBUTES
 
     words = set(re.findall(r"[a-z]+", prompt.lower()))
     named = {}
@@ -158,7 +163,7 @@ def run_eval(s: EvalSettings, progress: bool = True) -> dict:
             inception_features(inception, read_images(real_files[i : i + s.batch_size]), device)
             for i in tqdm(range(0, len(real_files), s.batch_size), desc="real images", disable=not progress)
         ])
-    single_thread_for_small_cpu_models(pipe)
+    limit_threads_for_small_model(pipe.unet, pipe.device)
     rows = with_default_guidance(rows, pipe.default_guidance)
     steps = s.steps or pipe.default_steps
     out = Path(s.out)
@@ -214,7 +219,7 @@ def load_metric_networks(s: EvalSettings, device: torch.device):
     """(CLIP or None, FID Inception or None), from paths `check_inputs` has seen on disk."""
     clip = None
     if s.clip is not None:
-        from .clip_local import load_clip
+        from advunlearn_fast.evaluation.clip_local import load_clip
 
         clip = load_clip(Path(s.clip).expanduser(), f"--clip {s.clip}").to(device)
     inception = None

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .models import ModelParts, load_model, single_thread_for_small_cpu_model
-from .outputs import TEXT_MODEL_PREFIX, write_json_atomic
-from .prompts import read_prompt_file
-from .sampling import ddim_scheduler, draw_noise, partial_rollout
-from .statedicts import read_state_dict
-from .text_encoding import encode_ids, token_table, tokenize
+from advunlearn_fast.device import limit_threads_for_small_model
+from advunlearn_fast.errors import UserError
+from advunlearn_fast.models.diffusion import ddim_scheduler, draw_noise, partial_rollout
+from advunlearn_fast.models.loading import ModelParts, load_model
+from advunlearn_fast.models.statedicts import read_state_dict
+from advunlearn_fast.models.text_encoding import encode_ids, token_table, tokenize
+from advunlearn_fast.outputs import TEXT_MODEL_PREFIX, write_json_atomic
+from advunlearn_fast.prompts import read_prompt_file
 
 # Stable Diffusion's own sampling defaults; a model folder may carry others (world.json).
 SD_GUIDANCE = 7.5
@@ -80,7 +81,7 @@ def load_vae(parts: ModelParts):
     if parts.vae_scale == 1:
         return None
     if parts.source == "tiny":
-        from .tiny import build_tiny_model
+        from advunlearn_fast.models.tiny import build_tiny_model
 
         return build_tiny_model(seed=0)["vae"]
     folder = Path(parts.source) / "vae"
@@ -104,12 +105,6 @@ def build_pipeline(model: str, encoder: str | None, device: torch.device, model_
         vae.to(device).eval().requires_grad_(False)
     guidance, steps = sampling_defaults(parts)
     return Pipeline(parts, te, vae, device, guidance, steps)
-
-
-# Below this many UNet parameters a CPU op is too small to share: the intra-op thread pool's
-# synchronisation then dominates, and on a loaded machine it made the concept world ~30x slower.
-def single_thread_for_small_cpu_models(pipe: Pipeline) -> None:
-    single_thread_for_small_cpu_model(pipe.unet, pipe.device)
 
 
 # ---------------------------------------------------------------- encoders
@@ -312,7 +307,7 @@ def check_generation_args(steps: int | None, batch_size: int) -> None:
 def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size, device,
                     model_config=None) -> list[Path]:
     """`advunlearn generate`: OUT/NNNN.png per prompt and OUT/manifest.json with seeds."""
-    from .trainer import resolve_device
+    from advunlearn_fast.device import resolve_device
 
     if (prompt_text is None) == (prompt_file is None):
         raise UserError("give exactly one of --prompt TEXT and --prompts FILE")
@@ -321,7 +316,7 @@ def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidanc
     check_generation_args(steps, batch_size)
     rows = [PromptRow(prompt_text.strip(), seed, guidance)] if prompt_text is not None else read_prompt_rows(prompt_file, seed, guidance)
     pipe = build_pipeline(model, encoder, resolve_device(device), model_config)
-    single_thread_for_small_cpu_models(pipe)
+    limit_threads_for_small_model(pipe.unet, pipe.device)
     rows = with_default_guidance(rows, pipe.default_guidance)
     steps = steps or pipe.default_steps
     images = generate(pipe, [r.prompt for r in rows], [r.seed for r in rows], [r.guidance for r in rows], steps, batch_size)

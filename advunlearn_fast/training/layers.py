@@ -10,8 +10,8 @@ import re
 
 import torch
 
-from .errors import UserError
-from .text_encoding import _text_transformer
+from advunlearn_fast.errors import UserError
+from advunlearn_fast.models.text_encoding import _text_transformer
 
 COMPONENT_PREFIXES = {"all": "", "attn": "self_attn.", "mlp": "mlp."}
 

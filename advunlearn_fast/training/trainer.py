@@ -21,49 +21,46 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .acceleration import compile_models, enable_activation_checkpointing, uses_cuda_graphs
-from .attack import random_token_embeddings, soft_prompt_attack, with_gradient
-from .config import TrainConfig
-from .errors import UserError
-from .graphs import CudaRecorder, GraphedStep
-from .insertion import SpecialTokens, build_layout, prompt_words
-from .layers import (
-    freeze_all_but, parse_layer_spec, text_encoder_depth, text_encoder_parameters, unet_parameters,
+from advunlearn_fast import __version__
+from advunlearn_fast.device import kernel_backend, limit_threads_for_small_model, resolve_device
+from advunlearn_fast.errors import UserError
+from advunlearn_fast.models.diffusion import ddim_scheduler, predict_noise
+from advunlearn_fast.models.insertion import SpecialTokens, build_layout, prompt_words
+from advunlearn_fast.models.loading import ModelParts, load_model
+from advunlearn_fast.models.text_encoding import adversarial_condition, encode_ids, token_table, tokenize
+from advunlearn_fast.outputs import (
+    atomic_dir,
+    load_module_weights,
+    write_json_atomic,
+    write_text_encoder,
+    write_tokenizer,
+    write_unet,
 )
-from .losses import attack_loss, esd_target, retain_loss, total_loss, unlearn_loss
-from .models import ModelParts, load_model, single_thread_for_small_cpu_model
-from .optim import bitsandbytes_version, build_optimizer, resolve_optim
-from .outputs import (
-    atomic_dir, load_module_weights, write_json_atomic, write_text_encoder, write_tokenizer, write_unet,
+from advunlearn_fast.prompts import retain_prompts
+from advunlearn_fast.training.acceleration import compile_models, enable_activation_checkpointing, uses_cuda_graphs
+from advunlearn_fast.training.attack import random_token_embeddings, soft_prompt_attack, with_gradient
+from advunlearn_fast.training.bank import TrajectoryBank
+from advunlearn_fast.training.config import TrainConfig
+from advunlearn_fast.training.costs import CostMeter
+from advunlearn_fast.training.graphs import CudaRecorder, GraphedStep
+from advunlearn_fast.training.layers import (
+    freeze_all_but,
+    parse_layer_spec,
+    text_encoder_depth,
+    text_encoder_parameters,
+    unet_parameters,
 )
-from .prompts import retain_prompts
-from .runlog import IterationLog, plot_losses
-from .bank import TrajectoryBank
-from .costs import CostMeter
-from .sampling import FreshRollouts, FrozenModel, ddim_scheduler, predict_noise
-from .text_encoding import encode_ids, token_table, tokenize
-from .transfer import to_device
-from .unlearndiffatk import adversarial_condition as encode_with_adversarial
+from advunlearn_fast.training.losses import attack_loss, esd_target, retain_loss, total_loss, unlearn_loss
+from advunlearn_fast.training.optim import bitsandbytes_version, build_optimizer, resolve_optim
+from advunlearn_fast.training.runlog import IterationLog, plot_losses
+from advunlearn_fast.training.sampling import FreshRollouts, FrozenModel
+from advunlearn_fast.transfer import to_device
 
 # Settings a resumed run may change; every other one must match the checkpoint.
 RESUMABLE_CHANGES = {
     "iterations", "out", "resume", "device", "save_every", "bank_dir", "compile", "checkpointing", "cuda_graphs",
 }
 STATE_FILE = "training_state.pt"
-
-
-def kernel_backend(device: torch.device) -> str:
-    # Triton kernels on GPUs; on a CPU their PyTorch references (the interpreter is for tests).
-    return "auto" if device.type == "cuda" else "torch"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but CUDA is not available; use --device cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass
@@ -124,7 +121,7 @@ def build_setup(cfg: TrainConfig, progress: bool = False) -> Setup:
         retain_conds = torch.cat([encode_ids(te, chunk) for chunk in retain_ids.split(64)])
 
     unet_frozen = parts.unet.to(device, unet_dtype(cfg, device)).eval().requires_grad_(False)
-    single_thread_for_small_cpu_model(unet_frozen, device)
+    limit_threads_for_small_model(unet_frozen, device)
     # The reference engine keeps a separate frozen copy for targets, as the authors' code does.
     separate_copy = cfg.train != "text-encoder" or cfg.engine == "reference"
     unet = copy.deepcopy(unet_frozen) if separate_copy else unet_frozen
@@ -169,10 +166,10 @@ def build_setup(cfg: TrainConfig, progress: bool = False) -> Setup:
     return s
 
 
-def adversarial_condition(s: Setup, concept: int, adv: torch.Tensor) -> torch.Tensor:
+def concept_condition(s: Setup, concept: int, adv: torch.Tensor) -> torch.Tensor:
     """TE_theta's conditioning for the concept prompt with `adv` [k, D] in its slots ([1, L, D]),
     or for each candidate of `adv` [R, k, D] ([R, L, D])."""
-    return encode_with_adversarial(
+    return adversarial_condition(
         s.te, s.layouts[concept], adv, kernel_backend(s.device), onehot_lookup=s.cfg.engine == "reference"
     )
 
@@ -195,7 +192,7 @@ def attack_step(s: Setup, concept: int):
     if concept not in s.attack_step_by_concept:
 
         def losses(adv, t, z, e_p):
-            cond = adversarial_condition(s, concept, adv)
+            cond = concept_condition(s, concept, adv)
             return attack_loss(predict_noise(s.unet, z.expand(len(adv), *z.shape[1:]), t, cond), e_p)
 
         step = with_gradient(losses)
@@ -255,7 +252,7 @@ def defender_step(s: Setup, concept: int, adv, optimizer, generator: torch.Gener
     target = esd_target(d.e_uncond, d.e_concept, cfg.negative_guidance)
 
     if adv is not None:
-        cond = adversarial_condition(s, concept, adv)
+        cond = concept_condition(s, concept, adv)
     else:
         cond = encode_ids(s.te, s.concept_ids[concept : concept + 1])
     retain_cond = encode_ids(s.te, s.retain_ids[to_device(chosen, s.device)])

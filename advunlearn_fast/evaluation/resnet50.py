@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .statedicts import load_weights, read_state_dict
+from advunlearn_fast.models.statedicts import load_weights, read_state_dict
 
 STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))  # (width, blocks, stride)
 EXPANSION = 4

@@ -1,0 +1,32 @@
+"""Where the work runs: the device a command asked for, the kernel backend for it, and the
+CPU thread policy for small models."""
+
+from __future__ import annotations
+
+import torch
+
+from advunlearn_fast.errors import UserError
+
+# Below this many UNet parameters a CPU op is too small to share: the intra-op thread pool's
+# synchronisation then dominates, and with more threads than free cores (two jobs on two cores)
+# each op waits on the slowest thread.
+SMALL_MODEL_PARAMETERS = 20_000_000
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def kernel_backend(device: torch.device) -> str:
+    # Triton kernels on GPUs; on a CPU their PyTorch references (the interpreter is for tests).
+    return "auto" if device.type == "cuda" else "torch"
+
+
+def limit_threads_for_small_model(unet: torch.nn.Module, device: torch.device) -> None:
+    """One intra-op thread when a small UNet runs on a CPU."""
+    if device.type == "cpu" and sum(p.numel() for p in unet.parameters()) < SMALL_MODEL_PARAMETERS:
+        torch.set_num_threads(1)

@@ -1,0 +1,63 @@
+"""Running the diffusion model: DDIM schedulers, noise predictions, guided rollouts.
+
+Shared by training (z_t from partial rollouts) and evaluation (generation).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from diffusers import DDIMScheduler
+
+from advunlearn_fast.transfer import to_device
+
+
+def ddim_scheduler(scheduler_config: dict, steps: int) -> DDIMScheduler:
+    """A DDIM (eta 0) scheduler with the model's noise schedule, set to `steps` steps."""
+    scheduler = DDIMScheduler.from_config(scheduler_config)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def predict_noise(unet, z: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
+    """UNet noise prediction; `t` is one timestep or one per latent."""
+    if isinstance(t, numbers.Integral):  # filled on the device: no host-to-device copy
+        timesteps = torch.full((1,), int(t), device=z.device, dtype=torch.long)
+    else:
+        timesteps = to_device(torch.as_tensor(t), z.device, torch.long)
+    timesteps = timesteps.expand(z.shape[0])
+    return unet(z, timesteps, encoder_hidden_states=cond.to(z.dtype)).sample
+
+
+def guided_noise(unet, z: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor,
+                 guidance: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guided prediction, conditional and unconditional in one UNet call;
+    `guidance` is one scale or a tensor that broadcasts over the batch (one per latent)."""
+    batch = z.shape[0]
+    both = torch.cat([uncond.expand(batch, -1, -1), cond])
+    eps_u, eps_c = predict_noise(unet, torch.cat([z, z]), int(t), both).chunk(2)
+    return eps_u + guidance * (eps_c - eps_u)
+
+
+@torch.no_grad()
+def rollout_steps(unet, scheduler: DDIMScheduler, cond, uncond, noise, k: int, guidance: float | torch.Tensor):
+    """Yield z after 0, 1, ..., k DDIM steps from `noise`, guided toward `cond` [B, L, D]."""
+    z = noise
+    yield z
+    for t in scheduler.timesteps[:k]:
+        eps = guided_noise(unet, z, t, cond, uncond, guidance)
+        z = scheduler.step(eps, t, z).prev_sample
+        yield z
+
+
+def partial_rollout(unet, scheduler, cond, uncond, noise, k: int, guidance: float | torch.Tensor) -> torch.Tensor:
+    """z after the first k DDIM steps."""
+    for z in rollout_steps(unet, scheduler, cond, uncond, noise, k, guidance):
+        pass
+    return z
+
+
+def draw_noise(generator: torch.Generator, batch: int, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
+    # Drawn on the CPU generator so that a seed gives the same run on any device.
+    return torch.randn((batch, *shape), generator=generator).to(device=device, dtype=dtype)

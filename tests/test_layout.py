@@ -1,0 +1,121 @@
+"""The repository keeps the design card's layout, its imports stay layered, and the wheel is
+self-contained."""
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Each part of the code may import its own part and the parts of lower rank, never higher:
+# the CLI sits above the engine, the kernels import nothing of it.
+RANKS = {"kernels": 0, "core": 1, "models": 2, "training": 3, "world": 3, "evaluation": 4, "demo": 5, "cli": 6}
+
+
+def part_of_file(path: Path) -> str:
+    rel = path.relative_to(ROOT).parts
+    if rel[0] in ("kernels", "cli"):
+        return rel[0]
+    inner = rel[1]
+    if inner in ("models", "training", "evaluation", "world"):
+        return inner
+    return "demo" if inner == "demo.py" else "core"
+
+
+def part_of_module(name: str) -> str | None:
+    parts = name.split(".")
+    if parts[0] != "advunlearn_fast":
+        return None
+    if len(parts) == 1:
+        return "core"
+    if parts[1] in ("kernels", "cli", "models", "training", "evaluation", "world"):
+        return parts[1]
+    return "demo" if parts[1] == "demo" else "core"
+
+
+def engine_imports(path: Path) -> list[str]:
+    """Every advunlearn_fast module a file imports, at any depth (function-level imports too)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return [n for n in names if n.startswith("advunlearn_fast")]
+
+
+def source_files():
+    for folder in ("advunlearn_fast", "kernels", "cli"):
+        yield from sorted((ROOT / folder).rglob("*.py"))
+
+
+def test_top_level_is_the_design_cards():
+    for name in ("advunlearn_fast", "kernels", "cli", "benchmarks", "tests"):
+        assert (ROOT / name).is_dir(), name
+    for name in ("setup.py", "README.md"):
+        assert (ROOT / name).is_file(), name
+    # Installed inside the package, never as the generic top-level names.
+    assert not (ROOT / "advunlearn_fast" / "kernels").exists()
+    assert not (ROOT / "advunlearn_fast" / "cli").exists()
+
+
+def test_imports_are_layered():
+    wrong = []
+    for path in source_files():
+        mine = part_of_file(path)
+        for name in engine_imports(path):
+            theirs = part_of_module(name)
+            if RANKS[theirs] > RANKS[mine] or (RANKS[theirs] == RANKS[mine] and theirs != mine):
+                wrong.append(f"{path.relative_to(ROOT)} ({mine}) imports {name} ({theirs})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_layering_check_sees_a_violation(tmp_path):
+    """The check above reads function-level imports too (an upward import hides there first)."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from advunlearn_fast.cli.main import cli\n")
+    assert engine_imports(bad) == ["advunlearn_fast.cli.main"]
+
+
+def test_benchmarks_call_the_engine_not_the_cli():
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        assert not [n for n in engine_imports(path) if part_of_module(n) == "cli"], path.name
+
+
+def test_wheel_is_self_contained_and_runs_away_from_the_checkout(tmp_path):
+    # Built from a copy: setuptools leaves build/ in the tree it builds.
+    source = tmp_path / "source"
+    for name in ("advunlearn_fast", "kernels", "cli"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels)],
+        check=True, cwd=tmp_path,
+    )
+    (wheel,) = wheels.glob("advunlearn-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "advunlearn_fast/kernels/functional.py" in names
+    assert "advunlearn_fast/cli/main.py" in names
+    assert "advunlearn_fast/world/weights/unet/diffusion_pytorch_model.safetensors" in names
+    assert not [n for n in names if n.split("/")[0] in ("kernels", "cli", "tests", "benchmarks")]
+
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, cwd=tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    probe = ("import sys, advunlearn_fast, advunlearn_fast.kernels, advunlearn_fast.cli.main as m;"
+             "print(advunlearn_fast.__file__); print(advunlearn_fast.kernels.__file__);"
+             "sys.argv = ['advunlearn', '--help']; m.main()")
+    run = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    package_file, kernels_file = run.stdout.splitlines()[:2]
+    assert package_file.startswith(str(site)) and kernels_file.startswith(str(site))
+    assert "train" in run.stdout and "attack" in run.stdout
