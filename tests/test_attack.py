@@ -30,9 +30,12 @@ def test_attack_uses_a_fresh_gradient_every_step(sign):
 
     x0 = torch.tensor([[0.0, 0.0, 0.0], [1.0, -1.0, 2.0]])
     got, losses = soft_prompt_attack(x0, with_gradient(loss_fn), steps=25, lr=0.01, sign_grad=sign)
-    # Each candidate follows its own Adam path, as if it had been attacked alone.
+    # Each candidate follows its own Adam path, as if it had been attacked alone. What comes back is
+    # what the 25th step evaluated, before its update (the authors return it; the defender trains on
+    # it): 24 updates, and the last loss reported is its loss.
+    torch.testing.assert_close(losses[-1], loss_fn(got))
     for r in range(2):
-        expected = _adam_reference(x0[r : r + 1], lambda x: 2 * scale * (x - target), 25, 0.01, sign)
+        expected = _adam_reference(x0[r : r + 1], lambda x: 2 * scale * (x - target), 24, 0.01, sign)
         # Accumulated gradients (the reference code's bug) would follow a different path; lr is
         # small enough that no coordinate reaches its optimum, where a sign step is ill-defined.
         torch.testing.assert_close(got[r : r + 1], expected, rtol=1e-5, atol=1e-6)

@@ -39,9 +39,16 @@ def test_components(component, part):
     assert not any("embeddings" in n for n in names)
 
 
-def test_unet_ablation_sets_partition_the_unet():
+def test_unet_ablation_sets_are_the_authors():
+    """ESD-x: the cross-attention layers. ESD-u ('noxattn'): everything else except the time
+    embedding and the output layers (CompVis `time_embed`, `out.`), as the authors select it."""
     unet = build_tiny_model()["unet"]
     xattn, rest = unet_parameters(unet, "unet-xattn"), unet_parameters(unet, "unet-noxattn")
     assert xattn and all(".attn2." in n for n in xattn)
     assert set(xattn).isdisjoint(rest)
-    assert len(xattn) + len(rest) == len(list(unet.parameters()))
+    left_out = {n for n, _ in unet.named_parameters()} - set(xattn) - set(rest)
+    assert left_out == {
+        "time_embedding.linear_1.weight", "time_embedding.linear_1.bias",
+        "time_embedding.linear_2.weight", "time_embedding.linear_2.bias",
+        "conv_norm_out.weight", "conv_norm_out.bias", "conv_out.weight", "conv_out.bias",
+    }

@@ -11,9 +11,10 @@ from transformers import CLIPTextModel
 from advunlearn_fast.models.loading import load_model
 
 # Losses of the first three iterations of the run below (fast engine, trajectory bank),
-# seed 0, CPU, torch 2.13:
-# a change to the algorithm, the sampling or the RNG order changes them.
-GOLDEN_LOSSES = [0.0039137862622737885, 0.0006304042763076723, 0.003112024860456586]
+# seed 0, CPU, torch 2.13: a change to the algorithm, the sampling or the RNG order changes them.
+# The bank's trajectories are seeded by the prompt text, so float rounding that differs between
+# machines moves them by rounding only.
+GOLDEN_LOSSES = [0.001160706509836018, 0.0010861948831006885, 0.0007271912763826549]
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,18 @@ from diffusers import DDIMScheduler
 
 from advunlearn_fast.transfer import to_device
 
+# The authors' DDIM sampler (ldm's), whatever the model's scheduler config says: timesteps
+# 1, 1 + T/K, ..., walked down from the top; the last step lands on alpha_bar[0]; x0 is never
+# clipped. diffusers' DDIM clips x0 to [-1, 1] when a config lacks clip_sample (SD v1.4's own
+# config turns it off; a latent is not an image in [-1, 1]).
+AUTHORS_DDIM = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False,
+                "clip_sample": False, "thresholding": False}
+
 
 def ddim_scheduler(scheduler_config: dict, steps: int) -> DDIMScheduler:
-    """A DDIM (eta 0) scheduler with the model's noise schedule, set to `steps` steps."""
-    scheduler = DDIMScheduler.from_config(scheduler_config)
+    """A DDIM (eta 0) scheduler with the model's noise schedule and the authors' sampler settings,
+    set to `steps` steps."""
+    scheduler = DDIMScheduler.from_config({**dict(scheduler_config), **AUTHORS_DDIM})
     scheduler.set_timesteps(steps)
     return scheduler
 
@@ -41,19 +49,19 @@ def guided_noise(unet, z: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Ten
 
 
 @torch.no_grad()
-def rollout_steps(unet, scheduler: DDIMScheduler, cond, uncond, noise, k: int, guidance: float | torch.Tensor):
-    """Yield z after 0, 1, ..., k DDIM steps from `noise`, guided toward `cond` [B, L, D]."""
+def rollout_steps(unet, scheduler: DDIMScheduler, cond, uncond, noise, steps: int, guidance: float | torch.Tensor):
+    """Yield z after 0, 1, ..., `steps` DDIM steps from `noise`, guided toward `cond` [B, L, D]."""
     z = noise
     yield z
-    for t in scheduler.timesteps[:k]:
+    for t in scheduler.timesteps[:steps]:
         eps = guided_noise(unet, z, t, cond, uncond, guidance)
         z = scheduler.step(eps, t, z).prev_sample
         yield z
 
 
-def partial_rollout(unet, scheduler, cond, uncond, noise, k: int, guidance: float | torch.Tensor) -> torch.Tensor:
-    """z after the first k DDIM steps."""
-    for z in rollout_steps(unet, scheduler, cond, uncond, noise, k, guidance):
+def partial_rollout(unet, scheduler, cond, uncond, noise, steps: int, guidance: float | torch.Tensor) -> torch.Tensor:
+    """z after the first `steps` DDIM steps from noise."""
+    for z in rollout_steps(unet, scheduler, cond, uncond, noise, steps, guidance):
         pass
     return z
 

@@ -44,15 +44,19 @@ def soft_prompt_attack(
     never interact, so that gradient gives each its own, and Adam is elementwise: R independent
     attacks in one batch. Each step uses only its own gradient (the reference code let them
     accumulate across steps). With `sign_grad` (fast-AT) the gradient is replaced by its sign.
-    Returns the final candidates and the losses seen at each step [steps, R]. `backend`
-    picks the fused update kernel or its PyTorch reference (advunlearn_fast.kernels).
+    Returns the candidates that the last step evaluated, before its update (as the authors' attack
+    returns them: the defender then trains on the embeddings whose loss was last measured), and
+    the losses seen at each step [steps, R].
+    `backend` picks the fused update kernel or its PyTorch reference (advunlearn_fast.kernels).
     """
     adv = adv_init.detach().clone().contiguous()
     exp_avg, exp_avg_sq = torch.zeros_like(adv), torch.zeros_like(adv)
     losses = []
     for step in range(1, steps + 1):
         loss, grad = loss_and_grad(adv)
-        adversarial_adam_step_(adv, grad, exp_avg, exp_avg_sq, step, lr, sign_grad=sign_grad, backend=backend)
         losses.append(loss)
+        if step == steps:  # the authors' last update moves embeddings that nothing reads
+            break
+        adversarial_adam_step_(adv, grad, exp_avg, exp_avg_sq, step, lr, sign_grad=sign_grad, backend=backend)
     # One transfer at the end: a .item() per step would wait for the device every step.
     return adv, torch.stack(losses).float().cpu()

@@ -2,18 +2,21 @@
 
 With the text encoder trained and the UNet frozen, z_t and the targets e_0, e_p and
 the retain targets do not depend on the training state (DESIGN.md). The bank holds,
-for each prompt, a few guided DDIM trajectories: at every step k the latent z_k, a
-training timestep t_k drawn in k's bucket, and the frozen predictions at (z_k, t_k).
-Training then samples (trajectory, k) pairs instead of re-running rollouts.
+for each prompt, a few guided DDIM trajectories: for every DDIM index k the latent z_t that
+the authors' sampler ends at for k (`sampling.walk_steps`), a training timestep t drawn in
+k's bucket, and the frozen predictions at (z_t, t). Training then samples (trajectory, k)
+pairs instead of re-running rollouts.
 
 Difference from fresh sampling, by construction: t is drawn once per (trajectory, k)
 when the bank is built, and each retain sample has its own trajectory and t.
 
 Entries are stored one folder per prompt (memory-mapped .npy files) under a key that
-hashes the UNet's weights, the prompt's conditioning, guidance, steps, latent shape
-and bank size, so the retain entries are reused by any later run on the same model,
-whatever the concept. Each entry is written atomically: an interrupted build keeps
-what it finished and resumes from there.
+hashes the bank's format, the UNet's weights, the prompt's conditioning, guidance, steps,
+latent shape, bank size and bank seed, so the retain entries are reused by any later run on
+the same model, whatever the concept. An entry's noise and timesteps are seeded by the bank
+seed and the prompt's text, not by the key: a machine that rounds the conditioning
+differently builds the same trajectories. Each entry is written atomically: an interrupted
+build keeps what it finished and resumes from there.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from tqdm.auto import tqdm
 
 from advunlearn_fast.models.diffusion import predict_noise, rollout_steps
 from advunlearn_fast.outputs import atomic_dir
-from advunlearn_fast.training.sampling import DefenderDraw, FrozenModel, draw_timestep
+from advunlearn_fast.training.sampling import DefenderDraw, FrozenModel, draw_timestep, walk_steps
 from advunlearn_fast.transfer import to_device
 
-BANK_FORMAT = 1
+# 2: z_t for index k is where the authors' walk from noise ends for k. Format 1 held the latent
+# after the first k steps, paired with t in k's bucket: the wrong pairing. Never read it.
+BANK_FORMAT = 2
 
 
 def unet_fingerprint(unet) -> str:
@@ -50,36 +55,65 @@ def _tensor_hash(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
+def _seed(*parts) -> int:
+    return int(hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:15], 16)
+
+
+def older_entries(root: Path) -> int:
+    """How many entries under `root` an earlier format wrote (they are never read)."""
+    count = 0
+    for meta in root.glob("*/meta.json"):
+        try:
+            count += json.loads(meta.read_text()).get("format", 1) < BANK_FORMAT
+        except (OSError, ValueError):
+            continue
+    return count
+
+
 class TrajectoryBank:
-    def __init__(self, frozen: FrozenModel, root: Path, concept_size: int, retain_size: int, progress: bool = True):
+    """Entries for every concept prompt and for the retain prompts `retain_used` (indices into
+    `retain_prompts`; all of them when None): a run builds only what it can draw."""
+
+    def __init__(self, frozen: FrozenModel, root: Path, concept_prompts: list[str], retain_prompts: list[str],
+                 concept_size: int, retain_size: int, seed: int = 0, retain_used: list[int] | None = None):
         self.frozen = frozen
         self.root = Path(root)
-        self.concept_size = concept_size
-        self.retain_size = retain_size
         # Read once: diffusers' `unet.dtype` walks every module, and the attack reads twice a step.
         self.unet_dtype = frozen.unet.dtype
         self.storage_dtype = np.float32 if self.unet_dtype == torch.float32 else np.float16
+        self.seed = seed
         base = {
             "format": BANK_FORMAT, "unet": unet_fingerprint(frozen.unet), "uncond": _tensor_hash(frozen.uncond),
             "guidance": frozen.guidance, "steps": frozen.ddim_steps, "latent": list(frozen.latent_shape),
             "schedule": _tensor_hash(frozen.scheduler.alphas_cumprod), "dtype": np.dtype(self.storage_dtype).name,
+            "seed": seed,
         }
-        self.concepts = [self._entry(base, c, concept_size, 2, progress) for c in frozen.concept_conds.split(1)]
-        self.retain = [self._entry(base, c, retain_size, 1, progress) for c in frozen.retain_conds.split(1)]
-        self.built_now = 0
+        self.concepts = [
+            self._entry(base, cond, text, concept_size, 2) for cond, text in zip(frozen.concept_conds.split(1), concept_prompts)
+        ]
+        used = range(len(retain_prompts)) if retain_used is None else retain_used
+        self.retain = {i: self._entry(base, frozen.retain_conds[i : i + 1], retain_prompts[i], retain_size, 1) for i in used}
 
-    def _entry(self, base: dict, cond: torch.Tensor, size: int, preds: int, progress: bool) -> dict:
+    def _entry(self, base: dict, cond: torch.Tensor, text: str, size: int, preds: int) -> dict:
         key = hashlib.sha256(json.dumps({**base, "cond": _tensor_hash(cond), "size": size}).encode()).hexdigest()[:24]
-        return {"key": key, "cond": cond, "size": size, "preds": preds, "folder": self.root / key}
+        return {"key": key, "cond": cond, "text": text, "size": size, "preds": preds, "folder": self.root / key}
+
+    def entries(self) -> list[dict]:
+        return self.concepts + list(self.retain.values())
 
     def missing(self) -> list[dict]:
-        return [e for e in self.concepts + self.retain if not (e["folder"] / "meta.json").is_file()]
+        return [e for e in self.entries() if not (e["folder"] / "meta.json").is_file()]
 
     def build(self, progress: bool = True, batch_prompts: int = 16) -> int:
         """Compute every missing entry, several prompts per UNet call; returns how many were built."""
         todo = self.missing()
+        if todo and self.root.is_dir() and (old := older_entries(self.root)):
+            tqdm.write(
+                f"trajectory bank: {old} entries in {self.root} are from an earlier advunlearn that paired z_t with "
+                "the wrong timestep; they are not used (delete them to free the space) and new ones are built"
+            )
         with tqdm(total=len(todo), desc="trajectory bank", unit="prompt", disable=not progress or not todo) as bar:
-            for kind in (self.concepts, self.retain):
+            for kind in (self.concepts, list(self.retain.values())):
                 group = [e for e in todo if e in kind]
                 for i in range(0, len(group), batch_prompts):
                     self._build_entries(group[i : i + batch_prompts])
@@ -87,24 +121,30 @@ class TrajectoryBank:
         self._open()
         return len(todo)
 
+    def entry_noise_and_timesteps(self, entry: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The entry's starting noise [size, *latent] and its timestep for every (trajectory, k)."""
+        f = self.frozen
+        K, T = f.ddim_steps, f.train_timesteps
+        generator = torch.Generator().manual_seed(_seed("bank", self.seed, entry["text"], entry["size"]))
+        noise = torch.randn((entry["size"], *f.latent_shape), generator=generator)
+        steps = torch.tensor([[draw_timestep(generator, k, K, T) for k in range(K)] for _ in range(entry["size"])])
+        return noise, steps
+
     @torch.no_grad()
     def _build_entries(self, entries: list[dict]) -> None:
         """Entries of one kind (same size and predictions) in batched rollouts."""
         f = self.frozen
-        K, T = f.ddim_steps, f.train_timesteps
+        K = f.ddim_steps
         size, preds = entries[0]["size"], entries[0]["preds"]
-        noises, steps = [], []
-        for entry in entries:  # each entry's own seed: its content never depends on the batching
-            generator = torch.Generator().manual_seed(int(entry["key"][:12], 16))
-            noises.append(torch.randn((size, *f.latent_shape), generator=generator))
-            steps.append(torch.tensor([[draw_timestep(generator, k, K, T) for k in range(K)] for _ in range(size)]))
+        drawn = [self.entry_noise_and_timesteps(e) for e in entries]  # each entry's own: independent of the batching
         n = len(entries) * size
-        noise = torch.cat(noises).to(f.uncond.device, f.unet.dtype)
+        noise = torch.cat([d[0] for d in drawn]).to(f.uncond.device, f.unet.dtype)
         cond = torch.cat([e["cond"].expand(size, -1, -1) for e in entries])
-        f.meter.add("bank", 2 * n * (K - 1))
-        latents = torch.stack(list(rollout_steps(f.unet, f.scheduler, cond, f.uncond, noise, K - 1, f.guidance)), 1)
+        f.meter.add("bank", 2 * n * K)
+        walk = list(rollout_steps(f.unet, f.scheduler, cond, f.uncond, noise, K, f.guidance))
+        latents = torch.stack([walk[walk_steps(k, K)] for k in range(K)], 1)  # [n, K, *latent]
         z = latents.reshape(n * K, *f.latent_shape)
-        t = torch.cat(steps).reshape(-1).to(z.device)
+        t = torch.cat([d[1] for d in drawn]).reshape(-1).to(z.device)
         per_latent = cond.repeat_interleave(K, 0)
         targets = [f.uncond.expand(n * K, -1, -1), per_latent] if preds == 2 else [per_latent]
         predictions = []
@@ -117,12 +157,12 @@ class TrajectoryBank:
         for j, entry in enumerate(entries):
             with atomic_dir(entry["folder"]) as tmp:
                 np.save(tmp / "z.npy", latents[j].cpu().float().numpy().astype(self.storage_dtype))
-                np.save(tmp / "t.npy", steps[j].numpy())
+                np.save(tmp / "t.npy", drawn[j][1].numpy())
                 np.save(tmp / "e.npy", stacked[j].cpu().float().numpy().astype(self.storage_dtype))
-                (tmp / "meta.json").write_text(json.dumps({"size": size, "steps": K, "preds": preds}))
+                (tmp / "meta.json").write_text(json.dumps({"format": BANK_FORMAT, "size": size, "steps": K, "preds": preds}))
 
     def _open(self) -> None:
-        for e in self.concepts + self.retain:
+        for e in self.entries():
             e["z"] = np.load(e["folder"] / "z.npy", mmap_mode="r")
             e["t"] = np.load(e["folder"] / "t.npy")
             e["e"] = np.load(e["folder"] / "e.npy", mmap_mode="r")
@@ -147,4 +187,3 @@ class TrajectoryBank:
         z = torch.stack([z_p] + [p[1] for p in picks])
         e_r = torch.stack([p[2][0] for p in picks])
         return DefenderDraw(t, z, e_p[0:1], e_p[1:2], e_r)
-

@@ -58,10 +58,17 @@ def text_encoder_parameters(
     return chosen
 
 
+# The authors' ESD-u set ('noxattn') also leaves out the time embedding and the output layers
+# (`time_embed`, `out.` in CompVis names; diffusers calls them time_embedding, conv_norm_out, conv_out).
+NOT_IN_ESD_U = ("time_embedding.", "conv_norm_out.", "conv_out.")
+
+
 def unet_parameters(unet, target: str) -> dict[str, torch.nn.Parameter]:
-    """ESD-x (cross-attention, `attn2`) or ESD-u (everything else) UNet parameter sets."""
-    cross = target == "unet-xattn"
-    return {n: p for n, p in unet.named_parameters() if (".attn2." in n) == cross}
+    """ESD-x (cross-attention, `attn2`) or ESD-u (everything else but the time embedding and the
+    output layers) UNet parameter sets."""
+    if target == "unet-xattn":
+        return {n: p for n, p in unet.named_parameters() if ".attn2." in n}
+    return {n: p for n, p in unet.named_parameters() if ".attn2." not in n and not n.startswith(NOT_IN_ESD_U)}
 
 
 def freeze_all_but(module: torch.nn.Module, trainable: dict[str, torch.nn.Parameter]) -> None:

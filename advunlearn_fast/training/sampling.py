@@ -1,14 +1,15 @@
-"""How the frozen diffusion model produces z_t and noise predictions.
+"""What each training iteration draws: retain prompts, a DDIM index k, a timestep t, the
+latent z_t and the frozen model's predictions there.
 
-The algorithm (losses, attack, schedule) never touches a scheduler: it asks a
-trajectory source for a DDIM step index k, training timesteps t, partially
-denoised latents z_t and the frozen model's predictions there. `FreshRollouts`
-runs the rollouts every time (the authors' structure); `bank.TrajectoryBank`
-reads them from a cache built once.
+The algorithm (losses, attack, schedule) never touches a scheduler: it asks a trajectory
+source for (t, z_t, predictions). `FreshRollouts` runs the rollouts every time (the authors'
+structure); `bank.TrajectoryBank` reads them from a cache built once. Both pair z_t with t
+as the authors' sampler does (`walk_steps`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -31,11 +32,41 @@ def draw_timestep(generator: torch.Generator, k: int, ddim_steps: int, train_tim
     return int(torch.randint(low, high, (1,), generator=generator))
 
 
+def walk_steps(k: int, ddim_steps: int) -> int:
+    """How many DDIM steps produce z_t for DDIM index k. The authors' sampler walks the indices
+    K-1, K-2, ..., 0 from noise and stops right after index k-1 (for k = 0 it runs all K), so z
+    ends near timestep (k-2)*T/K, next to t in [k*T/K, (k+1)*T/K): small k, a nearly clean
+    latent. (Running the first k steps instead pairs pure noise with t near 0.)"""
+    return ddim_steps if k == 0 else ddim_steps - k + 1
+
+
+def retain_indices(seed: int, iteration: int, count: int, batch: int) -> torch.Tensor:
+    """The retain prompts of one iteration, as the authors' loader draws them: without
+    replacement in a random order until fewer than `batch` are left unseen, then from a new
+    order. A pure function of (seed, iteration): a resumed run needs no state for it, and a run
+    knows beforehand which prompts it will use."""
+    per_pass = count // batch
+    rounds, slot = divmod(iteration, per_pass)
+    digest = hashlib.sha256(f"retain order {seed} {rounds}".encode()).hexdigest()
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(int(digest[:15], 16)))
+    return order[slot * batch : (slot + 1) * batch]
+
+
+def retain_prompts_used(seed: int, iterations: int, count: int, batch: int) -> list[int]:
+    """Every retain prompt that iterations 0 .. iterations-1 draw, sorted."""
+    used: set[int] = set()
+    for iteration in range(iterations):
+        used.update(retain_indices(seed, iteration, count, batch).tolist())
+        if len(used) == count:
+            break
+    return sorted(used)
+
+
 @dataclass
 class FrozenModel:
     """The original model's pieces that every trajectory source needs."""
 
-    unet: torch.nn.Module
+    unet: torch.nn.Module  # the original UNet: rollouts and targets
     scheduler: DDIMScheduler
     uncond: torch.Tensor  # [1, L, D]
     concept_conds: torch.Tensor  # [C, L, D]
@@ -52,10 +83,13 @@ class FrozenModel:
     def train_timesteps(self) -> int:
         return self.scheduler.config.num_train_timesteps
 
-    def rollout(self, cond, k: int, generator) -> torch.Tensor:
+    def rollout(self, cond, k: int, generator, unet=None) -> torch.Tensor:
+        """z_t for DDIM index k from fresh noise, guided toward `cond`; by the original UNet
+        unless another (the one being trained, in the UNet ablations) is given."""
         noise = draw_noise(generator, cond.shape[0], self.latent_shape, cond.device, self.unet.dtype)
-        self.meter.add("rollout", 2 * cond.shape[0] * k)
-        return partial_rollout(self.unet, self.scheduler, cond, self.uncond, noise, k, self.guidance)
+        steps = walk_steps(k, self.ddim_steps)
+        self.meter.add("rollout", 2 * cond.shape[0] * steps)
+        return partial_rollout(unet or self.unet, self.scheduler, cond, self.uncond, noise, steps, self.guidance)
 
     @torch.no_grad()
     def predict(self, z, t, cond) -> torch.Tensor:
@@ -73,16 +107,19 @@ class DefenderDraw:
 
 
 class FreshRollouts:
-    """A new guided rollout for every draw, as the reference code does."""
+    """A new guided rollout for every draw, as the reference code does. `rollout_unet`: the UNet
+    that rolls z_t out when it is not the original (the authors roll out with the UNet being
+    trained in the UNet ablations)."""
 
-    def __init__(self, frozen: FrozenModel):
+    def __init__(self, frozen: FrozenModel, rollout_unet=None):
         self.frozen = frozen
+        self.rollout_unet = rollout_unet
 
     def attack_draw(self, concept: int, generator):
         f = self.frozen
         k, t = draw_step_and_timestep(generator, f.ddim_steps, f.train_timesteps)
         cond = f.concept_conds[concept : concept + 1]
-        z = f.rollout(cond, k, generator)
+        z = f.rollout(cond, k, generator, self.rollout_unet)
         return torch.tensor([t]), z, f.predict(z, t, cond)
 
     def defender_draw(self, concept: int, retain: torch.Tensor, generator) -> DefenderDraw:
@@ -91,7 +128,7 @@ class FreshRollouts:
         k, t = draw_step_and_timestep(generator, f.ddim_steps, f.train_timesteps)
         c_p = f.concept_conds[concept : concept + 1]
         retain = to_device(retain, c_p.device)
-        z = f.rollout(torch.cat([c_p, f.retain_conds[retain]]), k, generator)
+        z = f.rollout(torch.cat([c_p, f.retain_conds[retain]]), k, generator, self.rollout_unet)
         e_0, e_p = f.predict(torch.cat([z[:1], z[:1]]), t, torch.cat([f.uncond, c_p])).chunk(2)
         e_r = f.predict(z[1:], t, f.retain_conds[retain])
         return DefenderDraw(torch.full((z.shape[0],), t), z, e_0, e_p, e_r)

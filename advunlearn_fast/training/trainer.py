@@ -53,7 +53,7 @@ from advunlearn_fast.training.layers import (
 from advunlearn_fast.training.losses import attack_loss, esd_target, retain_loss, total_loss, unlearn_loss
 from advunlearn_fast.training.optim import bitsandbytes_version, build_optimizer, resolve_optim
 from advunlearn_fast.training.runlog import IterationLog, plot_losses
-from advunlearn_fast.training.sampling import FreshRollouts, FrozenModel
+from advunlearn_fast.training.sampling import FreshRollouts, FrozenModel, retain_indices, retain_prompts_used
 from advunlearn_fast.transfer import to_device
 
 # Settings a resumed run may change; every other one must match the checkpoint.
@@ -61,6 +61,9 @@ RESUMABLE_CHANGES = {
     "iterations", "out", "resume", "device", "save_every", "bank_dir", "compile", "checkpointing", "cuda_graphs",
 }
 STATE_FILE = "training_state.pt"
+# 2: z_t paired with t as the authors' sampler does. A checkpoint without it was trained with the
+# wrong pairing, and continuing it would mix two algorithms.
+TRAINING_FORMAT = 2
 
 
 @dataclass
@@ -96,6 +99,13 @@ def unet_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def rollout_unet(cfg: TrainConfig, unet: torch.nn.Module):
+    """The UNet that rolls z_t out when it is not the original: in the UNet ablations the authors
+    roll out with the UNet being trained, and so does the reference engine. The fast engine rolls
+    out with the original (its bank cannot follow a UNet that changes)."""
+    return unet if cfg.train != "text-encoder" and cfg.engine == "reference" else None
+
+
 def build_setup(cfg: TrainConfig, progress: bool = False) -> Setup:
     device = resolve_device(cfg.device)
     parts = load_model(cfg.model, cfg.model_config)
@@ -126,7 +136,9 @@ def build_setup(cfg: TrainConfig, progress: bool = False) -> Setup:
     separate_copy = cfg.train != "text-encoder" or cfg.engine == "reference"
     unet = copy.deepcopy(unet_frozen) if separate_copy else unet_frozen
     if cfg.train == "text-encoder":
-        final_norm = cfg.final_norm if cfg.final_norm is not None else cfg.layers.strip().lower() == "all"
+        # The authors' text_encoder_full trains the final layer norm with component 'all' only.
+        every_part = cfg.layers.strip().lower() == "all" and cfg.component == "all"
+        final_norm = cfg.final_norm if cfg.final_norm is not None else every_part
         trainable = text_encoder_parameters(te, layer_indices, cfg.component, final_norm)
         trained = te
     else:
@@ -149,12 +161,18 @@ def build_setup(cfg: TrainConfig, progress: bool = False) -> Setup:
     )
     s = Setup(
         cfg=cfg, parts=parts, device=device, te=te, unet=unet, trained=trained, trainable=trainable,
-        frozen=frozen, source=FreshRollouts(frozen), meter=meter, concept_ids=concept_ids, layouts=layouts,
+        frozen=frozen, source=FreshRollouts(frozen, rollout_unet=rollout_unet(cfg, unet)), meter=meter,
+        concept_ids=concept_ids, layouts=layouts,
         retain_texts=retain_texts, retain_ids=retain_ids, layer_indices=layer_indices,
     )
     if cfg.engine == "fast" and cfg.bank:
         began = time.time()
-        bank = TrajectoryBank(frozen, Path(cfg.bank_dir).expanduser(), cfg.bank_size, cfg.retain_bank_size)
+        # Only the retain prompts this run will draw: a short run does not pay for the whole set.
+        used = retain_prompts_used(cfg.seed, cfg.iterations, len(retain_texts), cfg.retain_batch)
+        bank = TrajectoryBank(
+            frozen, Path(cfg.bank_dir).expanduser(), cfg.concepts, retain_texts, cfg.bank_size, cfg.retain_bank_size,
+            seed=cfg.bank_seed, retain_used=used,
+        )
         s.bank_built = bank.build(progress)
         s.bank_seconds = time.time() - began
         s.source = bank
@@ -242,12 +260,12 @@ def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.
     return candidates[best], losses[:, best].tolist(), losses[-1].tolist()
 
 
-def defender_step(s: Setup, concept: int, adv, optimizer, generator: torch.Generator) -> dict:
+def defender_step(s: Setup, step: int, concept: int, adv, optimizer, generator: torch.Generator) -> dict:
     """One Adam step on L_u (ESD target, adversarial or clean prompt) + gamma * L_r."""
     cfg = s.cfg
     # On the host: the bank reads one entry per chosen prompt, and reading GPU indices back would
     # wait for the GPU once per prompt.
-    chosen = torch.randperm(len(s.retain_texts), generator=generator)[: cfg.retain_batch]
+    chosen = retain_indices(cfg.seed, step, len(s.retain_texts), cfg.retain_batch)
     d = s.source.defender_draw(concept, chosen, generator)
     target = esd_target(d.e_uncond, d.e_concept, cfg.negative_guidance)
 
@@ -309,7 +327,7 @@ def train(cfg: TrainConfig, progress: bool = True, after_iteration: Callable[[di
             latest_adv[concept], attack_losses, candidates_end = run_attack(s, concept, adv_init, generator)
         adv = latest_adv.get(concept) if attacking else None
 
-        record = defender_step(s, concept, adv, optimizer, generator)
+        record = defender_step(s, step, concept, adv, optimizer, generator)
         record.update(
             step=step + 1, concept=cfg.concepts[concept], adversarial=adv is not None,
             attack_loss_start=attack_losses[0] if attack_losses else None,
@@ -398,6 +416,7 @@ def save_checkpoint(out: Path, step: int, s: Setup, optimizer, generator, latest
         torch.save(
             {
                 "step": step,
+                "training_format": TRAINING_FORMAT,
                 "config": s.cfg.to_dict(),
                 "optimizer": optimizer.state_dict(),
                 "generator": generator.get_state(),
@@ -416,6 +435,11 @@ def restore_checkpoint(folder: Path, s: Setup, optimizer, generator, latest_adv)
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as err:
         raise UserError(f"cannot read checkpoint {folder}: {str(err).splitlines()[0]}") from None
+    if state.get("training_format", 1) < TRAINING_FORMAT:
+        raise UserError(
+            f"--resume: {folder} was trained by an earlier advunlearn that paired z_t with the wrong timestep; "
+            "start a new run (another --out, without --resume)"
+        )
     # A checkpoint written before a setting existed ran with its default, and with torch's Adam.
     saved = {**TrainConfig().to_dict(), "optim": "adam", **state["config"]}
     changed = [k for k, v in s.cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved[k] != v]

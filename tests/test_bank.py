@@ -1,0 +1,112 @@
+"""The trajectory bank: what its key covers, what a build keeps, what later runs reuse."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import advunlearn_fast.training.bank as bank_module
+import advunlearn_fast.training.trainer as trainer
+from advunlearn_fast.training.bank import TrajectoryBank
+from advunlearn_fast.training.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def setup(sd_folder, tmp_path_factory):
+    cfg = TrainConfig(model=str(sd_folder), concepts=["church"], out="unused", ddim_steps=3, bank=False,
+                      retain_batch=2).validate()
+    return trainer.build_setup(cfg)
+
+
+def _bank(s, root, concepts=("church",), retain=(0, 1), seed=0, size=2, **frozen_changes):
+    frozen = dataclasses.replace(s.frozen, **frozen_changes)
+    return TrajectoryBank(frozen, root, list(concepts), s.retain_texts, size, 1, seed=seed, retain_used=list(retain))
+
+
+def _key(bank) -> str:
+    return bank.concepts[0]["key"]
+
+
+def test_key_changes_with_everything_the_entries_depend_on(setup, tmp_path):
+    s = setup
+    base = _key(_bank(s, tmp_path))
+    assert _key(_bank(s, tmp_path)) == base  # and nothing else
+    other_unet = type(s.frozen.unet).from_config(s.frozen.unet.config)
+    variants = {
+        "weights": _bank(s, tmp_path, unet=other_unet),
+        "prompt": _bank(s, tmp_path, concept_conds=s.frozen.retain_conds[:1]),
+        "guidance": _bank(s, tmp_path, guidance=s.frozen.guidance + 1),
+        "steps": _bank(s, tmp_path, scheduler=trainer.ddim_scheduler(s.parts.scheduler_config, 4)),
+        "size": _bank(s, tmp_path, latent_shape=(4, 16, 16)),
+    }
+    for name, bank in variants.items():
+        assert _key(bank) != base, name
+    assert _key(_bank(s, tmp_path, size=3)) != base
+    assert _key(_bank(s, tmp_path, seed=1)) != base
+
+
+def test_key_changes_with_the_format(setup, tmp_path, monkeypatch):
+    base = _key(_bank(setup, tmp_path))
+    monkeypatch.setattr(bank_module, "BANK_FORMAT", bank_module.BANK_FORMAT + 1)
+    assert _key(_bank(setup, tmp_path)) != base
+
+
+def test_bank_seed_changes_the_trajectories_not_the_prompt_text(setup, tmp_path):
+    a = _bank(setup, tmp_path / "a")
+    b = _bank(setup, tmp_path / "b", seed=1)
+    noise_a, _ = a.entry_noise_and_timesteps(a.concepts[0])
+    noise_b, _ = b.entry_noise_and_timesteps(b.concepts[0])
+    assert not torch.equal(noise_a, noise_b)
+    # Seeded by the text: conditionings rounded differently (another machine) draw the same noise.
+    nudged = dict(a.concepts[0], cond=a.concepts[0]["cond"] + 1e-7)
+    assert torch.equal(a.entry_noise_and_timesteps(nudged)[0], noise_a)
+
+
+def test_an_interrupted_build_keeps_its_finished_entries(setup, tmp_path, monkeypatch):
+    bank = _bank(setup, tmp_path, retain=(0, 1, 2))
+    real = TrajectoryBank._build_entries
+    built = []
+
+    def fail_on_retain(self, entries):
+        if entries[0]["preds"] == 1:
+            raise KeyboardInterrupt
+        built.extend(entries)
+        real(self, entries)
+
+    monkeypatch.setattr(TrajectoryBank, "_build_entries", fail_on_retain)
+    with pytest.raises(KeyboardInterrupt):
+        bank.build(progress=False)
+    monkeypatch.setattr(TrajectoryBank, "_build_entries", real)
+    assert len(built) == 1 and (built[0]["folder"] / "meta.json").is_file()
+    assert not any(e["folder"].exists() for e in bank.retain.values())
+    again = _bank(setup, tmp_path, retain=(0, 1, 2))
+    assert [e["key"] for e in again.missing()] == [e["key"] for e in again.retain.values()]
+    assert again.build(progress=False) == 3
+
+
+def test_retain_entries_are_reused_across_concepts(setup, tmp_path):
+    first = _bank(setup, tmp_path, concepts=("church",))
+    assert first.build(progress=False) == 1 + 2
+    z = np.array(first.retain[0]["z"])
+    second = _bank(setup, tmp_path, concepts=("another concept",), concept_conds=setup.frozen.retain_conds[5:6])
+    assert second.build(progress=False) == 1  # only the new concept
+    assert np.array_equal(np.array(second.retain[0]["z"]), z)
+
+
+def test_only_the_retain_prompts_a_run_draws_are_built(setup, tmp_path):
+    bank = _bank(setup, tmp_path, retain=(3, 7))
+    assert sorted(bank.retain) == [3, 7]
+    assert bank.build(progress=False) == 3
+
+
+def test_entries_of_an_older_format_are_named_and_never_read(setup, tmp_path, capsys):
+    old = tmp_path / "0123456789abcdef01234567"
+    old.mkdir(parents=True)
+    (old / "meta.json").write_text(json.dumps({"size": 2, "steps": 3, "preds": 2}))  # format 1 had no field
+    bank = _bank(setup, tmp_path)
+    assert all(e["folder"] != old for e in bank.entries())
+    bank.build(progress=False)
+    err = capsys.readouterr().out + capsys.readouterr().err
+    assert "1 entries" in err and "wrong timestep" in err and str(tmp_path) in err
