@@ -190,6 +190,24 @@ def attack(quiet, **values):
     )
 
 
+@cli.command("export")
+@click.option("--model", required=True, help="the SD v1.x model the encoder was erased from: diffusers folder, "
+              "single-file checkpoint, hub id or 'tiny'")
+@click.option("--model-config", default=None, help="diffusers folder with the configs of a single-file --model")
+@click.option("--encoder", required=True, help="erased text encoder: train run folder, text-encoder folder or .pt state dict")
+@click.option("--format", "format_", required=True, help="diffusers (pipeline folder), single-file (.safetensors, "
+              "CompVis layout, for web UIs) or authors-pt (the AdvUnlearn authors' .pt)")
+@click.option("--out", required=True, help="new folder (diffusers) or file (.safetensors, .pt); never overwritten")
+@click.option("--dtype", default=None, help="fp16, bf16 or fp32 [default: the precision the model stores its text encoder in]")
+def export_command(model, model_config, encoder, format_, out, dtype):
+    """Put an erased encoder back into the files people load: a diffusers pipeline, a single-file
+    SD v1.x checkpoint, or the authors' .pt."""
+    from advunlearn_fast.export.exporter import ExportSettings, export
+
+    written = export(ExportSettings(model, encoder, format_, out, dtype, model_config))
+    click.echo(f"done: {written} ({format_})")
+
+
 @cli.command()
 @click.option("--concept", default="red", show_default=True, help="world concept to erase: a colour, shape or texture")
 @click.option("--out", default="advunlearn-demo", show_default=True, help="folder for the runs, attack reports, demo.json and demo.png")
