@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
@@ -146,9 +147,11 @@ def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, 
 @_device_option
 def eval_command(quiet, **values):
     """Utility: CLIP score and FID of images generated with an encoder plugged in (world accuracy on the concept world)."""
-    from advunlearn_fast.evaluation.utility import EvalSettings, run_eval
+    from advunlearn_fast.evaluation.utility import EVAL_FILE, EvalSettings, run_eval
+    from advunlearn_fast.training.modelcard import record_evaluation
 
     result = run_eval(EvalSettings(**values), progress=not quiet)
+    record_evaluation(values["encoder"], Path(values["out"]) / EVAL_FILE)
     metrics = result["metrics"]
     shown = [f"n {result['n']}"] + [f"{k.replace('_', ' ')} {v:.4g}" for k, v in metrics.items() if k != "world_accuracy"]
     shown += [f"{a} accuracy {v['accuracy']:.3g}" for a, v in metrics.get("world_accuracy", {}).items()]
@@ -181,13 +184,33 @@ def eval_command(quiet, **values):
 @_device_option
 def attack(quiet, **values):
     """Robustness: pre-ASR and ASR of an (unlearned) encoder under UnlearnDiffAtk or the soft-prompt attack."""
-    from advunlearn_fast.evaluation.robustness import resolve_attack_settings, run_evaluation
+    from advunlearn_fast.evaluation.robustness import REPORT, resolve_attack_settings, run_evaluation
+    from advunlearn_fast.training.modelcard import record_evaluation
 
     settings = resolve_attack_settings(**values)
     report = run_evaluation(settings, progress=not quiet)
+    record_evaluation(settings.encoder, Path(settings.out) / REPORT)
     click.echo(
         f"done: {settings.out}/report.json (n {report['n']}, pre-ASR {report['pre_asr']:.3f}, ASR {report['asr']:.3f})"
     )
+
+
+@cli.command("export")
+@click.option("--model", required=True, help="the SD v1.x model the encoder was erased from: diffusers folder, "
+              "single-file checkpoint, hub id or 'tiny'")
+@click.option("--model-config", default=None, help="diffusers folder with the configs of a single-file --model")
+@click.option("--encoder", required=True, help="erased text encoder: train run folder, text-encoder folder or .pt state dict")
+@click.option("--format", "format_", required=True, help="diffusers (pipeline folder), single-file (.safetensors, "
+              "CompVis layout, for web UIs) or authors-pt (the AdvUnlearn authors' .pt)")
+@click.option("--out", required=True, help="new folder (diffusers) or file (.safetensors, .pt); never overwritten")
+@click.option("--dtype", default=None, help="fp16, bf16 or fp32 [default: the precision the model stores its text encoder in]")
+def export_command(model, model_config, encoder, format_, out, dtype):
+    """Put an erased encoder back into the files people load: a diffusers pipeline, a single-file
+    SD v1.x checkpoint, or the authors' .pt."""
+    from advunlearn_fast.export.exporter import ExportSettings, export
+
+    written = export(ExportSettings(model, encoder, format_, out, dtype, model_config))
+    click.echo(f"done: {written} ({format_})")
 
 
 @cli.command()

@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Each part of the code may import its own part and the parts of lower rank, never higher:
 # the CLI sits above the engine, the kernels import nothing of it.
-RANKS = {"kernels": 0, "core": 1, "models": 2, "training": 3, "world": 3, "evaluation": 4, "demo": 5, "cli": 6}
+RANKS = {
+    "kernels": 0, "core": 1, "models": 2, "training": 3, "world": 3, "evaluation": 4, "demo": 5, "export": 5, "cli": 6,
+}
 
 
 def part_of_file(path: Path) -> str:
@@ -21,7 +23,7 @@ def part_of_file(path: Path) -> str:
     if rel[0] in ("kernels", "cli"):
         return rel[0]
     inner = rel[1]
-    if inner in ("models", "training", "evaluation", "world"):
+    if inner in ("models", "training", "evaluation", "world", "export"):
         return inner
     return "demo" if inner == "demo.py" else "core"
 
@@ -32,7 +34,7 @@ def part_of_module(name: str) -> str | None:
         return None
     if len(parts) == 1:
         return "core"
-    if parts[1] in ("kernels", "cli", "models", "training", "evaluation", "world"):
+    if parts[1] in ("kernels", "cli", "models", "training", "evaluation", "world", "export"):
         return parts[1]
     return "demo" if parts[1] == "demo" else "core"
 

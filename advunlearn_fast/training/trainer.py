@@ -51,6 +51,7 @@ from advunlearn_fast.training.layers import (
     unet_parameters,
 )
 from advunlearn_fast.training.losses import attack_loss, esd_target, retain_loss, total_loss, unlearn_loss
+from advunlearn_fast.training.modelcard import write_model_card
 from advunlearn_fast.training.optim import bitsandbytes_version, build_optimizer, resolve_optim
 from advunlearn_fast.training.runlog import IterationLog, plot_losses
 from advunlearn_fast.training.sampling import FreshRollouts, FrozenModel, retain_indices, retain_prompts_used
@@ -353,6 +354,7 @@ def train(cfg: TrainConfig, progress: bool = True, after_iteration: Callable[[di
     summary["seconds"] = round(time.time() - began, 3)
     summary["final"] = {k: records[-1][k] for k in ("loss", "unlearn_loss", "retain_loss")} if records else None
     write_json_atomic(out / "run.json", summary)
+    write_model_card(out)
     return summary
 
 
