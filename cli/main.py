@@ -64,14 +64,25 @@ class BadInput(click.ClickException):
         click.echo(f"advunlearn: error: {self.message}", err=True)
 
 
+class EngineCommand(click.Command):
+    """A command that runs the engine: the libraries' chatter is quieted only then, so that
+    --help and argument errors never import them (seconds of torch, diffusers, transformers)."""
+
+    def invoke(self, ctx):
+        quiet_libraries()
+        return super().invoke(ctx)
+
+
 class AdvUnlearnGroup(click.Group):
+    command_class = EngineCommand
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as err:
             raise BadInput(str(err)) from None
-        except KeyboardInterrupt:
-            click.echo("advunlearn: interrupted; continue from the last checkpoint with --resume", err=True)
+        except KeyboardInterrupt as err:
+            click.echo(f"advunlearn: interrupted{'; ' + str(err) if str(err) else ''}", err=True)
             ctx.exit(130)
 
 
@@ -79,7 +90,6 @@ class AdvUnlearnGroup(click.Group):
 @click.version_option(package_name="advunlearn")
 def cli():
     """Robust concept erasure (AdvUnlearn) for Stable Diffusion v1.x."""
-    quiet_libraries()
 
 
 @cli.command()
@@ -181,7 +191,10 @@ def eval_command(quiet, **values):
 @_device_option
 def attack(quiet, **values):
     """Robustness: pre-ASR and ASR of an (unlearned) encoder under UnlearnDiffAtk or the soft-prompt attack."""
-    from advunlearn_fast.evaluation.robustness import resolve_attack_settings, run_evaluation
+    from advunlearn_fast.evaluation.robustness import (
+        resolve_attack_settings,
+        run_evaluation,
+    )
 
     settings = resolve_attack_settings(**values)
     report = run_evaluation(settings, progress=not quiet)
