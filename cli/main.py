@@ -65,14 +65,25 @@ class BadInput(click.ClickException):
         click.echo(f"advunlearn: error: {self.message}", err=True)
 
 
+class EngineCommand(click.Command):
+    """A command that runs the engine: the libraries' chatter is quieted only then, so that
+    --help and argument errors never import them (seconds of torch, diffusers, transformers)."""
+
+    def invoke(self, ctx):
+        quiet_libraries()
+        return super().invoke(ctx)
+
+
 class AdvUnlearnGroup(click.Group):
+    command_class = EngineCommand
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as err:
             raise BadInput(str(err)) from None
-        except KeyboardInterrupt:
-            click.echo("advunlearn: interrupted; continue from the last checkpoint with --resume", err=True)
+        except KeyboardInterrupt as err:
+            click.echo(f"advunlearn: interrupted{'; ' + str(err) if str(err) else ''}", err=True)
             ctx.exit(130)
 
 
@@ -80,7 +91,6 @@ class AdvUnlearnGroup(click.Group):
 @click.version_option(package_name="advunlearn")
 def cli():
     """Robust concept erasure (AdvUnlearn) for Stable Diffusion v1.x."""
-    quiet_libraries()
 
 
 @cli.command()

@@ -22,7 +22,7 @@ def trained(sd_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
     result = run_cli(
         "train", "--model", sd_folder, "--concept", "Van Gogh", "--layers", "1", "--out", out,
-        "--iterations", 3, "--warmup", 1, "--save-every", 2, *FAST_ARGS,
+        "--iterations", 3, "--warmup", 1, "--save-every", 2, "--bank", *FAST_ARGS,
     )
     assert result.exit_code == 0, result.output
     return out
