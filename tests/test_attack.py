@@ -2,11 +2,7 @@ import pytest
 import torch
 
 from advunlearn_fast.models.diffusion import predict_noise
-from advunlearn_fast.training.attack import (
-    random_token_embeddings,
-    soft_prompt_attack,
-    with_gradient,
-)
+from advunlearn_fast.training.attack import random_token_embeddings, soft_prompt_attack, with_gradient
 from advunlearn_fast.training.config import TrainConfig
 from advunlearn_fast.training.losses import attack_loss
 from advunlearn_fast.training.trainer import build_setup, concept_condition

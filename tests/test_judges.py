@@ -5,11 +5,7 @@ import pytest
 import torch
 
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.evaluation.judges import (
-    NUDENET_CLASSES,
-    NUDENET_THRESHOLD,
-    make_judge,
-)
+from advunlearn_fast.evaluation.judges import NUDENET_CLASSES, NUDENET_THRESHOLD, make_judge
 
 
 @pytest.fixture
@@ -95,10 +91,7 @@ def controlled_clip(tmp_path):
 
     from advunlearn_fast.evaluation.clip_local import load_clip
     from advunlearn_fast.evaluation.generation import to_pil
-    from advunlearn_fast.evaluation.judges import (
-        CLIP_CONCEPT_TEMPLATE,
-        CLIP_NEUTRAL_TEXT,
-    )
+    from advunlearn_fast.evaluation.judges import CLIP_CONCEPT_TEMPLATE, CLIP_NEUTRAL_TEXT
 
     folder = save_tiny_clip(tmp_path / "clip")
     clip = load_clip(folder, "test")

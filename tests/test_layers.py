@@ -2,11 +2,7 @@ import pytest
 
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.models.tiny import build_tiny_model
-from advunlearn_fast.training.layers import (
-    parse_layer_spec,
-    text_encoder_parameters,
-    unet_parameters,
-)
+from advunlearn_fast.training.layers import parse_layer_spec, text_encoder_parameters, unet_parameters
 
 
 @pytest.mark.parametrize(

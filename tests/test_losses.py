@@ -1,13 +1,7 @@
 import pytest
 import torch
 
-from advunlearn_fast.training.losses import (
-    attack_loss,
-    esd_target,
-    retain_loss,
-    total_loss,
-    unlearn_loss,
-)
+from advunlearn_fast.training.losses import attack_loss, esd_target, retain_loss, total_loss, unlearn_loss
 
 
 def test_esd_target_by_hand():

@@ -9,22 +9,9 @@ import torch
 from weights import save_random_inception
 
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.evaluation.fid_inception import (
-    FIDInception,
-    load_fid_inception,
-    resize_bilinear_tf1,
-)
-from advunlearn_fast.evaluation.metrics import (
-    clip_scores,
-    fid,
-    frechet_distance,
-    gaussian_statistics,
-)
-from advunlearn_fast.evaluation.resnet50 import (
-    ResNet50,
-    imagenet_preprocess,
-    load_resnet50,
-)
+from advunlearn_fast.evaluation.fid_inception import FIDInception, load_fid_inception, resize_bilinear_tf1
+from advunlearn_fast.evaluation.metrics import clip_scores, fid, frechet_distance, gaussian_statistics
+from advunlearn_fast.evaluation.resnet50 import ResNet50, imagenet_preprocess, load_resnet50
 
 
 def test_clip_score_is_100_times_the_cosine_clamped_at_zero():

@@ -1,11 +1,6 @@
 import torch
 
-from advunlearn_fast.models.text_encoding import (
-    encode_hidden,
-    encode_ids,
-    position_table,
-    token_table,
-)
+from advunlearn_fast.models.text_encoding import encode_hidden, encode_ids, position_table, token_table
 from advunlearn_fast.models.tiny import build_tiny_model
 
 

@@ -1,11 +1,7 @@
 import torch
 from diffusers import DDIMScheduler
 
-from advunlearn_fast.evaluation.generation import (
-    build_pipeline,
-    encode_images,
-    generate,
-)
+from advunlearn_fast.evaluation.generation import build_pipeline, encode_images, generate
 from advunlearn_fast.evaluation.unlearndiffatk import (
     attack_timesteps,
     diffusion_classifier_loss,
@@ -15,12 +11,7 @@ from advunlearn_fast.evaluation.unlearndiffatk import (
     unlearndiffatk,
 )
 from advunlearn_fast.models.diffusion import draw_noise
-from advunlearn_fast.models.insertion import (
-    SpecialTokens,
-    build_layout,
-    prompt_words,
-    stack_layouts,
-)
+from advunlearn_fast.models.insertion import SpecialTokens, build_layout, prompt_words, stack_layouts
 from advunlearn_fast.models.text_encoding import adversarial_condition, token_table
 
 

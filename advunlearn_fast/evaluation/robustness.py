@@ -20,11 +20,7 @@ import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
-from advunlearn_fast.device import (
-    kernel_backend,
-    limit_threads_for_small_model,
-    resolve_device,
-)
+from advunlearn_fast.device import kernel_backend, limit_threads_for_small_model, resolve_device
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.evaluation.generation import (
     Pipeline,
@@ -48,12 +44,7 @@ from advunlearn_fast.evaluation.unlearndiffatk import (
     unlearndiffatk,
 )
 from advunlearn_fast.models.diffusion import draw_noise
-from advunlearn_fast.models.insertion import (
-    SpecialTokens,
-    build_layout,
-    prompt_words,
-    stack_layouts,
-)
+from advunlearn_fast.models.insertion import SpecialTokens, build_layout, prompt_words, stack_layouts
 from advunlearn_fast.models.text_encoding import adversarial_condition, token_table
 from advunlearn_fast.outputs import write_json_atomic
 from advunlearn_fast.prompts import concept_name

@@ -21,11 +21,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from advunlearn_fast.kernels import (
-    adversarial_adam_step_,
-    onehot_embedding,
-    project_simplex,
-)
+from advunlearn_fast.kernels import adversarial_adam_step_, onehot_embedding, project_simplex
 from advunlearn_fast.models.diffusion import predict_noise
 
 WEIGHT_DECAY = 0.1

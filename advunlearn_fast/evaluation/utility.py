@@ -26,12 +26,7 @@ from tqdm.auto import tqdm
 
 from advunlearn_fast.device import limit_threads_for_small_model, resolve_device
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.evaluation.fid_inception import (
-    FEATURES,
-    WEIGHTS_FILE,
-    FIDInception,
-    load_fid_inception,
-)
+from advunlearn_fast.evaluation.fid_inception import FEATURES, WEIGHTS_FILE, FIDInception, load_fid_inception
 from advunlearn_fast.evaluation.generation import (
     build_pipeline,
     check_generation_args,

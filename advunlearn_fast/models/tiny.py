@@ -13,12 +13,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from advunlearn_fast.models.vocab import build_clip_tokenizer
-from advunlearn_fast.prompts import (
-    RELATED_TERMS,
-    RETAIN_OBJECTS,
-    RETAIN_SCENES,
-    RETAIN_TEMPLATES,
-)
+from advunlearn_fast.prompts import RELATED_TERMS, RETAIN_OBJECTS, RETAIN_SCENES, RETAIN_TEMPLATES
 
 TINY_WIDTH = 32
 TINY_LAYERS = 12

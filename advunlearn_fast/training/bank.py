@@ -32,12 +32,7 @@ from tqdm.auto import tqdm
 from advunlearn_fast.errors import notice
 from advunlearn_fast.models.diffusion import predict_noise, rollout_steps
 from advunlearn_fast.outputs import atomic_dir
-from advunlearn_fast.training.sampling import (
-    DefenderDraw,
-    FrozenModel,
-    draw_timestep,
-    walk_steps,
-)
+from advunlearn_fast.training.sampling import DefenderDraw, FrozenModel, draw_timestep, walk_steps
 from advunlearn_fast.transfer import to_device
 
 # 2: z_t for index k is where the authors' walk from noise ends for k. Format 1 held the latent

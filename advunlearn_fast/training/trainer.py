@@ -23,21 +23,12 @@ import torch
 from tqdm.auto import tqdm
 
 from advunlearn_fast import __version__
-from advunlearn_fast.device import (
-    kernel_backend,
-    limit_threads_for_small_model,
-    resolve_device,
-)
+from advunlearn_fast.device import kernel_backend, limit_threads_for_small_model, resolve_device
 from advunlearn_fast.errors import Interrupted, UserError, notice
 from advunlearn_fast.models.diffusion import ddim_scheduler, predict_noise
 from advunlearn_fast.models.insertion import SpecialTokens, build_layout, prompt_words
 from advunlearn_fast.models.loading import ModelParts, load_model
-from advunlearn_fast.models.text_encoding import (
-    adversarial_condition,
-    encode_ids,
-    token_table,
-    tokenize,
-)
+from advunlearn_fast.models.text_encoding import adversarial_condition, encode_ids, token_table, tokenize
 from advunlearn_fast.outputs import (
     atomic_dir,
     load_module_weights,
@@ -47,23 +38,11 @@ from advunlearn_fast.outputs import (
     write_unet,
 )
 from advunlearn_fast.prompts import retain_prompts
-from advunlearn_fast.training.acceleration import (
-    compile_models,
-    enable_activation_checkpointing,
-    uses_cuda_graphs,
-)
-from advunlearn_fast.training.attack import (
-    random_token_embeddings,
-    soft_prompt_attack,
-    with_gradient,
-)
+from advunlearn_fast.training.acceleration import compile_models, enable_activation_checkpointing, uses_cuda_graphs
+from advunlearn_fast.training.attack import random_token_embeddings, soft_prompt_attack, with_gradient
 from advunlearn_fast.training.bank import TrajectoryBank
 from advunlearn_fast.training.config import TrainConfig
-from advunlearn_fast.training.costs import (
-    CostMeter,
-    bank_build_cost,
-    fresh_rollout_cost,
-)
+from advunlearn_fast.training.costs import CostMeter, bank_build_cost, fresh_rollout_cost
 from advunlearn_fast.training.graphs import CudaRecorder, GraphedStep
 from advunlearn_fast.training.layers import (
     freeze_all_but,
@@ -76,12 +55,7 @@ from advunlearn_fast.training.losses import attack_loss, esd_target, retain_loss
 from advunlearn_fast.training.modelcard import write_model_card
 from advunlearn_fast.training.optim import bitsandbytes_version, build_optimizer, resolve_optim
 from advunlearn_fast.training.runlog import IterationLog, plot_losses
-from advunlearn_fast.training.sampling import (
-    FreshRollouts,
-    FrozenModel,
-    retain_indices,
-    retain_prompts_used,
-)
+from advunlearn_fast.training.sampling import FreshRollouts, FrozenModel, retain_indices, retain_prompts_used
 from advunlearn_fast.transfer import to_device
 
 # Settings a resumed run may change; every other one must match the checkpoint.

@@ -41,15 +41,7 @@ from advunlearn_fast.world.model import (
     build_train_scheduler,
     build_unet,
 )
-from advunlearn_fast.world.render import (
-    COLOURS,
-    IMAGE_SIZE,
-    SHAPES,
-    TEXTURES,
-    Scene,
-    random_scenes,
-    render,
-)
+from advunlearn_fast.world.render import COLOURS, IMAGE_SIZE, SHAPES, TEXTURES, Scene, random_scenes, render
 
 
 @dataclass

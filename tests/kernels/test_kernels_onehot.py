@@ -1,10 +1,6 @@
 import pytest
 import torch
-from advunlearn_fast.kernels import (
-    onehot_embedding,
-    project_simplex,
-    straight_through_onehot,
-)
+from advunlearn_fast.kernels import onehot_embedding, project_simplex, straight_through_onehot
 from advunlearn_fast.kernels.reference import onehot_embedding_reference
 from kernel_checks import DEVICE, assert_close, dtype_params
 

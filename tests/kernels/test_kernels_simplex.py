@@ -1,18 +1,8 @@
 import pytest
 import torch
 from advunlearn_fast.kernels import project_simplex
-from advunlearn_fast.kernels.reference import (
-    project_simplex_reference,
-    project_simplex_sort_reference,
-)
-from kernel_checks import (
-    DEVICE,
-    TOLERANCES,
-    TRITON_RUNS,
-    assert_close,
-    dtype_params,
-    needs_triton,
-)
+from advunlearn_fast.kernels.reference import project_simplex_reference, project_simplex_sort_reference
+from kernel_checks import DEVICE, TOLERANCES, TRITON_RUNS, assert_close, dtype_params, needs_triton
 
 V = 49408  # CLIP ViT-L/14 vocabulary
 ODD_SHAPES = [(1, 1), (3, 37), (2, 4099)]  # the last spans two 4096-wide blocks plus a tail

@@ -2,12 +2,7 @@ import pytest
 import torch
 
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.world.judge import (
-    JudgeSpecError,
-    WorldJudge,
-    judge,
-    parse_judge_spec,
-)
+from advunlearn_fast.world.judge import JudgeSpecError, WorldJudge, judge, parse_judge_spec
 from advunlearn_fast.world.render import COLOURS, SHAPES, TEXTURES, render_batch
 
 

@@ -1,12 +1,6 @@
 import torch
 
-from advunlearn_fast.world.render import (
-    COLOURS,
-    IMAGE_SIZE,
-    SHAPES,
-    TEXTURES,
-    render_batch,
-)
+from advunlearn_fast.world.render import COLOURS, IMAGE_SIZE, SHAPES, TEXTURES, render_batch
 
 
 def test_renders_are_deterministic_for_a_seed():

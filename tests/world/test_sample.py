@@ -1,11 +1,7 @@
 import torch
 
 from advunlearn_fast.world.captions import build_world_tokenizer
-from advunlearn_fast.world.model import (
-    build_sample_scheduler,
-    build_text_encoder,
-    build_unet,
-)
+from advunlearn_fast.world.model import build_sample_scheduler, build_text_encoder, build_unet
 from advunlearn_fast.world.sample import generate
 
 

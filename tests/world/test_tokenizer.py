@@ -1,11 +1,7 @@
 from transformers import CLIPTokenizer
 
 from advunlearn_fast.world import WORLD_MODEL_DIR
-from advunlearn_fast.world.captions import (
-    PAD_LENGTH,
-    build_world_tokenizer,
-    world_words,
-)
+from advunlearn_fast.world.captions import PAD_LENGTH, build_world_tokenizer, world_words
 
 
 def test_every_world_word_is_one_token():
