@@ -8,7 +8,7 @@ from safetensors import safe_open
 from transformers import CLIPTextModel
 
 from advunlearn_fast.world import WORLD_MODEL_DIR, load_world_model
-from advunlearn_fast.world.captions import HELDOUT_TEMPLATES, TRAIN_TEMPLATES
+from advunlearn_fast.world.captions import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, caption
 from advunlearn_fast.world.evaluate import heldout_accuracy
 from advunlearn_fast.world.render import COLOURS, SHAPES, TEXTURES
 
@@ -47,6 +47,14 @@ def test_world_metadata_describes_the_world(world):
     assert meta["train_templates"] == list(TRAIN_TEMPLATES)
     assert meta["heldout_templates"] == list(HELDOUT_TEMPLATES)
     assert set(TRAIN_TEMPLATES).isdisjoint(HELDOUT_TEMPLATES)
+
+
+def test_default_retain_set_is_the_training_captions():
+    # Utility is measured on held-out templates: none of them may be trained on as retain prompts.
+    shipped = (WORLD_MODEL_DIR / "retain_prompts.txt").read_text(encoding="utf-8").splitlines()
+    captions = {caption(template, colour, shape, texture) for template in TRAIN_TEMPLATES
+                for colour in COLOURS for shape in SHAPES for texture in (None, *TEXTURES)}
+    assert len(shipped) == len(set(shipped)) == len(captions) and set(shipped) == captions
 
 
 def test_diffusers_loads_the_folder_as_a_stable_diffusion_pipeline_without_vae():
