@@ -13,9 +13,6 @@ from advunlearn_fast.errors import UserError
 from advunlearn_fast.libraries import quiet_libraries
 from advunlearn_fast.training.config import TrainConfig, config_fields, read_config_file
 
-# Flags whose name or shape differs from the config field they set.
-FLAG_NAMES = {"concepts": "--concept"}
-
 
 def _click_type(f: dataclasses.Field):
     hint = typing.get_type_hints(TrainConfig)[f.name]
