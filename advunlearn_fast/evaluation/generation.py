@@ -96,6 +96,8 @@ def load_vae(parts: ModelParts):
         from advunlearn_fast.models.tiny import build_tiny_model
 
         return build_tiny_model(seed=0)["vae"]
+    if parts.source == "sd-v1-random":
+        return sd_v1_random_vae()
     folder = Path(parts.source) / "vae"
     if not folder.is_dir():
         raise UserError(f"{parts.source}: images need the model's VAE; pass --model as a diffusers folder with vae/")
@@ -105,6 +107,20 @@ def load_vae(parts: ModelParts):
         return AutoencoderKL.from_pretrained(folder)
     except Exception as err:
         raise UserError(f"cannot load the VAE from {folder}: {(str(err).splitlines() or ['?'])[0]}") from None
+
+
+def sd_v1_random_vae(seed: int = 0):
+    """SD v1.x's VAE architecture (83M parameters, 8x down-sampling) with random weights: the
+    benchmarks' `sd-v1-random` model decodes images at their real cost."""
+    from diffusers import AutoencoderKL
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2, sample_size=512,
+        )
 
 
 def build_pipeline(model: str, encoder: str | None, device: torch.device, model_config: str | None = None) -> Pipeline:
