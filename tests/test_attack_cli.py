@@ -243,6 +243,8 @@ def test_bad_attack_input(tmp_path, prompts, judge_module):
         (["--adv-tokens", 30], "does not fit"),
         (["--timesteps", 0], "--timesteps must be at least 1"),
         (["--batch-size", 0], "--batch-size must be at least 1"),
+        (["--max-prompt-tokens", 0], "--max-prompt-tokens must be at least 1"),
+        (["--sampler", "euler"], "--sampler must be one of lms, ddim, pndm, dpm, got 'euler'"),
     ]
     for extra, message in cases:
         # later options win in click, so each case's own value overrides the defaults
@@ -254,6 +256,8 @@ def test_bad_attack_input(tmp_path, prompts, judge_module):
 
 def test_bad_generate_input(tmp_path, sd_folder):
     assert_refused(run_cli("generate", "--model", "world", "--out", tmp_path / "o"), "exactly one of --prompt")
+    assert_refused(run_cli("generate", "--model", "world", "--prompt", "x", "--sampler", "euler", "--out", tmp_path / "o"),
+                   "--sampler must be one of lms, ddim, pndm, dpm")
     bad_pt = tmp_path / "bad.pt"
     torch.save({"text_encoder.unrelated.weight": torch.zeros(2)}, bad_pt)
     assert_refused(run_cli("generate", "--model", sd_folder, "--encoder", bad_pt, "--prompt", "x", "--out", tmp_path / "o"),

@@ -351,18 +351,16 @@ class Evaluation:
         return [{
             "attacked": True, "not_attacked_reason": None, "success": result.stopped,
             "adversarial_prompt": state["text"], "judged_from": "text" if as_text else "embeddings",
-            "retokenizes_to_attacked_ids": self.retokenizes(self.layouts[index], state["tokens"], state["text"]),
+            "retokenizes_to_attacked_ids": self.retokenizes(self.layouts[index], state["tokens"], state["text"])
+            if as_text else None,
             "image": state["file"], "timesteps_used": result.timesteps_used, "steps_used": result.steps_used,
             "loss_start": result.losses[0], "loss_end": result.losses[-1], "attack_scores": state["scores"],
             "attacked_image": state["image"],
         } for index, result, state in zip(indices, results, kept)]
 
-    def retokenizes(self, layout: AdversarialLayout, tokens: torch.Tensor, text: str) -> bool | None:
+    def retokenizes(self, layout: AdversarialLayout, tokens: torch.Tensor, text: str) -> bool:
         """Whether the decoded prompt tokenises back to the ids that were attacked (often not:
-        decoding joins sub-word tokens into words that tokenise differently). None with --insert
-        add, whose attacked ids are the prompt's own."""
-        if layout.add:
-            return None
+        decoding joins sub-word tokens into words that tokenise differently)."""
         attacked = layout.ids.clone()
         attacked[layout.positions] = tokens.cpu()
         return torch.equal(self.pipe.tokenize([text])[0].cpu(), attacked)
