@@ -174,7 +174,7 @@ def eval_command(quiet, **values):
               "clip:<local CLIP folder>[:<concept>], imagenet:<ResNet-50 .pth>:<class id>")
 @click.option("--out", default=None, help="report folder [default: attack-<method>/ beside the run]")
 @click.option("--concept", default=None, help="the erased concept [default: the run's, when --encoder is a train run folder]; "
-              "sets the --adv-tokens default")
+              "sets the --adv-tokens default and the concept of a clip: judge")
 @click.option("--adv-tokens", type=int, default=None,
               help="adversarial tokens [default: 5 for nudity and unknown concepts, 3 for Van Gogh and the objects, "
                    "as the authors]")

@@ -487,7 +487,8 @@ def run_evaluation(settings: AttackSettings, progress: bool = True) -> dict:
 
 def resolve_attack_settings(**values) -> AttackSettings:
     """Settings from the flags; with a `train` run folder as --encoder, the model, concept, prompt
-    set, judge and output folder default to the run's (see `default_evaluation`)."""
+    set, judge and output folder default to the run's (see `default_evaluation`). The concept
+    (the run's or --concept) sets the --adv-tokens default and completes a `clip:` judge."""
     encoder = values.get("encoder")
     run_file = Path(encoder).expanduser() / "run.json" if encoder else None
     if run_file is not None and run_file.is_file():
@@ -501,8 +502,6 @@ def resolve_attack_settings(**values) -> AttackSettings:
             values["out"] = str(Path(encoder) / f"attack-{values.get('method', 'unlearndiffatk')}")
         concept = concept_name(config.get("concepts") or [""])
         values["concept"] = values.get("concept") or concept
-        if values.get("judge") is not None:
-            values["judge"] = with_concept(values["judge"], concept)
         if values.get("judge") is None or values.get("prompts") is None:
             judge, prompts = default_evaluation(concept, values["model"], Path(values["out"]))
             values["judge"] = values.get("judge") or judge
@@ -513,6 +512,7 @@ def resolve_attack_settings(**values) -> AttackSettings:
     for flag in ("model", "prompts", "judge", "out"):
         if values.get(flag) is None:
             raise UserError(f"--{flag} is required (or pass a train run folder as --encoder to take the run's)")
+    values["judge"] = with_concept(values["judge"], values.get("concept"))
     return AttackSettings(**values).validate()
 
 
