@@ -170,7 +170,8 @@ def eval_command(quiet, **values):
 @click.option("--encoder", default=None, help="encoder under attack: diffusers folder, train run folder or .pt; omitted: the model's own")
 @click.option("--prompts", default=None, help=".txt or .csv prompt set [default: the run concept's, where one ships]")
 @click.option("--method", type=click.Choice(["unlearndiffatk", "softprompt", "none"]), default="unlearndiffatk", show_default=True)
-@click.option("--judge", default=None, help="world:<attr>=<value>, nudenet[:threshold[:CLASSES]], module:function, "
+@click.option("--judge", default=None, help="world:<attr>=<value>, nudenet[:threshold[:CLASSES]] (counted as the authors), "
+              "nudenet:package[:threshold[:CLASSES]] (the package's detect), module:function, "
               "clip:<local CLIP folder>[:<concept>], imagenet:<ResNet-50 .pth>:<class id>")
 @click.option("--out", default=None, help="report folder [default: attack-<method>/ beside the run]")
 @click.option("--concept", default=None, help="the erased concept [default: the run's, when --encoder is a train run folder]; "
