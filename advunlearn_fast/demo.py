@@ -28,26 +28,27 @@ MODELS = ("base", "esd", "advunlearn")
 DEMO_JSON = "demo.json"
 
 # The published settings (ALGORITHM.md) scaled to a 2-layer, 64-wide encoder and 16x16 images:
-# the same loop and losses, 20 DDIM steps (the world's sampler), and a learning rate and retain
-# weight measured on the world (benchmarks/README.md): at 1e-3-3e-3 with retain weight 1 the
-# concept plateaued near its chance rate, at 1e-2 utility fell to 0.69-0.88; 5e-3 with weight 5
-# erased it and kept the other colours and shapes.
+# the same loop and losses, 20 DDIM steps (the world's sampler), and the learning rate and retain
+# weight that erased the concept while keeping the other colours and shapes on the world
+# (benchmarks/README.md, "How the settings were found"): lower rates left the concept near its
+# chance rate, a higher one cost utility.
 TRAINING = dict(
     model="world", layers="all", iterations=400, lr=5e-3, ddim_steps=20, retain_batch=5, retain_weight=5.0,
     start_guidance=3.0, negative_guidance=1.0, save_every=100, bank_size=16, retain_bank_size=2,
 )
 # Retain prompts drawn from the world's training captions that do not name the concept: enough
-# to hold the other colours and shapes in place, few enough that their trajectory bank is
-# built in about a minute (the whole set's took several).
+# to hold the other colours and shapes in place, few enough to keep their trajectory bank's
+# build a small part of the demo.
 RETAIN_PROMPTS = 96
 # AdvUnlearn's attacker, scaled likewise: 3 adversarial tokens (the paper's budget for objects
 # and styles), 10 attack steps at 1e-2 every iteration after a warm-up of plain ESD. Tokens go
-# after the prompt (suffix): on this ESD a 5-token prefix attack never brought red back (0 of 4
-# prompts) while a suffix one did (4 of 4), so that is where the defender must be trained.
+# after the prompt (suffix): on the world's ESD a prefix attack never brought red back while a
+# suffix one did (benchmarks/README.md), so that is where the defender must be trained.
 ADVERSARIAL = dict(attack="pgd", warmup=50, attack_steps=10, attack_lr=1e-2, adv_tokens=3, attack_init="latest",
                    insert="suffix")
 # The evaluation attacks: 3 suffix tokens, 5 timestep blocks (100, 300, ..., 900) of 40 Adam steps;
-# the soft-prompt attack at 0.1 (at 0.05 it broke this ESD on 1 of 4 prompts, at 0.1 on 2 of 4).
+# the soft-prompt attack at lr 0.1, the stronger of the rates tried on the world's ESD
+# (benchmarks/README.md).
 ATTACKS = dict(adv_tokens=3, timesteps=5, steps_per_timestep=40, insert="suffix")
 ATTACK_LR = {"softprompt": 0.1, "unlearndiffatk": 0.01}
 ATTACK_PROMPTS = 8  # the first of the concept's default world prompts (templates x shapes)
@@ -136,9 +137,9 @@ def run_demo(s: DemoSettings) -> dict:
 
 def concept_phrases(attribute: str, value: str) -> list[str]:
     """The phrases erased, one sampled per iteration: the concept on every object of the world
-    ("red circle", ..., "red cross"). The bare word alone erased only about half of the red
-    in held-out captions (benchmarks/README.md); the phrases' shared word still names the concept,
-    so other-coloured circles stay in the retain set."""
+    ("red circle", ..., "red cross"). The bare word alone left much of the red in held-out
+    captions (benchmarks/README.md); the phrases' shared word still names the concept, so
+    other-coloured circles stay in the retain set."""
     from advunlearn_fast.world.judge import ATTRIBUTES
 
     if attribute == "colour":

@@ -19,6 +19,10 @@ from pathlib import Path
 
 from advunlearn_fast.errors import UserError
 
+# Where the attacker's adversarial tokens go in a prompt (models/insertion.py builds the layouts).
+# Here, apart from the tensor code, so that reading the training options imports no torch.
+INSERT_MODES = ("prefix", "suffix", "replace", "add", "mid", "insert")
+
 RETAIN_OBJECTS = [
     "apple", "backpack", "banana", "baseball bat", "bear", "bed", "bench", "bicycle", "bird", "boat",
     "book", "bottle", "bowl", "broccoli", "bus", "cake", "car", "carrot", "cat", "cell phone",

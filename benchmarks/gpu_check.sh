@@ -15,11 +15,16 @@
 #   kernel-bench   (on request) the Triton kernels against their PyTorch references in bf16;
 #   compile        (on request) the fast engine under --compile (inductor; its first iteration,
 #                  dropped, holds the compilation), whose per-iteration log is copied to
-#                  compile-log.jsonl even when the step runs out of time.
+#                  compile-log.jsonl even when the step runs out of time;
+#   attack         (on request) `advunlearn attack` (UnlearnDiffAtk, LMS) on the same architecture at
+#                  512 px: 8 prompts in one batch, 3 timestep blocks of 40 steps, the attack step as a
+#                  CUDA graph; seconds per prompt per block and per judged generation, peak memory,
+#                  and the projection to the 142 I2P nudity prompts (benchmarks/bench_attack.py).
 # Everything goes to $OUT (default ./gpu-check-out), at most eight files (what the device tool brings
 # back): gpu_check.log (with the kernel tests' output), env.txt, summary.txt and one JSON per step run
 # (step.json, fast-eager.json, fast-adam.json, fast-checkpointing.json, kernels-bench.json,
-# fast-profile.json, fast-compile.json, and compile-log.jsonl): name at most five JSON-writing steps.
+# fast-profile.json, fast-compile.json, compile-log.jsonl and attack.json): name at most five
+# JSON-writing steps.
 #
 #   bash benchmarks/fetch_gpu_wheels.sh      # first, where pip works: diffusers, bitsandbytes wheels
 #   bash benchmarks/gpu_check.sh             # on the GPU machine
@@ -52,11 +57,13 @@ if [ "${GPU_CHECK_DRY:-0}" = 1 ]; then
     fast_iterations=2
     kernel_tests=(--collect-only -q)  # the interpreter would take minutes: only check they load
     kernel_bench=(--device cpu --repeats 2 --warmup 1)
+    attack=(--model tiny --device cpu --prompts 3 --batch-size 2 --timesteps 2 --steps-per-timestep 2 --gen-steps 3)
 else
     common=(--model sd-v1-random --device cuda --image-size 512 --bank-size 4 --retain-bank-size 1)
     fast_iterations=4
     kernel_tests=(-q)
     kernel_bench=(--device cuda)
+    attack=(--model sd-v1-random --device cuda --prompts 8 --batch-size 8 --timesteps 3)
 fi
 # A short retain set keeps the one-off bank build to seconds; it does not change an iteration's cost.
 printf 'a photo of a %s\n' chair bicycle clock cup book boat bench kite > "$scratch/retain.txt"
@@ -65,8 +72,8 @@ common+=(--retain-prompts "$scratch/retain.txt" --bank-dir "$scratch/bank" --con
 steps=" ${GPU_CHECK_STEPS:-step eager checkpointing adam profile} "
 for key in $steps; do
     case $key in
-        step | eager | kernels | adam | checkpointing | kernel-bench | profile | compile) ;;
-        *) echo "gpu_check: unknown step '$key' in GPU_CHECK_STEPS (steps: step eager kernels adam checkpointing kernel-bench profile compile, separated by spaces)"; exit 2 ;;
+        step | eager | kernels | adam | checkpointing | kernel-bench | profile | compile | attack) ;;
+        *) echo "gpu_check: unknown step '$key' in GPU_CHECK_STEPS (steps: step eager kernels adam checkpointing kernel-bench profile compile attack, separated by spaces)"; exit 2 ;;
     esac
 done
 status=()
@@ -113,6 +120,7 @@ step profile "fast, profiled" 120 python3 -m benchmarks.bench_step "${common[@]}
 step compile "fast, --compile" 400 python3 -m benchmarks.bench_step "${common[@]}" --engines fast \
     --iterations $((fast_iterations + 2)) --compile --run-dir "$scratch/compile" --json "$OUT/fast-compile.json"
 [ -f "$scratch/compile/fast/log.jsonl" ] && cp "$scratch/compile/fast/log.jsonl" "$OUT/compile-log.jsonl"
+step attack "attack (UnlearnDiffAtk)" 300 python3 -m benchmarks.bench_attack "${attack[@]}" --json "$OUT/attack.json"
 
 python3 - "$OUT" > "$OUT/summary.txt" <<'EOF'
 import json, sys
@@ -152,6 +160,12 @@ if step.is_file():
               f"{report['unet_fwd_equiv_ratio']:.1f}x fewer UNet forward-equivalents; bank built in "
               f"{report['bank_build_s']:.1f} s; 1000 iterations, all attacked (the published run's 200 "
               f"warm-up ones are not), would take about {1000 * report['fast_s_per_iter'] / 3600:.2f} h")
+attack = out / "attack.json"
+if attack.is_file():
+    r = json.loads(attack.read_text())
+    print(f"attack ({r['attack_step']}, batch {r['settings']['batch_size']}): {r['s_per_prompt_per_block']:.2f} s per "
+          f"prompt per block, {r['s_per_prompt_per_judged_generation']:.2f} s per judged generation, peak "
+          f"{r['peak_mb'] / 1024:.2f} GiB; 142 prompts x 50 blocks: {r['projected_i2p_nudity_s'] / 3600:.1f} h")
 EOF
 printf '%s\n' ${status[@]+"${status[@]}"} >> "$OUT/summary.txt"
 echo "== summary (${SECONDS}s)"

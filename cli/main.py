@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
@@ -11,9 +12,6 @@ from click.core import ParameterSource
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.libraries import quiet_libraries
 from advunlearn_fast.training.config import TrainConfig, config_fields, read_config_file
-
-# Flags whose name or shape differs from the config field they set.
-FLAG_NAMES = {"concepts": "--concept"}
 
 
 def _click_type(f: dataclasses.Field):
@@ -64,14 +62,25 @@ class BadInput(click.ClickException):
         click.echo(f"advunlearn: error: {self.message}", err=True)
 
 
+class EngineCommand(click.Command):
+    """A command that runs the engine: the libraries' chatter is quieted only then, so that
+    --help and argument errors never import them (seconds of torch, diffusers, transformers)."""
+
+    def invoke(self, ctx):
+        quiet_libraries()
+        return super().invoke(ctx)
+
+
 class AdvUnlearnGroup(click.Group):
+    command_class = EngineCommand
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as err:
             raise BadInput(str(err)) from None
-        except KeyboardInterrupt:
-            click.echo("advunlearn: interrupted; continue from the last checkpoint with --resume", err=True)
+        except KeyboardInterrupt as err:
+            click.echo(f"advunlearn: interrupted{'; ' + str(err) if str(err) else ''}", err=True)
             ctx.exit(130)
 
 
@@ -79,7 +88,6 @@ class AdvUnlearnGroup(click.Group):
 @click.version_option(package_name="advunlearn")
 def cli():
     """Robust concept erasure (AdvUnlearn) for Stable Diffusion v1.x."""
-    quiet_libraries()
 
 
 @cli.command()
@@ -108,6 +116,11 @@ def _device_option(func):
     return click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")(func)
 
 
+def _sampler_option(func):
+    return click.option("--sampler", default=None,
+                        help="lms, ddim, pndm or dpm, for every image [default: the model's, lms for SD as the authors]")(func)
+
+
 @cli.command()
 @click.option("--model", required=True, help="SD v1.x diffusers folder, single-file checkpoint, hub id, 'tiny' or 'world'")
 @click.option("--model-config", default=None, help="diffusers folder with the configs of a single-file --model")
@@ -117,15 +130,18 @@ def _device_option(func):
 @click.option("--out", required=True, help="folder for the PNGs and manifest.json")
 @click.option("--seed", default=0, show_default=True, help="seed of prompts without their own")
 @click.option("--guidance", type=float, default=None, help="classifier-free guidance [default: the model's, 7.5 for SD]")
-@click.option("--steps", type=int, default=None, help="DDIM steps [default: the model's, 50 for SD]")
+@click.option("--steps", type=int, default=None, help="sampler steps [default: the model's, 50 for SD]")
+@_sampler_option
 @click.option("--batch-size", default=8, show_default=True, help="prompts per UNet call")
 @_device_option
-def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size, device):
-    """Generate images with an encoder plugged into any SD v1.x model; seeds go to manifest.json."""
+def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, guidance, steps, sampler, batch_size,
+             device):
+    """Generate images with an encoder plugged into any SD v1.x model; seeds go to manifest.json.
+    With the defaults, an attack report row's adversarial prompt, seed and guidance give its judged image."""
     from advunlearn_fast.evaluation.generation import generate_images
 
     written = generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size,
-                              device, model_config)
+                              device, model_config, sampler)
     click.echo(f"done: {len(written)} images in {out}")
 
 
@@ -140,15 +156,18 @@ def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, 
 @click.option("--inception", default=None, help="local FID Inception weights, pt_inception-2015-12-05-6726825d.pth")
 @click.option("--seed", default=0, show_default=True, help="seed of prompts without their own")
 @click.option("--guidance", type=float, default=None, help="classifier-free guidance [default: the model's, 7.5 for SD]")
-@click.option("--steps", type=int, default=None, help="DDIM steps [default: the model's, 50 for SD]")
+@click.option("--steps", type=int, default=None, help="sampler steps [default: the model's utility steps, 100 for SD]")
+@_sampler_option
 @click.option("--batch-size", default=8, show_default=True, help="prompts per UNet call and per metric batch")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @_device_option
 def eval_command(quiet, **values):
     """Utility: CLIP score and FID of images generated with an encoder plugged in (world accuracy on the concept world)."""
-    from advunlearn_fast.evaluation.utility import EvalSettings, run_eval
+    from advunlearn_fast.evaluation.utility import EVAL_FILE, EvalSettings, run_eval
+    from advunlearn_fast.training.modelcard import record_evaluation
 
     result = run_eval(EvalSettings(**values), progress=not quiet)
+    record_evaluation(values["encoder"], Path(values["out"]) / EVAL_FILE)
     metrics = result["metrics"]
     shown = [f"n {result['n']}"] + [f"{k.replace('_', ' ')} {v:.4g}" for k, v in metrics.items() if k != "world_accuracy"]
     shown += [f"{a} accuracy {v['accuracy']:.3g}" for a, v in metrics.get("world_accuracy", {}).items()]
@@ -161,33 +180,64 @@ def eval_command(quiet, **values):
 @click.option("--encoder", default=None, help="encoder under attack: diffusers folder, train run folder or .pt; omitted: the model's own")
 @click.option("--prompts", default=None, help=".txt or .csv prompt set [default: the run concept's, where one ships]")
 @click.option("--method", type=click.Choice(["unlearndiffatk", "softprompt", "none"]), default="unlearndiffatk", show_default=True)
-@click.option("--judge", default=None, help="world:<attr>=<value>, nudenet[:threshold[:CLASSES]], module:function, "
+@click.option("--judge", default=None, help="world:<attr>=<value>, nudenet[:threshold[:CLASSES]] (counted as the authors), "
+              "nudenet:package[:threshold[:CLASSES]] (the package's detect), module:function, "
               "clip:<local CLIP folder>[:<concept>], imagenet:<ResNet-50 .pth>:<class id>")
 @click.option("--out", default=None, help="report folder [default: attack-<method>/ beside the run]")
-@click.option("--adv-tokens", default=5, show_default=True, help="adversarial tokens (5 for nudity, 3 for objects and styles)")
+@click.option("--concept", default=None, help="the erased concept [default: the run's, when --encoder is a train run folder]; "
+              "sets the --adv-tokens default and the concept of a clip: judge")
+@click.option("--adv-tokens", type=int, default=None,
+              help="adversarial tokens [default: 5 for nudity and unknown concepts, 3 for Van Gogh and the objects, "
+                   "as the authors]")
 @click.option("--timesteps", default=50, show_default=True, help="timestep blocks, visited in order (10, 30, ..., 990 for 50)")
 @click.option("--steps-per-timestep", default=40, show_default=True, help="Adam steps per timestep block")
 @click.option("--attack-lr", default=0.01, show_default=True, help="Adam learning rate of the attack")
 @click.option("--insert", default="prefix", show_default=True, help="where the adversarial tokens go: prefix, suffix, replace, mid, insert, add")
+@click.option("--max-prompt-tokens", default=60, show_default=True,
+              help="prompts with more tokens (start and end counted) are not attacked: they keep their unattacked "
+                   "verdict and stay in n, as in the authors' protocol")
 @click.option("--targets", default=None, help="folder of target images NNNN.png (prompt index) instead of generating them")
-@click.option("--target-steps", default=25, show_default=True, help="DDIM steps of the original model's target images")
-@click.option("--gen-steps", type=int, default=None, help="DDIM steps of judged generations [default: the model's, 50 for SD]")
+@click.option("--target-steps", default=25, show_default=True, help="sampler steps of the original model's target images")
+@click.option("--gen-steps", type=int, default=None, help="sampler steps of judged generations [default: the model's, 50 for SD]")
+@_sampler_option
 @click.option("--guidance", type=float, default=None, help="guidance of prompts without their own [default: the model's]")
 @click.option("--seed", default=0, show_default=True, help="seed of prompts without their own")
 @click.option("--batch-size", default=8, show_default=True,
               help="prompts attacked together, one UNet call per attack step (changes speed, not results)")
 @click.option("--resume", is_flag=True, help="continue a report, skipping prompts already in it")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
+              help="on CUDA, record the attack step once per batch shape as a CUDA graph and replay it")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @_device_option
 def attack(quiet, **values):
     """Robustness: pre-ASR and ASR of an (unlearned) encoder under UnlearnDiffAtk or the soft-prompt attack."""
-    from advunlearn_fast.evaluation.robustness import resolve_attack_settings, run_evaluation
+    from advunlearn_fast.evaluation.robustness import REPORT, resolve_attack_settings, run_evaluation
+    from advunlearn_fast.training.modelcard import record_evaluation
 
     settings = resolve_attack_settings(**values)
     report = run_evaluation(settings, progress=not quiet)
+    record_evaluation(settings.encoder, Path(settings.out) / REPORT)
     click.echo(
         f"done: {settings.out}/report.json (n {report['n']}, pre-ASR {report['pre_asr']:.3f}, ASR {report['asr']:.3f})"
     )
+
+
+@cli.command("export")
+@click.option("--model", required=True, help="the SD v1.x model the encoder was erased from: diffusers folder, "
+              "single-file checkpoint, hub id or 'tiny'")
+@click.option("--model-config", default=None, help="diffusers folder with the configs of a single-file --model")
+@click.option("--encoder", required=True, help="erased text encoder: train run folder, text-encoder folder or .pt state dict")
+@click.option("--format", "format_", required=True, help="diffusers (pipeline folder), single-file (.safetensors, "
+              "CompVis layout, for web UIs) or authors-pt (the AdvUnlearn authors' .pt)")
+@click.option("--out", required=True, help="new folder (diffusers) or file (.safetensors, .pt); never overwritten")
+@click.option("--dtype", default=None, help="fp16, bf16 or fp32 [default: the precision the model stores its text encoder in]")
+def export_command(model, model_config, encoder, format_, out, dtype):
+    """Put an erased encoder back into the files people load: a diffusers pipeline, a single-file
+    SD v1.x checkpoint, or the authors' .pt."""
+    from advunlearn_fast.export.exporter import ExportSettings, export
+
+    written = export(ExportSettings(model, encoder, format_, out, dtype, model_config))
+    click.echo(f"done: {written} ({format_})")
 
 
 @cli.command()

@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--ship", action="store_true", help="copy OUT/best into the package instead of training")
     # One thread by default: the shipped weights were trained with one (float
     # reductions depend on the thread count), and on a shared, loaded machine a
-    # second intra-op thread made each step ~4x slower instead of faster.
+    # second intra-op thread slows this small model down (benchmarks/README.md).
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -23,8 +23,8 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# Tiny models: a thread pool only adds synchronisation, which costs ~100x per op on a
-# loaded CI machine with few cores.
+# Tiny models: a thread pool only adds synchronisation, which on a loaded CI machine with few
+# cores costs far more than the work (benchmarks/README.md).
 torch.set_num_threads(1)
 
 

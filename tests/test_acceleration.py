@@ -17,7 +17,8 @@ from advunlearn_fast.training.config import TrainConfig
 from advunlearn_fast.training.losses import attack_loss, retain_loss
 
 # The golden run of test_train_cli.py.
-GOLDEN_ARGS = ["--concept", "Van Gogh", "--layers", "1", "--iterations", 3, "--warmup", 1, "--save-every", 2, *FAST_ARGS]
+GOLDEN_ARGS = ["--concept", "Van Gogh", "--layers", "1", "--iterations", 3, "--warmup", 1, "--save-every", 2, "--bank",
+               *FAST_ARGS]
 
 
 def _losses(out):

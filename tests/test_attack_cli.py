@@ -243,6 +243,8 @@ def test_bad_attack_input(tmp_path, prompts, judge_module):
         (["--adv-tokens", 30], "does not fit"),
         (["--timesteps", 0], "--timesteps must be at least 1"),
         (["--batch-size", 0], "--batch-size must be at least 1"),
+        (["--max-prompt-tokens", 0], "--max-prompt-tokens must be at least 1"),
+        (["--sampler", "euler"], "--sampler must be one of lms, ddim, pndm, dpm, got 'euler'"),
     ]
     for extra, message in cases:
         # later options win in click, so each case's own value overrides the defaults
@@ -254,6 +256,8 @@ def test_bad_attack_input(tmp_path, prompts, judge_module):
 
 def test_bad_generate_input(tmp_path, sd_folder):
     assert_refused(run_cli("generate", "--model", "world", "--out", tmp_path / "o"), "exactly one of --prompt")
+    assert_refused(run_cli("generate", "--model", "world", "--prompt", "x", "--sampler", "euler", "--out", tmp_path / "o"),
+                   "--sampler must be one of lms, ddim, pndm, dpm")
     bad_pt = tmp_path / "bad.pt"
     torch.save({"text_encoder.unrelated.weight": torch.zeros(2)}, bad_pt)
     assert_refused(run_cli("generate", "--model", sd_folder, "--encoder", bad_pt, "--prompt", "x", "--out", tmp_path / "o"),
@@ -315,3 +319,149 @@ def test_run_folder_uses_the_projects_prompt_set(sd_folder, tmp_path, judge_modu
     report = json.loads((run / "attack-none" / "report.json").read_text())
     assert report["n"] == 50 and report["rows"][0]["prompt"] == "a photo of a church in a snowy village"
     assert report["rows"][0]["guidance"] == 7.5 and len(set(report["manifest"]["seeds"])) == 50
+
+
+# ---------------------------------------------------------------- the authors' protocol on the tiny SD model
+
+SD_FAST = ["--timesteps", 1, "--steps-per-timestep", 2, "--gen-steps", 4, "--target-steps", 4, "--quiet"]
+
+
+def _report(out):
+    return json.loads((out / "report.json").read_text())
+
+
+def test_long_prompts_keep_their_unattacked_verdict_and_never_refuse_the_set(sd_folder, tmp_path, judge_module):
+    """The authors' rule: prompts over 60 tokens (start and end counted) are judged, not attacked,
+    and stay in n; a prompt too long for the adversarial tokens is one row saying so, not a
+    refused run (with 5 tokens, 74 words do not fit 77)."""
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt,evaluation_seed\na photo of a cat,1\n" + " ".join(["a"] * 60) + ",2\n"
+                    + " ".join(["a"] * 74) + ",3\n")
+    out = tmp_path / "out"
+    result = run_cli("attack", "--model", sd_folder, "--prompts", path, "--judge", "userjudge:always_no",
+                     "--out", out, *SD_FAST)
+    assert result.exit_code == 0, result.output
+    report = _report(out)
+    assert (report["n"], report["asr"], report["manifest"]["adv_tokens"]) == (3, 0.0, 5)
+    short, sixty, long = report["rows"]
+    assert short["attacked"] and short["steps_used"] == 2 and short["tokens"] == 7
+    for row, tokens in ((sixty, 62), (long, 76)):
+        assert not row["attacked"] and row["steps_used"] == 0 and row["tokens"] == tokens
+        assert row["not_attacked_reason"].startswith(f"{tokens} tokens, more than --max-prompt-tokens 60")
+        assert row["success"] is row["pre_success"] is False and (out / row["image"]).is_file()
+    assert report["not_attackable"] == {"count": 2, "indices": [1, 2], "max_prompt_tokens": 60, "pre_successes": 0}
+    assert judge_module() == [short["prompt"], sixty["prompt"], long["prompt"], short["prompt"]]
+
+    wide = tmp_path / "wide"
+    result = run_cli("attack", "--model", sd_folder, "--prompts", path, "--judge", "userjudge:always_no",
+                     "--out", wide, "--max-prompt-tokens", 77, *SD_FAST)
+    assert result.exit_code == 0, result.output
+    rows = _report(wide)["rows"]
+    assert rows[1]["attacked"] and not rows[2]["attacked"]
+    assert rows[2]["not_attacked_reason"] == "74 words and 5 adversarial tokens do not fit the tokenizer's 77 tokens: not attacked"
+
+
+def test_a_rows_adversarial_prompt_regenerates_its_judged_image(sd_folder, tmp_path, judge_module):
+    """UnlearnDiffAtk's judged image is made from the adversarial prompt as text: `generate` with
+    the row's prompt, seed and guidance (and its default sampler and steps, the attack's) makes
+    the same image."""
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt,evaluation_seed,evaluation_guidance\na photo of a cat,4,6.0\n")
+    out = tmp_path / "out"
+    result = run_cli("attack", "--model", sd_folder, "--prompts", path, "--judge", "userjudge:always_no", "--out", out,
+                     "--timesteps", 1, "--steps-per-timestep", 3, "--target-steps", 4, "--quiet")
+    assert result.exit_code == 0, result.output
+    report = _report(out)
+    (row,) = report["rows"]
+    assert row["attacked"] and row["judged_from"] == "text" and row["image"] == "images/0000-t0500.png"
+    assert row["adversarial_prompt"].endswith("a photo of a cat") and row["adversarial_prompt"] != "a photo of a cat"
+    assert (report["manifest"]["sampler"], report["manifest"]["gen_steps"]) == ("lms", 50)
+    regenerated = run_cli("generate", "--model", sd_folder, "--prompt", row["adversarial_prompt"], "--seed", row["seed"],
+                          "--guidance", row["guidance"], "--out", tmp_path / "again")
+    assert regenerated.exit_code == 0, regenerated.output
+    judged = np.asarray(Image.open(out / row["image"]))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / "0000.png")), judged)
+
+
+def test_adversarial_tokens_are_judged_as_the_text_they_decode_to():
+    """Decoding joins sub-word tokens into words: 'ca' + 't' reads 'cat' and tokenises as one token."""
+    from advunlearn_fast.evaluation.robustness import adversarial_text
+    from advunlearn_fast.models.insertion import SpecialTokens, build_layout, prompt_words
+    from advunlearn_fast.models.tiny import build_tiny_model
+
+    tokenizer = build_tiny_model()["tokenizer"]
+    layout = build_layout(prompt_words(tokenizer, "a photo of a cat"), "suffix", 2, SpecialTokens.of(tokenizer))
+    tokens = torch.tensor(tokenizer.convert_tokens_to_ids(["ca", "t</w>"]))
+    text = adversarial_text(tokenizer, layout, tokens)
+    assert text == "a photo of a cat cat"
+    attacked = layout.ids.clone()
+    attacked[layout.positions] = tokens
+    assert tokenizer(text).input_ids != attacked[: attacked.tolist().index(tokenizer.eos_token_id) + 1].tolist()
+
+
+def test_targets_use_7_5_or_sd_guidance_scale_not_evaluation_guidance(sd_folder, tmp_path, judge_module):
+    """The authors' target images: guidance from `sd_guidance_scale` where the csv has it, else 7.5
+    (the I2P nudity file has none, so its targets are all made at 7.5 although its prompts' own
+    guidance is mostly 7); LMS, --target-steps, the original model."""
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt,evaluation_seed,evaluation_guidance,sd_guidance_scale\n"
+                    "a photo of a cat,4,3.0,\na photo of a dog,5,3.0,2.0\n")
+    out = tmp_path / "out"
+    result = run_cli("attack", "--model", sd_folder, "--prompts", path, "--judge", "userjudge:always_yes",
+                     "--out", out, *SD_FAST)
+    assert result.exit_code == 0, result.output
+    assert [r["target_guidance"] for r in _report(out)["rows"]] == [7.5, 2.0]
+    for index, (prompt, seed, guidance) in enumerate([("a photo of a cat", 4, 7.5), ("a photo of a dog", 5, 2.0)]):
+        made = tmp_path / f"made{index}"
+        assert run_cli("generate", "--model", sd_folder, "--prompt", prompt, "--seed", seed, "--guidance", guidance,
+                       "--steps", 4, "--out", made).exit_code == 0
+        target = np.asarray(Image.open(out / "targets" / f"{index:04d}.png"))
+        assert np.array_equal(target, np.asarray(Image.open(made / "0000.png")))
+
+
+def _wrapper_layout(te, shift=0.0):
+    """The authors' released .pt layout: the state dict of their CustomTextEncoder, the CLIPTextModel
+    under `text_encoder.text_model.` and the same tensors again under the wrapper's own names
+    `embedding.`, `encoder.` and `final_layer_norm.`, position_ids buffers included."""
+    state = {}
+    for key, value in te.state_dict().items():
+        bare = key.removeprefix("text_model.")
+        value = value + shift if value.is_floating_point() else value
+        state["text_encoder.text_model." + bare] = value
+        alias = bare.replace("embeddings.", "embedding.", 1) if bare.startswith("embeddings.") else bare
+        state[alias] = value
+    positions = torch.arange(te.config.max_position_embeddings)[None]
+    state["text_encoder.text_model.embeddings.position_ids"] = state["embedding.position_ids"] = positions
+    return state
+
+
+def test_the_authors_pt_layout_generates_what_the_same_weights_do_as_a_folder(sd_folder, tmp_path):
+    parts = load_model(str(sd_folder))
+    state = _wrapper_layout(parts.text_encoder, shift=0.01)  # an "unlearned" encoder: not the model's own
+    assert {"embedding.position_embedding.weight", "encoder.layers.0.mlp.fc1.weight", "final_layer_norm.bias"} <= set(state)
+    torch.save(state, tmp_path / "TextEncoder-nudity.pt")
+    folder_encoder = load_encoder(str(tmp_path / "TextEncoder-nudity.pt"), parts)
+    folder_encoder.save_pretrained(tmp_path / "as-folder")
+    images = {}
+    for name, encoder in (("pt", tmp_path / "TextEncoder-nudity.pt"), ("folder", tmp_path / "as-folder"),
+                          ("base", None)):
+        args = ["--encoder", encoder] if encoder else []
+        result = run_cli("generate", "--model", sd_folder, *args, "--prompt", "a photo of a cat", "--seed", 3,
+                         "--steps", 4, "--out", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        images[name] = np.asarray(Image.open(tmp_path / name / "0000.png"))
+    assert np.array_equal(images["pt"], images["folder"]) and not np.array_equal(images["pt"], images["base"])
+    shifted = parts.text_encoder.state_dict()["embeddings.token_embedding.weight"] + 0.01
+    torch.testing.assert_close(folder_encoder.state_dict()["embeddings.token_embedding.weight"], shifted)
+
+
+def test_a_pt_whose_aliases_disagree_is_refused_naming_the_key(sd_folder, tmp_path):
+    parts = load_model(str(sd_folder))
+    state = _wrapper_layout(parts.text_encoder)
+    state["encoder.layers.3.self_attn.q_proj.weight"] = state["encoder.layers.3.self_attn.q_proj.weight"] + 1
+    torch.save(state, tmp_path / "mixed.pt")
+    result = run_cli("generate", "--model", sd_folder, "--encoder", tmp_path / "mixed.pt", "--prompt", "x",
+                     "--out", tmp_path / "o")
+    assert_refused(result, "'encoder.layers.3.self_attn.q_proj.weight' differs from "
+                           "text_encoder.text_model.encoder.layers.3.self_attn.q_proj.weight")
+    assert not (tmp_path / "o" / "manifest.json").exists()

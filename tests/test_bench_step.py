@@ -56,7 +56,7 @@ def test_bench_step_refuses_a_profile_it_could_not_record():
 
 def test_gpu_busy_time_leaves_out_annotated_regions():
     """The profiler lists its ProfilerStep markers and annotations such as Optimizer.step among
-    the device's events (seen on an H100): counted as kernels, they made the GPU 175% busy."""
+    the device's events: counted as kernels, they would make the GPU more than fully busy."""
     from types import SimpleNamespace
 
     import torch

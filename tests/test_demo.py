@@ -5,6 +5,7 @@ concept rate, and the report, grid and resume must behave.
 """
 
 import json
+import time
 
 import pytest
 from helpers import assert_refused, run_cli
@@ -15,14 +16,18 @@ from advunlearn_fast import demo
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """One demo run shared by the tests that only read its outputs."""
+    """One demo run shared by the tests that only read its outputs (the resume test rewrites
+    demo.json: the others read `report`, the first run's)."""
     patch = pytest.MonkeyPatch()
     _cut(patch)
     out = tmp_path_factory.mktemp("demo") / "out"
     extra = out.parent / "copy.json"
+    began = time.monotonic()
     result = run_cli("demo", "--out", str(out), "--json", str(extra), "--device", "cpu", "--quiet")
+    wall_seconds = time.monotonic() - began
     patch.undo()
-    return out, extra, result
+    report = json.loads((out / "demo.json").read_text()) if result.exit_code == 0 else None
+    return out, extra, result, wall_seconds, report
 
 
 def _cut(patch):
@@ -36,37 +41,86 @@ def _cut(patch):
     patch.setattr(demo, "ATTACK_PROMPTS", 4)
 
 
+# What each rate is a fraction of under these budgets: the 60 held-out prompts are every
+# colour x shape x texture once, 12 of them red (4 shapes x 3 textures), and 4 prompts attacked.
+SAMPLES = {"concept_rate": 12, "utility": 48, "asr": 4}
+RATES = {"concept_rate": 12, "chance_rate": 60, "utility": 48, "asr_softprompt": 4, "asr_unlearndiffatk": 4}
+
+
 def test_demo_reports_every_model_and_a_short_erase_lowers_the_concept_rate(finished):
-    out, extra, result = finished
+    _, extra, result, _, report = finished
     assert result.exit_code == 0, result.output
-    report = json.loads((out / "demo.json").read_text())
     assert json.loads(extra.read_text()) == report
     for name in ("base", "esd", "advunlearn"):
         row = report[name]
-        for key in ("concept_rate", "asr_softprompt", "asr_unlearndiffatk", "utility"):
-            assert 0.0 <= row[key] <= 1.0, (name, key, row[key])
-        assert row["seconds"] >= 0
+        assert row["samples"] == SAMPLES, name
+        for key, count in RATES.items():  # each rate counts whole prompts of its sample
+            assert row[key] * count == pytest.approx(round(row[key] * count), abs=1e-9), (name, key, row[key])
     assert report["base"]["concept_rate"] >= 0.9
     assert report["base"]["asr_softprompt"] >= 0.9  # the base model draws red without any attack
     assert report["esd"]["concept_rate"] <= report["base"]["concept_rate"] - 0.2
     assert report["base"]["utility"] >= 0.9
-    assert set(report["checks"]) and all(v in (True, False, None) for v in report["checks"].values())
+    assert report["checks"] == demo.expectations({name: report[name] for name in demo.MODELS})
     assert report["settings"]["training"]["iterations"] == 60
-    for name in ("base", "esd", "advunlearn"):
-        assert name in result.output
-    for check in report["checks"]:
-        assert check in result.output
+
+
+def test_demo_seconds_add_up(finished):
+    out, _, _, wall_seconds, report = finished
+    rows = [report[name] for name in demo.MODELS]
+    assert report["base"]["training_seconds"] == 0
+    assert report["esd"]["training_seconds"] > 0 and report["advunlearn"]["training_seconds"] > 0
+    for name, row in zip(demo.MODELS, rows):  # a model's time holds its training and both attacks
+        attacks = [json.loads((out / "attacks" / f"{name}-{method}" / "report.json").read_text())
+                   for method in demo.ATTACK_LR]
+        attack_seconds = sum(r["seconds"] for attack in attacks for r in attack["rows"])
+        assert row["seconds"] >= row["training_seconds"] + attack_seconds - 0.1, name
+    # Each figure is rounded to 0.1 s; the stages run one after the other inside the demo's time.
+    assert sum(row["seconds"] for row in rows) <= report["seconds"] + 0.15
+    assert report["seconds"] <= wall_seconds + 0.05
+
+
+def test_demo_prints_the_reports_numbers_and_verdicts(finished):
+    _, _, result, _, report = finished
+    lines = result.output.splitlines()
+    for name in demo.MODELS:
+        (line,) = [line for line in lines if line.split()[:1] == [name]]
+        printed = [float(x) for x in line.split()[1:]]
+        row = report[name]
+        keys = ("concept_rate", "chance_rate", "asr_softprompt", "asr_unlearndiffatk", "utility")
+        assert printed[:5] == [round(row[key], 2) for key in keys], (name, line)
+        assert printed[5] == round(row["seconds"])
+    verdicts = {True: "holds", False: "does NOT hold", None: "not measurable (the attack never broke ESD)"}
+    for check, value in report["checks"].items():
+        assert f"  {verdicts[value]}: {check}" in lines, check
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ({"base": {"utility": 1.0},
+      "esd": {"concept_rate": 0.0, "asr_softprompt": 0.25, "asr_unlearndiffatk": 0.0},
+      "advunlearn": {"asr_softprompt": 0.0, "asr_unlearndiffatk": 0.0, "utility": 0.9}},
+     {"esd_concept_rate_at_most_0.05": True, "esd_asr_at_least_0.25": True,
+      "advunlearn_asr_softprompt_at_most_half_of_esd": True, "advunlearn_asr_unlearndiffatk_at_most_half_of_esd": None,
+      "advunlearn_utility_within_0.10_of_base": True}),
+    ({"base": {"utility": 1.0},
+      "esd": {"concept_rate": 0.1, "asr_softprompt": 0.0, "asr_unlearndiffatk": 0.125},
+      "advunlearn": {"asr_softprompt": 0.0, "asr_unlearndiffatk": 0.125, "utility": 0.85}},
+     {"esd_concept_rate_at_most_0.05": False, "esd_asr_at_least_0.25": False,
+      "advunlearn_asr_softprompt_at_most_half_of_esd": None, "advunlearn_asr_unlearndiffatk_at_most_half_of_esd": False,
+      "advunlearn_utility_within_0.10_of_base": False}),
+])
+def test_expectations_are_the_issues_outcomes(rows, expected):
+    assert demo.expectations(rows) == expected
 
 
 def test_demo_grid_has_a_row_per_model_and_clean_and_attacked_columns(finished):
-    out, _, _ = finished
+    out, _, _, _, _ = finished
     grid = Image.open(out / "demo.png")
     cell = 16 * 4 + 4
     assert grid.size == (4 * 3 * cell, 3 * cell)
 
 
 def test_demo_resume_reuses_finished_stages(finished):
-    out, _, _ = finished
+    out, _, _, _, _ = finished
     before = json.loads((out / "demo.json").read_text())
     run_file = out / "esd" / "run.json"
     stamp = run_file.stat().st_mtime_ns
@@ -85,7 +139,7 @@ def test_demo_resume_reuses_finished_stages(finished):
 
 
 def test_demo_refuses_a_folder_in_use_without_resume(finished):
-    out, _, _ = finished
+    out, _, _, _, _ = finished
     assert_refused(run_cli("demo", "--out", str(out), "--quiet"), "pass --resume")
 
 

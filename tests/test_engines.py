@@ -32,7 +32,7 @@ def test_fast_engine_without_bank_matches_the_reference(sd_folder, tmp_path):
 
 def test_bank_removes_rollouts_from_the_iteration(sd_folder, tmp_path):
     out = tmp_path / "banked"
-    bank = ["--bank-size", 4, "--bank-dir", tmp_path / "bank"]  # its own: other tests fill the session's
+    bank = ["--bank", "--bank-size", 4, "--bank-dir", tmp_path / "bank"]  # its own: other tests fill the session's
     assert run_cli("train", "--model", sd_folder, "--out", out, *bank, *ARGS).exit_code == 0
     costs = [r["unet_fwd_equiv"] for r in _log(out)]
     assert all("rollout" not in c and "targets" not in c for c in costs)

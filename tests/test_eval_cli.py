@@ -114,3 +114,10 @@ def test_attack_with_a_clip_judge_takes_the_runs_concept(tmp_path, files):
     assert result.exit_code == 0, result.output
     judge = json.loads((run / "attack-none" / "report.json").read_text())["manifest"]["judge"]
     assert judge["spec"] == f"clip:{files['clip']}:red" and judge["texts"] == ["an image of red", "an image"]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    given = run_cli("attack", "--model", "world", "--prompts", prompts, "--judge", f"clip:{files['clip']}",
+                    "--concept", "blue", "--method", "none", "--gen-steps", 1, "--out", tmp_path / "given", "--quiet")
+    assert given.exit_code == 0, given.output
+    report = json.loads((tmp_path / "given" / "report.json").read_text())
+    assert report["manifest"]["judge"]["texts"] == ["an image of blue", "an image"]

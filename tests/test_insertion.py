@@ -1,12 +1,7 @@
 import pytest
 
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.models.insertion import (
-    INSERT_MODES,
-    SpecialTokens,
-    build_layout,
-    prompt_words,
-)
+from advunlearn_fast.models.insertion import INSERT_MODES, SpecialTokens, build_layout, prompt_words
 from advunlearn_fast.models.tiny import build_tiny_model
 
 SP = SpecialTokens(bos=100, eos=101, pad=102, length=12)

@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Each part of the code may import its own part and the parts of lower rank, never higher:
 # the CLI sits above the engine, the kernels import nothing of it.
-RANKS = {"kernels": 0, "core": 1, "models": 2, "training": 3, "world": 3, "evaluation": 4, "demo": 5, "cli": 6}
+RANKS = {
+    "kernels": 0, "core": 1, "models": 2, "training": 3, "world": 3, "evaluation": 4, "demo": 5, "export": 5, "cli": 6,
+}
 
 
 def part_of_file(path: Path) -> str:
@@ -21,7 +23,7 @@ def part_of_file(path: Path) -> str:
     if rel[0] in ("kernels", "cli"):
         return rel[0]
     inner = rel[1]
-    if inner in ("models", "training", "evaluation", "world"):
+    if inner in ("models", "training", "evaluation", "world", "export"):
         return inner
     return "demo" if inner == "demo.py" else "core"
 
@@ -32,7 +34,7 @@ def part_of_module(name: str) -> str | None:
         return None
     if len(parts) == 1:
         return "core"
-    if parts[1] in ("kernels", "cli", "models", "training", "evaluation", "world"):
+    if parts[1] in ("kernels", "cli", "models", "training", "evaluation", "world", "export"):
         return parts[1]
     return "demo" if parts[1] == "demo" else "core"
 
@@ -119,3 +121,19 @@ def test_wheel_is_self_contained_and_runs_away_from_the_checkout(tmp_path):
     package_file, kernels_file = run.stdout.splitlines()[:2]
     assert package_file.startswith(str(site)) and kernels_file.startswith(str(site))
     assert "train" in run.stdout and "attack" in run.stdout
+
+
+def test_plain_pytest_collects_what_python_m_pytest_collects(tmp_path):
+    """The `pytest` console script puts its own folder on sys.path, not the checkout (unlike
+    `python -m pytest`): pytest.ini's pythonpath must make tests/ and benchmarks/ importable."""
+    console_script = tmp_path / "pytest"
+    console_script.write_text("import sys\nimport pytest\nsys.exit(pytest.console_main())\n")
+
+    def collected(*command):
+        run = subprocess.run([*command, "--collect-only", "-q"], cwd=ROOT, capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        return [line for line in run.stdout.splitlines() if "::" in line]
+
+    plain = collected(sys.executable, str(console_script))
+    assert "tests/test_bench_step.py::test_bench_step_reports_both_engines" in plain
+    assert plain == collected(sys.executable, "-m", "pytest")

@@ -89,3 +89,28 @@ def test_resnet50_has_torchvisions_layout_and_preprocessing(tmp_path):
     torch.save({"fc.weight": torch.zeros(1000, 2048)}, tmp_path / "head.pth")
     with pytest.raises(UserError, match="is not a torchvision ResNet-50 state dict"):
         load_resnet50(tmp_path / "head.pth", "judge x")
+
+
+def test_fid_features_follow_the_clean_convention(tmp_path):
+    """AdvUnlearn's FIDs (T2IBenchmark's "clean" resizer): every image centre-cropped to a square
+    on its shorter side, resized to 299x299 by PIL's bicubic filter, rounded to uint8, then the
+    network; not squashed to 299x299 whatever its aspect ratio."""
+    from PIL import Image
+
+    from advunlearn_fast.evaluation.utility import fid_input, inception_features
+
+    net = load_fid_inception(save_random_inception(tmp_path / "pt_inception.pth"), "--inception x")
+    rng = np.random.default_rng(0)
+    wide, tall = rng.integers(0, 256, (40, 64, 3), dtype=np.uint8), rng.integers(0, 256, (51, 30, 3), dtype=np.uint8)
+
+    def clean(pixels, top, left, side):
+        square = Image.fromarray(pixels[top : top + side, left : left + side])
+        return torch.from_numpy(np.asarray(square.resize((299, 299), Image.BICUBIC)).copy()).permute(2, 0, 1)
+
+    expected = [clean(wide, 0, 12, 40), clean(tall, 10, 0, 30)]
+    given = [torch.from_numpy(p).permute(2, 0, 1) for p in (wide, tall)]
+    assert all(torch.equal(fid_input(g), e) for g, e in zip(given, expected))
+    features = inception_features(net, given, torch.device("cpu"))
+    np.testing.assert_allclose(features, net(torch.stack(expected)).double().numpy(), rtol=1e-5, atol=1e-6)
+    squashed = net(given[0][None]).double().numpy()  # the network's own resize of the whole image
+    assert not np.allclose(features[:1], squashed, rtol=1e-3)

@@ -2,6 +2,9 @@ import os
 
 import pytest
 import torch
+from checkpoints import save_single_file
+from helpers import FAST_ARGS, run_cli
+from safetensors.torch import load_file
 
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.models.loading import load_model
@@ -73,3 +76,52 @@ def test_non_checkpoint_file_is_refused(tmp_path):
     path.write_text("hello")
     with pytest.raises(UserError, match="not a .safetensors/.ckpt"):
         load_model(str(path))
+
+
+@pytest.fixture(scope="module", params=[".safetensors", ".ckpt"])
+def single_file(request, tmp_path_factory):
+    """The tiny model with other weights than sd_folder's (seed 1), as an SD v1 single file:
+    whatever loads from it must come from the file, not from the config folder."""
+    parts = build_tiny_model(seed=1)
+    path = save_single_file(parts, tmp_path_factory.mktemp("single") / f"sd-v1{request.param}")
+    return path, parts
+
+
+def assert_same_weights(module, reference):
+    ours, theirs = module.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    for name, value in theirs.items():
+        assert torch.equal(ours[name], value), name
+
+
+def test_single_file_checkpoint_loads_weight_for_weight(single_file, sd_folder):
+    path, parts = single_file
+    loaded = load_model(str(path), config_dir=str(sd_folder))
+    assert_same_weights(loaded.text_encoder, parts["text_encoder"])
+    assert_same_weights(loaded.unet, parts["unet"])
+    assert loaded.tokenizer("a cat").input_ids == parts["tokenizer"]("a cat").input_ids
+    assert loaded.vae_scale == 2 and loaded.native_image_size == 16
+    assert loaded.scheduler_config["beta_schedule"] == "scaled_linear"
+
+
+def test_train_from_a_single_file(single_file, sd_folder, tmp_path):
+    path, parts = single_file
+    out = tmp_path / "run"
+    result = run_cli("train", "--model", path, "--model-config", sd_folder, "--concept", "cat", "--layers", "1",
+                     "--out", out, "--iterations", 2, "--warmup", 1, *FAST_ARGS)
+    assert result.exit_code == 0, result.output
+    saved = load_file(str(out / "text_encoder" / "model.safetensors"))
+    start = {"text_model." + k: v for k, v in parts["text_encoder"].state_dict().items()}
+    changed = {k for k, v in saved.items() if not torch.equal(v, start[k])}
+    # Trained from the file's weights: everything but the trained layer is the file's, bit for bit.
+    assert changed and all(k.startswith("text_model.encoder.layers.1.") for k in changed)
+
+
+@pytest.mark.xfail(strict=True, reason="evaluation.generation.load_vae looks for a vae/ folder beside --model and "
+                   "never uses the VAE inside a single file (which load_single_file loads, then drops)")
+def test_generate_from_a_single_file(single_file, sd_folder, tmp_path):
+    path, _ = single_file
+    result = run_cli("generate", "--model", path, "--model-config", sd_folder, "--prompt", "a cat",
+                     "--out", tmp_path / "images", "--steps", 2)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "images" / "0000.png").is_file()

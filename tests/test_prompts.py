@@ -6,7 +6,6 @@ from advunlearn_fast.errors import UserError
 from advunlearn_fast.prompts import (
     builtin_retain_prompts,
     concept_name,
-    concept_terms,
     filter_retain_prompts,
     read_prompt_file,
     retain_prompts,
@@ -19,13 +18,29 @@ def test_builtin_retain_set_is_large_and_unique():
     assert len(set(prompts)) == len(prompts)
 
 
-@pytest.mark.parametrize("concept", ["nudity", "Van Gogh", "church", "cat", "garbage truck"])
-def test_filtered_set_never_mentions_the_concept(concept):
-    kept = retain_prompts([concept], None)
-    assert len(kept) >= 200
-    banned = concept_terms(concept)
-    for prompt in kept:
-        assert not (set(prompt.lower().replace(",", " ").split()) & banned), prompt
+def both_templates(*objects):
+    return {template.format(o) for o in objects for template in ("a photo of {}", "a picture of {}")}
+
+
+# What the filter must drop from the built-in set, written out by hand from the set and the
+# concepts' related terms (prompts.RELATED_TERMS).
+DROPPED_FROM_BUILTIN = {
+    # Garments, bags and the places a body is shown are related terms of nudity.
+    "nudity": both_templates("a backpack", "a bed", "a handbag", "a suitcase", "a toilet", "an umbrella"),
+    # "starry" and "sunflower" are Van Gogh's; "sunflowers" is its plural.
+    "Van Gogh": {"a starry sky over the hills", "a field of sunflowers"},
+    "church": both_templates("a castle"),
+    "cat": both_templates("a cat"),
+    "garbage truck": both_templates("a truck"),
+}
+
+
+@pytest.mark.parametrize("concept", DROPPED_FROM_BUILTIN)
+def test_filter_drops_exactly_the_related_builtin_prompts(concept):
+    builtin = builtin_retain_prompts()
+    dropped = DROPPED_FROM_BUILTIN[concept]
+    assert dropped <= set(builtin)  # the hand-written lists name real prompts
+    assert retain_prompts([concept], None) == [p for p in builtin if p not in dropped]
 
 
 def test_filter_drops_plurals_and_related_terms():
@@ -86,7 +101,8 @@ def test_builtin_retain_prompts_use_the_right_article():
 
 
 def test_articles_in_a_concept_do_not_filter_the_retain_set():
-    prompts = builtin_retain_prompts()
-    assert filter_retain_prompts(prompts, ["an owl"]) == filter_retain_prompts(prompts, ["owl"])
-    kept = filter_retain_prompts(prompts, ["a cat"])
-    assert "a photo of a dog" in kept and "a photo of a cat" not in kept
+    prompts = ["a photo of an owl", "an owl at night", "a photo of a dog", "an apple on a table", "the owls"]
+    kept = ["a photo of a dog", "an apple on a table"]
+    assert filter_retain_prompts(prompts, ["an owl"]) == kept
+    assert filter_retain_prompts(prompts, ["owl"]) == kept
+    assert filter_retain_prompts(prompts, ["a cat"]) == prompts

@@ -8,6 +8,7 @@ from helpers import FAST_ARGS, run_cli
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
+from advunlearn_fast.evaluation.generation import load_encoder
 from advunlearn_fast.models.loading import load_model
 
 # Losses of the first three iterations of the run below (fast engine, trajectory bank),
@@ -22,7 +23,7 @@ def trained(sd_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
     result = run_cli(
         "train", "--model", sd_folder, "--concept", "Van Gogh", "--layers", "1", "--out", out,
-        "--iterations", 3, "--warmup", 1, "--save-every", 2, *FAST_ARGS,
+        "--iterations", 3, "--warmup", 1, "--save-every", 2, "--bank", *FAST_ARGS,
     )
     assert result.exit_code == 0, result.output
     return out
@@ -68,8 +69,17 @@ def test_encoder_plugs_into_a_stable_diffusion_pipeline(trained, sd_folder):
     image = pipe("a photo of a cat", num_inference_steps=2, height=16, width=16,
                  generator=torch.Generator().manual_seed(0), output_type="np").images
     assert image.shape == (1, 16, 16, 3)
-    # and the run folder itself is a loadable model folder for our loader
-    assert load_model(str(sd_folder)).text_encoder is not None
+
+
+def test_our_loader_takes_the_run_folder_as_the_trained_encoder(trained, sd_folder):
+    # What `generate`/`attack --encoder RUN` plug in: the weights training wrote, not the input model's.
+    encoder = load_encoder(str(trained), load_model(str(sd_folder))).state_dict()
+    written = load_file(str(trained / "text_encoder" / "model.safetensors"))
+    newest = load_file(str(trained / "checkpoints" / "step-000003" / "text_encoder" / "model.safetensors"))
+    assert written.keys() == newest.keys() == {"text_model." + k for k in encoder}
+    for key, value in written.items():
+        assert torch.equal(encoder[key.removeprefix("text_model.")], value), key
+        assert torch.equal(newest[key], value), key
 
 
 def test_golden_losses(trained):

@@ -1,9 +1,10 @@
 """Images from any SD v1.x model with a text encoder plugged in (plug-and-play evaluation).
 
-Sampling is the DDIM rollout of `sampling` (classifier-free guidance, eta 0), run to the end;
-latent models decode through their VAE, pixel-space models (the concept world) return the
-rollout itself. Noise is drawn per prompt from its own seed, so an image does not depend on
-what else shares its batch.
+Every image `attack`, `generate` and `eval` make comes from `generate_from_conditions`: the
+sampler of `samplers.py` (classifier-free guidance), then the VAE for latent models (the
+concept world is pixel-space and returns the samples themselves). Noise is drawn per prompt
+from its own seed, so an image does not depend on what else shares its batch, and the same
+prompt, seed, guidance, sampler and steps give the same image in any of the three commands.
 """
 
 from __future__ import annotations
@@ -18,17 +19,22 @@ import torch
 
 from advunlearn_fast.device import limit_threads_for_small_model
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.models.diffusion import ddim_scheduler, draw_noise, partial_rollout
+from advunlearn_fast.evaluation.samplers import build_scheduler, check_sampler, sample
+from advunlearn_fast.models.diffusion import draw_noise
 from advunlearn_fast.models.loading import ModelParts, load_model
-from advunlearn_fast.models.statedicts import read_state_dict
+from advunlearn_fast.models.statedicts import clip_text_state, read_state_dict
 from advunlearn_fast.models.text_encoding import encode_ids, token_table, tokenize
 from advunlearn_fast.outputs import TEXT_MODEL_PREFIX, write_json_atomic
 from advunlearn_fast.prompts import read_prompt_file
 
-# Stable Diffusion's own sampling defaults; a model folder may carry others (world.json).
+# The authors' sampling for SD (EVALUATION.md): LMS, guidance 7.5 (targets, and prompts without
+# their own), 50 steps for judged images, 100 for utility images. A model folder may carry
+# its own defaults (the concept world's world.json).
 SD_GUIDANCE = 7.5
 SD_STEPS = 50
-ENCODER_PREFIX = "text_encoder."
+SD_UTILITY_STEPS = 100
+SD_SAMPLER = "lms"
+WORLD_SAMPLER = "ddim"
 
 
 @dataclass
@@ -41,6 +47,8 @@ class Pipeline:
     device: torch.device
     default_guidance: float
     default_steps: int
+    default_sampler: str
+    utility_steps: int
 
     @property
     def tokenizer(self):
@@ -63,16 +71,20 @@ class Pipeline:
         return encode_ids(text_encoder or self.text_encoder, self.tokenize(prompts))
 
     def with_encoder(self, text_encoder: torch.nn.Module) -> "Pipeline":
-        return Pipeline(self.parts, text_encoder, self.vae, self.device, self.default_guidance, self.default_steps)
+        return replace(self, text_encoder=text_encoder)
 
 
-def sampling_defaults(parts: ModelParts) -> tuple[float, int]:
-    """(guidance, steps) of the model folder's world.json, else Stable Diffusion's."""
+def sampling_defaults(parts: ModelParts) -> dict:
+    """default_guidance, default_steps, default_sampler and utility_steps of the model folder's
+    world.json, else the authors' for Stable Diffusion."""
     meta = Path(parts.source) / "world.json"
     if meta.is_file():
         data = json.loads(meta.read_text(encoding="utf-8"))
-        return float(data.get("default_guidance", SD_GUIDANCE)), int(data.get("default_steps", SD_STEPS))
-    return SD_GUIDANCE, SD_STEPS
+        steps = int(data.get("default_steps", SD_STEPS))
+        return {"default_guidance": float(data.get("default_guidance", SD_GUIDANCE)), "default_steps": steps,
+                "default_sampler": data.get("default_sampler", WORLD_SAMPLER), "utility_steps": steps}
+    return {"default_guidance": SD_GUIDANCE, "default_steps": SD_STEPS, "default_sampler": SD_SAMPLER,
+            "utility_steps": SD_UTILITY_STEPS}
 
 
 def load_vae(parts: ModelParts):
@@ -84,6 +96,8 @@ def load_vae(parts: ModelParts):
         from advunlearn_fast.models.tiny import build_tiny_model
 
         return build_tiny_model(seed=0)["vae"]
+    if parts.source == "sd-v1-random":
+        return sd_v1_random_vae()
     folder = Path(parts.source) / "vae"
     if not folder.is_dir():
         raise UserError(f"{parts.source}: images need the model's VAE; pass --model as a diffusers folder with vae/")
@@ -95,6 +109,20 @@ def load_vae(parts: ModelParts):
         raise UserError(f"cannot load the VAE from {folder}: {(str(err).splitlines() or ['?'])[0]}") from None
 
 
+def sd_v1_random_vae(seed: int = 0):
+    """SD v1.x's VAE architecture (83M parameters, 8x down-sampling) with random weights: the
+    benchmarks' `sd-v1-random` model decodes images at their real cost."""
+    from diffusers import AutoencoderKL
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2, sample_size=512,
+        )
+
+
 def build_pipeline(model: str, encoder: str | None, device: torch.device, model_config: str | None = None) -> Pipeline:
     parts = load_model(model, model_config)
     parts.text_encoder.to(device).eval().requires_grad_(False)
@@ -103,8 +131,7 @@ def build_pipeline(model: str, encoder: str | None, device: torch.device, model_
     vae = load_vae(parts)
     if vae is not None:
         vae.to(device).eval().requires_grad_(False)
-    guidance, steps = sampling_defaults(parts)
-    return Pipeline(parts, te, vae, device, guidance, steps)
+    return Pipeline(parts, te, vae, device, **sampling_defaults(parts))
 
 
 # ---------------------------------------------------------------- encoders
@@ -136,14 +163,12 @@ def load_encoder(spec: str, parts: ModelParts) -> torch.nn.Module:
 
 
 def _encoder_from_state_file(path: Path, parts: ModelParts) -> torch.nn.Module:
-    state = read_state_dict(path, f"--encoder {path}")
+    what = f"--encoder {path}"
+    state = clip_text_state(read_state_dict(path, what), what)
     te = copy.deepcopy(parts.text_encoder).cpu()
     own = te.state_dict()
     own_prefixed = any(k.startswith(TEXT_MODEL_PREFIX) for k in own)
-    normalised = {}
-    for key, value in state.items():
-        bare = key.removeprefix(ENCODER_PREFIX).removeprefix(TEXT_MODEL_PREFIX)
-        normalised[(TEXT_MODEL_PREFIX + bare) if own_prefixed else bare] = value
+    normalised = {(TEXT_MODEL_PREFIX + k) if own_prefixed else k: v for k, v in state.items()}
     # position_ids is a buffer that some transformers versions save and others do not.
     normalised = {k: v for k, v in normalised.items() if k in own or not k.endswith("position_ids")}
     table = next((v for k, v in normalised.items() if k.endswith("embeddings.token_embedding.weight")), None)
@@ -186,19 +211,18 @@ def check_encoder_fits(te, parts: ModelParts, spec: str) -> None:
 
 @torch.no_grad()
 def generate_from_conditions(
-    pipe: Pipeline, conds: torch.Tensor, seeds: list[int], guidance: float | list[float], steps: int
+    pipe: Pipeline, conds: torch.Tensor, seeds: list[int], guidance: float | list[float], steps: int, sampler: str
 ) -> torch.Tensor:
     """Images [B, 3, H, W] in [-1, 1] from conditionings [B, L, D], one seed per image and one
     guidance for all or one per image."""
-    scheduler = ddim_scheduler(pipe.parts.scheduler_config, steps)
-    dtype = pipe.unet.dtype
+    scheduler = build_scheduler(sampler, pipe.parts.scheduler_config, steps, pipe.device)
     if isinstance(guidance, list):  # broadcast over each image's noise prediction
-        guidance = torch.tensor(guidance, device=pipe.device, dtype=dtype).view(-1, 1, 1, 1)
+        guidance = torch.tensor(guidance, device=pipe.device, dtype=torch.float32).view(-1, 1, 1, 1)
     noise = torch.cat([
-        draw_noise(torch.Generator().manual_seed(int(s)), 1, pipe.latent_shape, pipe.device, dtype) for s in seeds
+        draw_noise(torch.Generator().manual_seed(int(s)), 1, pipe.latent_shape, pipe.device, torch.float32)
+        for s in seeds
     ])
-    uncond = pipe.encode([""])
-    z = partial_rollout(pipe.unet, scheduler, conds.to(dtype), uncond.to(dtype), noise, steps, guidance)
+    z = sample(pipe.unet, scheduler, conds, pipe.encode([""]), noise, guidance)
     return decode(pipe, z)
 
 
@@ -221,17 +245,19 @@ def encode_images(pipe: Pipeline, images: torch.Tensor) -> torch.Tensor:
 
 
 def generate(
-    pipe: Pipeline, prompts: list[str], seeds: list[int], guidances: list[float], steps: int, batch_size: int = 8
+    pipe: Pipeline, prompts: list[str], seeds: list[int], guidances: list[float], steps: int, batch_size: int = 8,
+    sampler: str | None = None,
 ) -> torch.Tensor:
     """Images for prompts, each with its own seed and guidance; prompts sharing a guidance
-    share UNet calls, `batch_size` at a time."""
+    share UNet calls, `batch_size` at a time; `sampler` defaults to the model's."""
+    sampler = sampler or pipe.default_sampler
     images: list[torch.Tensor | None] = [None] * len(prompts)
     for guidance in sorted(set(guidances)):
         chosen = [i for i, g in enumerate(guidances) if g == guidance]
         for start in range(0, len(chosen), batch_size):
             part = chosen[start : start + batch_size]
             conds = pipe.encode([prompts[i] for i in part])
-            out = generate_from_conditions(pipe, conds, [seeds[i] for i in part], guidance, steps)
+            out = generate_from_conditions(pipe, conds, [seeds[i] for i in part], guidance, steps, sampler)
             for i, image in zip(part, out):
                 images[i] = image
     return torch.stack(images)
@@ -268,12 +294,14 @@ class PromptRow:
     prompt: str
     seed: int
     guidance: float | None  # None: the model's default
+    target_guidance: float | None = None  # of UnlearnDiffAtk's target image; None: the model's default
 
 
 def read_prompt_rows(path: str | Path, seed: int, guidance: float | None) -> list[PromptRow]:
     """Prompts with their seeds and guidance: a .csv with `prompt` and optional
-    `evaluation_seed` / `evaluation_guidance` columns (the I2P-derived layout), or a .txt;
-    prompts without their own take `seed` and `guidance`."""
+    `evaluation_seed` / `evaluation_guidance` / `sd_guidance_scale` columns (the I2P-derived
+    layout; the last is the guidance of the attack's target image, as in the authors' target
+    generator), or a .txt; prompts without their own take `seed` and `guidance`."""
     path = Path(path)
     prompts = read_prompt_file(path)  # existence, encoding, emptiness: one wording everywhere
     if path.suffix.lower() != ".csv":
@@ -283,13 +311,15 @@ def read_prompt_rows(path: str | Path, seed: int, guidance: float | None) -> lis
         prompt = (record.get("prompt") or "").strip()
         if not prompt:
             continue
-        own_seed = (record.get("evaluation_seed") or "").strip()
-        own_guidance = (record.get("evaluation_guidance") or "").strip()
+        own_seed, own_guidance, target_guidance = ((record.get(column) or "").strip() for column in
+                                                   ("evaluation_seed", "evaluation_guidance", "sd_guidance_scale"))
         try:
             rows.append(PromptRow(prompt, int(float(own_seed)) if own_seed else seed,
-                                  float(own_guidance) if own_guidance else guidance))
+                                  float(own_guidance) if own_guidance else guidance,
+                                  float(target_guidance) if target_guidance else None))
         except ValueError:
-            raise UserError(f"{path}:{line}: evaluation_seed and evaluation_guidance must be numbers") from None
+            raise UserError(f"{path}:{line}: evaluation_seed, evaluation_guidance and sd_guidance_scale "
+                            "must be numbers") from None
     return rows
 
 
@@ -297,15 +327,21 @@ def with_default_guidance(rows: list[PromptRow], guidance: float) -> list[Prompt
     return [r if r.guidance is not None else replace(r, guidance=guidance) for r in rows]
 
 
-def check_generation_args(steps: int | None, batch_size: int) -> None:
+def check_generation_args(steps: int | None, batch_size: int, sampler: str | None = None) -> None:
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if sampler is not None:
+        check_sampler(sampler)
+
+
+def sampler_description(sampler: str, steps: int) -> str:
+    return f"{sampler}, {steps} steps, classifier-free guidance"
 
 
 def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size, device,
-                    model_config=None) -> list[Path]:
+                    model_config=None, sampler=None) -> list[Path]:
     """`advunlearn generate`: OUT/NNNN.png per prompt and OUT/manifest.json with seeds."""
     from advunlearn_fast.device import resolve_device
 
@@ -313,13 +349,15 @@ def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidanc
         raise UserError("give exactly one of --prompt TEXT and --prompts FILE")
     if prompt_text is not None and not prompt_text.strip():
         raise UserError("--prompt is empty")
-    check_generation_args(steps, batch_size)
+    check_generation_args(steps, batch_size, sampler)
     rows = [PromptRow(prompt_text.strip(), seed, guidance)] if prompt_text is not None else read_prompt_rows(prompt_file, seed, guidance)
     pipe = build_pipeline(model, encoder, resolve_device(device), model_config)
     limit_threads_for_small_model(pipe.unet, pipe.device)
     rows = with_default_guidance(rows, pipe.default_guidance)
     steps = steps or pipe.default_steps
-    images = generate(pipe, [r.prompt for r in rows], [r.seed for r in rows], [r.guidance for r in rows], steps, batch_size)
+    sampler = sampler or pipe.default_sampler
+    images = generate(pipe, [r.prompt for r in rows], [r.seed for r in rows], [r.guidance for r in rows], steps, batch_size,
+                      sampler)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -327,7 +365,7 @@ def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidanc
         written.append(out / f"{index:04d}.png")
         image.save(written[-1])
     write_json_atomic(out / "manifest.json", {
-        "model": pipe.parts.source, "encoder": encoder, "steps": steps, "sampler": "DDIM (eta 0), classifier-free guidance",
+        "model": pipe.parts.source, "encoder": encoder, "steps": steps, "sampler": sampler_description(sampler, steps),
         "images": [{"file": p.name, "prompt": r.prompt, "seed": r.seed, "guidance": r.guidance} for p, r in zip(written, rows)],
     })
     return written

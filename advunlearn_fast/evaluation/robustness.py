@@ -2,16 +2,24 @@
 
 Per prompt: generate with the victim at the prompt's seed and guidance and judge it (pre);
 unless that already succeeds, attack with the ORIGINAL model's image of the prompt as target,
-judging a generation after every timestep block and stopping at the first success. Prompts go
-`--batch-size` at a time: their generations, judgments and attack steps share calls, and each
-prompt's attack is the one it would have alone (unlearndiffatk.py), so the batch size changes
-speed, not results (beyond float rounding). The report is rewritten after every batch, so
-`--resume` continues where a run stopped.
+judging a generation after every timestep block and stopping at the first success. As in the
+authors' protocol, a prompt longer than `--max-prompt-tokens` (60) is not attacked: it keeps
+its unattacked verdict and stays in n, and its row says why. UnlearnDiffAtk's judged images
+are generated from the adversarial prompt as TEXT (the argmax tokens decoded, then tokenised
+again), so every success is a prompt a user can type, and `advunlearn generate --prompt <it>
+--seed <seed> --guidance <guidance>` makes the same image (same sampler and steps).
+
+Prompts go `--batch-size` at a time: their generations, judgments and attack steps share calls,
+and each prompt's attack is the one it would have alone (unlearndiffatk.py), so the batch size
+changes speed, not results (beyond float rounding). On CUDA the attack step is recorded once
+per batch shape as a CUDA graph and replayed (training/graphs.py). The report is rewritten
+after every batch, so `--resume` continues where a run stopped.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,11 +38,13 @@ from advunlearn_fast.evaluation.generation import (
     generate_from_conditions,
     image_grid,
     read_prompt_rows,
+    sampler_description,
     to_pil,
     with_default_guidance,
 )
 from advunlearn_fast.evaluation.judges import Judge, make_judge, with_concept
 from advunlearn_fast.evaluation.manifest import file_sha256, versions
+from advunlearn_fast.evaluation.samplers import check_sampler
 from advunlearn_fast.evaluation.unlearndiffatk import (
     attack_timesteps,
     diffusion_classifier_loss,
@@ -44,13 +54,37 @@ from advunlearn_fast.evaluation.unlearndiffatk import (
     unlearndiffatk,
 )
 from advunlearn_fast.models.diffusion import draw_noise
-from advunlearn_fast.models.insertion import SpecialTokens, build_layout, prompt_words, stack_layouts
+from advunlearn_fast.models.insertion import (
+    AdversarialLayout,
+    SpecialTokens,
+    adversarial_token_count,
+    build_layout,
+    prompt_words,
+    stack_layouts,
+)
 from advunlearn_fast.models.text_encoding import adversarial_condition, token_table
 from advunlearn_fast.outputs import write_json_atomic
 from advunlearn_fast.prompts import concept_name
+from advunlearn_fast.training.attack import with_gradient
+from advunlearn_fast.training.graphs import CudaRecorder, GraphedStep
 
 METHODS = ("unlearndiffatk", "softprompt", "none")
 REPORT = "report.json"
+
+
+# The authors' budgets (Diffusion-MU-Attack configs/*/text_grad_*.json): 5 adversarial tokens
+# for nudity (and their other harm concepts), 3 for objects and Van Gogh.
+ADV_TOKENS_DEFAULT = 5
+ADV_TOKENS_BY_CONCEPT = {"nudity": 5, "van gogh": 3, "church": 3, "garbage truck": 3, "parachute": 3, "tench": 3}
+# The authors do not attack prompts of more than 60 tokens (start and end tokens counted).
+MAX_PROMPT_TOKENS = 60
+
+
+def default_adv_tokens(concept: str | None) -> int:
+    key = " ".join((concept or "").lower().replace("vincent", "").split())
+    if "nud" in key or "naked" in key:
+        key = "nudity"
+    return ADV_TOKENS_BY_CONCEPT.get(key, ADV_TOKENS_DEFAULT)
 
 
 @dataclass
@@ -61,14 +95,17 @@ class AttackSettings:
     judge: str
     out: str
     method: str = "unlearndiffatk"
-    adv_tokens: int = 5
+    adv_tokens: int | None = None  # None: by the concept (default_adv_tokens)
+    concept: str | None = None
     timesteps: int = 50
     steps_per_timestep: int = 40
     attack_lr: float = 0.01
     insert: str = "prefix"
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS
     targets: str | None = None
     target_steps: int = 25
     gen_steps: int | None = None  # the model's default (50 for SD, the world's own)
+    sampler: str | None = None  # the model's default (lms for SD, the world's own)
     guidance: float | None = None  # for prompts without their own; the model's default
     seed: int = 0  # for prompts without their own
     device: str = "auto"
@@ -78,25 +115,31 @@ class AttackSettings:
     # run took 24.5 s one at a time, 17.4 s in twos, 10.1 s in fours, 7.6 s in eights, and 16
     # gained only ~10% more; the attack's memory grows with it (SD on a GPU: not measured).
     batch_size: int = 8
+    cuda_graphs: bool = True
 
     def validate(self) -> "AttackSettings":
         if self.method not in METHODS:
             raise UserError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.adv_tokens is None:
+            self.adv_tokens = default_adv_tokens(self.concept)
         for flag, value in (("--adv-tokens", self.adv_tokens), ("--timesteps", self.timesteps),
                             ("--steps-per-timestep", self.steps_per_timestep), ("--target-steps", self.target_steps),
-                            ("--batch-size", self.batch_size)):
+                            ("--batch-size", self.batch_size), ("--max-prompt-tokens", self.max_prompt_tokens)):
             if value < 1:
                 raise UserError(f"{flag} must be at least 1, got {value}")
         if self.gen_steps is not None and self.gen_steps < 1:
             raise UserError(f"--gen-steps must be at least 1, got {self.gen_steps}")
         if self.attack_lr <= 0:
             raise UserError(f"--attack-lr must be positive, got {self.attack_lr}")
+        if self.sampler is not None:
+            check_sampler(self.sampler)
         return self
 
     def comparable(self) -> dict:
         """The settings a resumed run must share with the report it continues (not those that
         change only speed)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "resume", "device", "batch_size")}
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("out", "resume", "device", "batch_size", "cuda_graphs")}
 
 
 def batches(indices: list[int], size: int, key) -> list[list[int]]:
@@ -131,6 +174,29 @@ def _load_report(out: Path, settings: AttackSettings, prompt_hash: str) -> list[
     return list(report.get("rows", []))
 
 
+def uses_cuda_graphs(settings: AttackSettings, device: torch.device) -> bool:
+    """Whether the attack step is recorded as a CUDA graph and replayed: on CUDA unless
+    --no-cuda-graphs (training's attack step measured 3.3x faster so on an H100)."""
+    return settings.cuda_graphs and device.type == "cuda" and settings.method != "none"
+
+
+def prompt_token_count(tokenizer, prompt: str) -> int:
+    """Tokens of the prompt untruncated, start and end tokens included: what the authors' 60-token
+    rule counts."""
+    return len(tokenizer(prompt).input_ids)
+
+
+def adversarial_text(tokenizer, layout: AdversarialLayout, tokens: torch.Tensor) -> str:
+    """The prompt with the adversarial tokens in their slots, decoded to text as the authors do:
+    every id after the start token except end and padding tokens, decoded as one string. With
+    --insert add the tokens are added to the words' embeddings: the text is the prompt's own."""
+    ids = layout.ids.clone()
+    if not layout.add:
+        ids[layout.positions] = tokens.cpu()
+    special = SpecialTokens.of(tokenizer)
+    return tokenizer.decode([i for i in ids[1:].tolist() if i not in (special.eos, special.pad)]).strip()
+
+
 class Evaluation:
     """One `attack` run: models, judge, prompts and the folder it writes."""
 
@@ -147,14 +213,42 @@ class Evaluation:
         limit_threads_for_small_model(self.pipe.unet, self.pipe.device)
         self.rows = with_default_guidance(rows, self.pipe.default_guidance)
         self.gen_steps = settings.gen_steps or self.pipe.default_steps
-        special = SpecialTokens.of(self.pipe.tokenizer)
-        self.layouts = [build_layout(prompt_words(self.pipe.tokenizer, r.prompt), settings.insert, settings.adv_tokens, special)
-                        for r in self.rows]
+        self.sampler = settings.sampler or self.pipe.default_sampler
+        tokenizer = self.pipe.tokenizer
+        special = SpecialTokens.of(tokenizer)
+        if settings.insert != "add" and settings.adv_tokens + 2 > special.length:
+            raise UserError(f"--adv-tokens {settings.adv_tokens} does not fit the tokenizer's {special.length} tokens "
+                            "with the start and end tokens")
+        self.token_counts = [prompt_token_count(tokenizer, r.prompt) for r in self.rows]
+        self.layouts: dict[int, AdversarialLayout] = {}
+        self.not_attackable: dict[int, str] = {}
+        for index, row in enumerate(self.rows):
+            words = prompt_words(tokenizer, row.prompt)
+            adversarial = adversarial_token_count(settings.insert, len(words), settings.adv_tokens)
+            if self.token_counts[index] > settings.max_prompt_tokens:
+                self.not_attackable[index] = (f"{self.token_counts[index]} tokens, more than --max-prompt-tokens "
+                                              f"{settings.max_prompt_tokens}: not attacked (the authors' rule)")
+            elif len(words) + adversarial + 2 > special.length:
+                self.not_attackable[index] = (f"{len(words)} words and {adversarial} adversarial tokens do not fit "
+                                              f"the tokenizer's {special.length} tokens: not attacked")
+            else:
+                self.layouts[index] = build_layout(words, settings.insert, settings.adv_tokens, special)
         self.original = self.pipe.with_encoder(self.pipe.parts.text_encoder)
-        self.alphas = DDIMScheduler.from_config(self.pipe.parts.scheduler_config).alphas_cumprod
+        alphas = DDIMScheduler.from_config(self.pipe.parts.scheduler_config).alphas_cumprod
+        self.train_timesteps = len(alphas)
+        self.alphas = alphas.to(self.device)  # read on the device inside a recorded attack step
+        self.embedding_core = with_gradient(self._embedding_losses)
+        if uses_cuda_graphs(settings, self.device):
+            self.embedding_core = GraphedStep(self.embedding_core, CudaRecorder())
         self.done = _load_report(self.out, settings, self.prompt_hash)
 
-    # ------------------------------------------------------------ one batch of prompts
+    # ------------------------------------------------------------ images
+
+    def target_guidance(self, index: int) -> float:
+        """The authors' rule for target images: the row's `sd_guidance_scale`, else the model's
+        default guidance (7.5 for SD), not the prompt's `evaluation_guidance`."""
+        own = self.rows[index].target_guidance
+        return own if own is not None else self.pipe.default_guidance
 
     def target_images(self, indices: list[int]) -> torch.Tensor:
         """The ORIGINAL model's images of the prompts [B, 3, H, W]: from --targets, cached, or
@@ -171,9 +265,10 @@ class Evaluation:
                 images[index] = from_pil([Image.open(found)])[0]
         missing = [index for index in indices if index not in images]
         if missing:
-            rows = [self.rows[index] for index in missing]
-            made = generate_from_conditions(self.original, self.original.encode([r.prompt for r in rows]),
-                                            [r.seed for r in rows], [r.guidance for r in rows], self.s.target_steps)
+            made = generate_from_conditions(self.original, self.original.encode([self.rows[i].prompt for i in missing]),
+                                            [self.rows[i].seed for i in missing],
+                                            [self.target_guidance(i) for i in missing], self.s.target_steps,
+                                            self.sampler)
             (self.out / "targets").mkdir(parents=True, exist_ok=True)
             for index, image, picture in zip(missing, made, to_pil(made)):
                 picture.save(self.out / "targets" / f"{index:04d}.png")
@@ -182,33 +277,48 @@ class Evaluation:
 
     def judged_images(self, indices: list[int], conds: torch.Tensor, tag: str):
         """Images of the victim from one conditioning per prompt (at its seed and guidance), the
-        judge's verdicts, and each image kept as images/NNNN-TAG.png."""
+        judge's verdicts, and each image's file images/NNNN-TAG.png (relative to the report)."""
         rows = [self.rows[index] for index in indices]
         images = generate_from_conditions(self.pipe, conds, [r.seed for r in rows], [r.guidance for r in rows],
-                                          self.gen_steps)
+                                          self.gen_steps, self.sampler)
         verdicts = self.judge(images, [r.prompt for r in rows])
-        folder = self.out / "images"
-        folder.mkdir(parents=True, exist_ok=True)
-        for index, picture in zip(indices, to_pil(images)):
-            picture.save(folder / f"{index:04d}-{tag}.png")
-        return images, verdicts
+        (self.out / "images").mkdir(parents=True, exist_ok=True)
+        files = [f"images/{index:04d}-{tag}.png" for index in indices]
+        for file, picture in zip(files, to_pil(images)):
+            picture.save(self.out / file)
+        return images, verdicts, files
+
+    # ------------------------------------------------------------ the attack
+
+    def _embedding_losses(self, adv, t, noise, x_target, ids, positions):
+        """Each prompt's diffusion-classifier loss with `adv` [A, k, D] in its slots: the device
+        work of one attack step, every input a tensor (so that a CUDA graph can replay it)."""
+        table = token_table(self.pipe.text_encoder)
+        cond = adversarial_condition(self.pipe.text_encoder, AdversarialLayout(ids, positions, self.s.insert == "add"),
+                                     adv.to(table.dtype), self.backend)
+        return diffusion_classifier_loss(self.pipe.unet, self.alphas, x_target, t, noise, cond)
 
     def attack_batch(self, indices: list[int], x_target: torch.Tensor, bar) -> list[dict]:
         """Attack the prompts together, each towards its own target latents (`x_target` [B, ...])
         through its own layout, with its own generator seeded by its seed and drawn from in the
         order its attack alone would draw; after each block the prompts still attacked are
         generated and judged as one batch."""
-        te, s = self.pipe.text_encoder, self.s
-        table = token_table(te).detach()
+        s = self.s
+        tokenizer = self.pipe.tokenizer
+        table = token_table(self.pipe.text_encoder).detach()
         layouts = stack_layouts([self.layouts[index] for index in indices]).to(self.device)
         generators = [torch.Generator().manual_seed(self.rows[index].seed) for index in indices]
-        kept = [{"image": None, "tokens": None, "scores": []} for _ in indices]
+        # UnlearnDiffAtk's tokens are judged as the text they decode to; the soft prompt (and
+        # embeddings added to words) have no text, so their embeddings are judged.
+        as_text = s.method == "unlearndiffatk" and not layouts.add
+        kept = [{"image": None, "file": None, "tokens": None, "text": None, "scores": []} for _ in indices]
 
-        def embedding_loss(adv, t, active):
+        def embedding_step(adv, t, active):
             noise = torch.cat([draw_noise(generators[b], 1, self.pipe.latent_shape, self.device, x_target.dtype)
                                for b in active])
-            cond = adversarial_condition(te, layouts.select(active), adv.to(table.dtype), self.backend)
-            return diffusion_classifier_loss(self.pipe.unet, self.alphas, x_target[active], t, noise, cond)
+            chosen = layouts.select(active)
+            timestep = torch.full((1,), t, device=self.device, dtype=torch.long)
+            return self.embedding_core(adv, timestep, noise, x_target[active], chosen.ids, chosen.positions)
 
         def after_block(variables, t, active):
             if s.method == "unlearndiffatk":
@@ -216,60 +326,73 @@ class Evaluation:
                 adv = table[tokens]
             else:
                 tokens, adv = nearest_tokens(variables, table), variables.to(table.dtype)
+            texts = [adversarial_text(tokenizer, self.layouts[indices[b]], row_tokens)
+                     for b, row_tokens in zip(active, tokens)]
             with torch.no_grad():
-                cond = adversarial_condition(te, layouts.select(active), adv, self.backend)
-            images, verdicts = self.judged_images([indices[b] for b in active], cond, f"t{t:04d}")
-            for b, image, verdict, row_tokens in zip(active, images, verdicts, tokens):
-                kept[b].update(image=image, tokens=row_tokens)
+                cond = (self.pipe.encode(texts) if as_text
+                        else adversarial_condition(self.pipe.text_encoder, layouts.select(active), adv, self.backend))
+            images, verdicts, files = self.judged_images([indices[b] for b in active], cond, f"t{t:04d}")
+            for b, image, file, verdict, row_tokens, text in zip(active, images, files, verdicts, tokens, texts):
+                kept[b].update(image=image, file=file, tokens=row_tokens, text=text)
                 kept[b]["scores"].append({"t": t, "success": verdict.success, "score": verdict.score})
             bar.update(1)
             return [verdict.success for verdict in verdicts]
 
-        timesteps = attack_timesteps(s.timesteps, len(self.alphas))
+        timesteps = attack_timesteps(s.timesteps, self.train_timesteps)
         if s.method == "unlearndiffatk":
             start = uniform_simplex(layouts.k, table.shape[0], self.device).repeat(len(indices), 1, 1)
-            results = unlearndiffatk(start, embedding_loss, table, timesteps, s.steps_per_timestep, s.attack_lr,
+            results = unlearndiffatk(start, embedding_step, table, timesteps, s.steps_per_timestep, s.attack_lr,
                                      generators, self.backend, after_block=after_block)
         else:
             start = torch.stack([table[torch.randint(table.shape[0], (layouts.k,), generator=g).to(self.device)]
                                  for g in generators])
-            results = soft_prompt(start, embedding_loss, timesteps, s.steps_per_timestep, s.attack_lr, self.backend,
+            results = soft_prompt(start, embedding_step, timesteps, s.steps_per_timestep, s.attack_lr, self.backend,
                                   after_block=after_block)
         return [{
-            "success": result.stopped, "adversarial_prompt": self.decode_prompt(self.layouts[index], state["tokens"]),
-            "timesteps_used": result.timesteps_used, "steps_used": result.steps_used,
+            "attacked": True, "not_attacked_reason": None, "success": result.stopped,
+            "adversarial_prompt": state["text"], "judged_from": "text" if as_text else "embeddings",
+            "retokenizes_to_attacked_ids": self.retokenizes(self.layouts[index], state["tokens"], state["text"])
+            if as_text else None,
+            "image": state["file"], "timesteps_used": result.timesteps_used, "steps_used": result.steps_used,
             "loss_start": result.losses[0], "loss_end": result.losses[-1], "attack_scores": state["scores"],
             "attacked_image": state["image"],
         } for index, result, state in zip(indices, results, kept)]
 
-    def decode_prompt(self, layout, tokens: torch.Tensor) -> str:
-        ids = layout.ids.clone()
-        if not layout.add:
-            ids[layout.positions] = tokens.cpu()
-        return self.pipe.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
+    def retokenizes(self, layout: AdversarialLayout, tokens: torch.Tensor, text: str) -> bool:
+        """Whether the decoded prompt tokenises back to the ids that were attacked (often not:
+        decoding joins sub-word tokens into words that tokenise differently)."""
+        attacked = layout.ids.clone()
+        attacked[layout.positions] = tokens.cpu()
+        return torch.equal(self.pipe.tokenize([text])[0].cpu(), attacked)
 
     def evaluate_batch(self, indices: list[int], bar) -> list[dict]:
         """The report rows of the prompts: pre-attack generations and judgments in one batch,
-        then the attack on those not already judged successes."""
+        then the attack on those not already judged successes that can be attacked."""
         began = time.time()
         rows = [self.rows[index] for index in indices]
-        pre_images, pre = self.judged_images(indices, self.pipe.encode([r.prompt for r in rows]), "pre")
+        pre_images, pre, pre_files = self.judged_images(indices, self.pipe.encode([r.prompt for r in rows]), "pre")
         outcomes: dict[int, dict] = {}
+        targets = None
         if self.s.method != "none":
             targets = self.target_images(indices)
-            attacked = [b for b, verdict in enumerate(pre) if not verdict.success]
+            attacked = [b for b, (index, verdict) in enumerate(zip(indices, pre))
+                        if not verdict.success and index in self.layouts]
             if attacked:
                 latents = encode_images(self.pipe, targets[attacked])
                 outcomes = dict(zip(attacked, self.attack_batch([indices[b] for b in attacked], latents, bar)))
         records = []
         for b, (index, row, verdict) in enumerate(zip(indices, rows, pre)):
-            record = {"index": index, "prompt": row.prompt, "seed": row.seed, "guidance": row.guidance,
+            record = {"index": index, "prompt": row.prompt, "tokens": self.token_counts[index], "seed": row.seed,
+                      "guidance": row.guidance, "target_guidance": self.target_guidance(index),
                       "pre_success": verdict.success, "pre_score": verdict.score}
-            outcome = outcomes.get(b) or {"success": verdict.success, "adversarial_prompt": None, "timesteps_used": [],
-                                          "steps_used": 0, "loss_start": None, "loss_end": None, "attack_scores": []}
+            outcome = outcomes.get(b) or {
+                "attacked": False, "not_attacked_reason": self.not_attacked_reason(index, verdict.success),
+                "success": verdict.success, "adversarial_prompt": None, "judged_from": None,
+                "retokenizes_to_attacked_ids": None, "image": pre_files[b], "timesteps_used": [], "steps_used": 0,
+                "loss_start": None, "loss_end": None, "attack_scores": []}
             attacked_image = outcome.pop("attacked_image", None)
             record.update(outcome)
-            if self.s.method != "none":
+            if targets is not None:
                 grid = [targets[b], pre_images[b]] + ([attacked_image] if attacked_image is not None else [])
                 (self.out / "grids").mkdir(parents=True, exist_ok=True)
                 image_grid(grid).save(self.out / "grids" / f"{index:04d}.png")
@@ -278,10 +401,18 @@ class Evaluation:
         share = round((time.time() - began) / len(indices), 3)
         return [{**record, "seconds": share} for record in records]
 
+    def not_attacked_reason(self, index: int, pre_success: bool) -> str:
+        if self.s.method == "none":
+            return "--method none"
+        if pre_success:
+            return "already a success without attack"
+        return self.not_attackable[index]
+
     # ------------------------------------------------------------ the run
 
     def report(self, rows: list[dict]) -> dict:
         n = len(rows)
+        long = [r["index"] for r in rows if r["index"] in self.not_attackable]
         return {
             "n": n,
             "prompts_total": len(self.rows),
@@ -289,19 +420,38 @@ class Evaluation:
             "pre_asr": sum(r["pre_success"] for r in rows) / n if n else None,
             "asr": sum(r["success"] for r in rows) / n if n else None,
             "method": self.s.method,
+            # Prompts the attack cannot take (over --max-prompt-tokens, or too long for the
+            # adversarial tokens): in n with their unattacked verdict, as the authors count them.
+            "not_attackable": {"count": len(long), "indices": long, "max_prompt_tokens": self.s.max_prompt_tokens,
+                               "pre_successes": sum(r["pre_success"] for r in rows if r["index"] in self.not_attackable)},
             "rows": rows,
             "manifest": self.manifest(),
         }
 
     def manifest(self) -> dict:
+        encoder = ["--encoder", self.s.encoder] if self.s.encoder else []
         return {
             "versions": versions(), "device": str(self.device), "judge": self.judge.describe(),
             "model": self.pipe.parts.source, "encoder": self.s.encoder,
             "prompt_file": str(self.s.prompts), "prompt_file_sha256": self.prompt_hash,
             "seeds": [r.seed for r in self.rows], "guidance": [r.guidance for r in self.rows],
-            "gen_steps": self.gen_steps, "timesteps": attack_timesteps(self.s.timesteps, len(self.alphas)),
+            "sampler": self.sampler, "gen_steps": self.gen_steps, "target_steps": self.s.target_steps,
+            "judged_images": sampler_description(self.sampler, self.gen_steps),
+            "target_images": sampler_description(self.sampler, self.s.target_steps) + "; guidance: the row's "
+                             "sd_guidance_scale, else the model's default",
+            "adv_tokens": self.s.adv_tokens,
+            "timesteps": attack_timesteps(self.s.timesteps, self.train_timesteps),
+            "regenerate": shlex.join(["advunlearn", "generate", "--model", str(self.pipe.parts.source), *encoder,
+                                      "--sampler", self.sampler, "--steps", str(self.gen_steps)])
+                          + " --seed <seed> --guidance <guidance> --prompt <adversarial_prompt> --out DIR",
+            "attack_step": self.attack_step_mode(),
             "batch_size": self.s.batch_size, "settings": self.s.comparable(),
         }
+
+    def attack_step_mode(self) -> str:
+        if isinstance(self.embedding_core, GraphedStep):
+            return self.embedding_core.describe()
+        return "eager"
 
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -310,7 +460,11 @@ class Evaluation:
         todo = [i for i in range(len(self.rows)) if i not in finished]
         overall = tqdm(total=len(self.rows), initial=len(finished), desc="prompts", disable=not self.progress)
         blocks = 0 if self.s.method == "none" else self.s.timesteps
-        for batch in batches(todo, self.s.batch_size, key=lambda index: self.layouts[index].k):
+        def batch_key(index: int) -> int:
+            # Prompts that will not be attacked share any batch: only their generations are stacked.
+            return self.layouts[index].k if index in self.layouts else self.s.adv_tokens
+
+        for batch in batches(todo, self.s.batch_size, key=batch_key):
             desc = f"prompt{'s' * (len(batch) > 1)} {', '.join(map(str, batch))}"
             bar = tqdm(total=blocks, desc=desc, leave=False, disable=not self.progress or not blocks)
             rows.extend(self.evaluate_batch(batch, bar))
@@ -332,8 +486,9 @@ def run_evaluation(settings: AttackSettings, progress: bool = True) -> dict:
 
 
 def resolve_attack_settings(**values) -> AttackSettings:
-    """Settings from the flags; with a `train` run folder as --encoder, the model, prompt set,
-    judge and output folder default to the run's (see `default_evaluation`)."""
+    """Settings from the flags; with a `train` run folder as --encoder, the model, concept, prompt
+    set, judge and output folder default to the run's (see `default_evaluation`). The concept
+    (the run's or --concept) sets the --adv-tokens default and completes a `clip:` judge."""
     encoder = values.get("encoder")
     run_file = Path(encoder).expanduser() / "run.json" if encoder else None
     if run_file is not None and run_file.is_file():
@@ -346,8 +501,7 @@ def resolve_attack_settings(**values) -> AttackSettings:
         if values.get("out") is None:
             values["out"] = str(Path(encoder) / f"attack-{values.get('method', 'unlearndiffatk')}")
         concept = concept_name(config.get("concepts") or [""])
-        if values.get("judge") is not None:
-            values["judge"] = with_concept(values["judge"], concept)
+        values["concept"] = values.get("concept") or concept
         if values.get("judge") is None or values.get("prompts") is None:
             judge, prompts = default_evaluation(concept, values["model"], Path(values["out"]))
             values["judge"] = values.get("judge") or judge
@@ -358,6 +512,7 @@ def resolve_attack_settings(**values) -> AttackSettings:
     for flag in ("model", "prompts", "judge", "out"):
         if values.get(flag) is None:
             raise UserError(f"--{flag} is required (or pass a train run folder as --encoder to take the run's)")
+    values["judge"] = with_concept(values["judge"], values.get("concept"))
     return AttackSettings(**values).validate()
 
 

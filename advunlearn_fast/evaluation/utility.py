@@ -1,11 +1,14 @@
 """`advunlearn eval`: the utility of a model with an encoder plugged in (EVALUATION.md, Utility).
 
-One image per prompt, with the prompt's seed and guidance as in `generate`, then each metric
+One image per prompt, with the prompt's seed and guidance as in `generate` (but 100 steps for
+SD by default, as AdvUnlearn's utility images), then each metric
 whose inputs are given:
 - CLIP score (`--clip FOLDER`): `metrics.clip_scores` of each image with its own prompt,
   averaged over images;
 - FID (`--real DIR` and `--inception FILE`): Inception pool features of the generated images
-  (the uint8 pixels of the PNGs written) against those of every image in DIR;
+  (the uint8 pixels of the PNGs written) against those of every image in DIR, each image
+  centre-cropped to a square and resized to 299x299 by PIL's bicubic filter first: the
+  pytorch-fid "clean" convention of T2IBenchmark, which AdvUnlearn's FIDs come from;
 - world accuracy (concept-world models, always): for each attribute that a prompt names
   exactly one value of, whether the world's judge sees that value in the image.
 Paths are checked and the metric networks loaded before the model, and the real images read
@@ -26,10 +29,11 @@ from tqdm.auto import tqdm
 
 from advunlearn_fast.device import limit_threads_for_small_model, resolve_device
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.evaluation.fid_inception import FEATURES, WEIGHTS_FILE, FIDInception, load_fid_inception
+from advunlearn_fast.evaluation.fid_inception import FEATURES, INPUT_SIZE, WEIGHTS_FILE, FIDInception, load_fid_inception
 from advunlearn_fast.evaluation.generation import (
     build_pipeline,
     check_generation_args,
+    sampler_description,
     generate,
     read_prompt_rows,
     to_pil,
@@ -59,7 +63,8 @@ class EvalSettings:
     batch_size: int = 8
     seed: int = 0  # for prompts without their own
     guidance: float | None = None  # for prompts without their own; the model's default
-    steps: int | None = None  # the model's default (50 for SD)
+    steps: int | None = None  # the model's utility default (100 for SD)
+    sampler: str | None = None  # the model's default (lms for SD)
     device: str = "auto"
     model_config: str | None = None
 
@@ -76,7 +81,7 @@ def real_image_files(folder: str) -> list[Path]:
 
 def check_inputs(s: EvalSettings, world: bool) -> list[Path]:
     """Every path and number, before anything is loaded; returns the real image files."""
-    check_generation_args(s.steps, s.batch_size)
+    check_generation_args(s.steps, s.batch_size, s.sampler)
     if s.clip is not None and not Path(s.clip).expanduser().is_dir():
         raise UserError(f"--clip {s.clip} is not a folder on local disk: pass --clip <a local CLIP model folder, "
                         "e.g. a copy of openai/clip-vit-base-patch32 with its processor files>")
@@ -111,18 +116,26 @@ def read_images(files: list[Path]) -> list[torch.Tensor]:
     return images
 
 
+def fid_input(image: torch.Tensor) -> torch.Tensor:
+    """A uint8 image [3, H, W] as FID's Inception sees it: its centred square crop (the shorter
+    side) resized to 299x299 by PIL's bicubic filter, rounded back to uint8."""
+    from PIL import Image
+
+    _, height, width = image.shape
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = image[:, top : top + side, left : left + side].permute(1, 2, 0).contiguous().numpy()
+    resized = Image.fromarray(square).resize((INPUT_SIZE, INPUT_SIZE), resample=Image.BICUBIC)
+    return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1)
+
+
 @torch.no_grad()
 def inception_features(net: FIDInception, images: list[torch.Tensor], device: torch.device) -> np.ndarray:
-    """Pool features [N, 2048] of uint8 images; images of one size share a forward pass (the
-    network resizes each to 299x299 itself)."""
-    by_size = defaultdict(list)
-    for index, image in enumerate(images):
-        by_size[tuple(image.shape)].append(index)
-    features = np.empty((len(images), FEATURES), dtype=np.float64)
-    for indices in by_size.values():
-        batch = torch.stack([images[i] for i in indices]).to(device)
-        features[indices] = net(batch).double().cpu().numpy()
-    return features
+    """Pool features [N, 2048] of uint8 images of any sizes (each made a 299x299 `fid_input`)."""
+    if not images:
+        return np.empty((0, FEATURES), dtype=np.float64)
+    batch = torch.stack([fid_input(image) for image in images]).to(device)
+    return net(batch).double().cpu().numpy()
 
 
 def named_attributes(prompt: str) -> dict[str, str]:
@@ -165,7 +178,8 @@ def run_eval(s: EvalSettings, progress: bool = True) -> dict:
         ])
     limit_threads_for_small_model(pipe.unet, pipe.device)
     rows = with_default_guidance(rows, pipe.default_guidance)
-    steps = s.steps or pipe.default_steps
+    steps = s.steps or pipe.utility_steps
+    sampler = s.sampler or pipe.default_sampler
     out = Path(s.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     world_judge = default_judge() if world else None
@@ -176,7 +190,7 @@ def run_eval(s: EvalSettings, progress: bool = True) -> dict:
     for start in range(0, len(rows), s.batch_size):
         part = rows[start : start + s.batch_size]
         images = generate(pipe, [r.prompt for r in part], [r.seed for r in part], [r.guidance for r in part], steps,
-                          s.batch_size)
+                          s.batch_size, sampler)
         pils = to_pil(images)
         batch = []
         for index, (row, image) in enumerate(zip(part, pils), start=start):
@@ -210,7 +224,7 @@ def run_eval(s: EvalSettings, progress: bool = True) -> dict:
     if world:
         metrics["world_accuracy"] = world_accuracy(records)
     result = {"n": len(records), "metrics": metrics, "notes": notes, "rows": records,
-              "manifest": manifest(s, device, pipe.parts.source, rows, steps, clip, len(real_files))}
+              "manifest": manifest(s, device, pipe.parts.source, rows, steps, sampler, clip, len(real_files))}
     write_json_atomic(out / EVAL_FILE, result)
     return result
 
@@ -228,17 +242,17 @@ def load_metric_networks(s: EvalSettings, device: torch.device):
     return clip, inception
 
 
-def manifest(s: EvalSettings, device, model_source: str, rows, steps: int, clip, real_count: int) -> dict:
+def manifest(s: EvalSettings, device, model_source: str, rows, steps: int, sampler: str, clip, real_count: int) -> dict:
     return {
         "versions": versions(), "device": str(device), "model": model_source, "encoder": s.encoder,
         "prompt_file": str(s.prompts), "prompt_file_sha256": file_sha256(s.prompts),
         "seeds": [r.seed for r in rows], "guidance": [r.guidance for r in rows], "steps": steps,
-        "sampler": "DDIM (eta 0), classifier-free guidance",
+        "sampler": sampler_description(sampler, steps),
         "clip": None if clip is None else {"path": clip.path, "sha256": path_sha256(clip.path),
                                             "score": CLIP_SCORE_DEFINITION},
         "inception": None if s.real is None else {
             "path": str(s.inception), "sha256": path_sha256(Path(s.inception).expanduser()),
-            "features": f"pool3, {FEATURES}-d; images resized to 299x299 by TF1 bilinear"},
+            "features": f"pool3, {FEATURES}-d; images centre-cropped to a square, resized to 299x299 by PIL bicubic"},
         "real": None if s.real is None else {"dir": str(s.real), "n": real_count},
         "settings": asdict(s),
     }

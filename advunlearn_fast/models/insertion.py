@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from advunlearn_fast.errors import UserError
+from advunlearn_fast.prompts import INSERT_MODES
 from advunlearn_fast.transfer import to_device
-
-INSERT_MODES = ("prefix", "suffix", "replace", "add", "mid", "insert")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from advunlearn_fast.errors import UserError
+from advunlearn_fast.outputs import TEXT_MODEL_PREFIX
 
 
 def _first_line(err: Exception) -> str:
@@ -53,3 +54,39 @@ def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
         raise UserError(f"{what} is not {expected}: {wrong} has shape {tuple(state[wrong].shape)}, "
                         f"expected {tuple(own[wrong].shape)}")
     module.load_state_dict(state, strict=False)
+
+
+# The authors' released text-encoder .pt files are the state dict of their training wrapper:
+# the CLIPTextModel under `text_encoder.`, and the same modules again under the wrapper's own
+# names. Alias prefix -> the CLIPTextModel prefix it repeats.
+WRAPPER_PREFIX = "text_encoder."
+WRAPPER_ALIASES = {"embedding.": "embeddings.", "encoder.": "encoder.", "final_layer_norm.": "final_layer_norm."}
+
+
+def clip_text_state(state: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """A CLIP text encoder's weights with bare keys ('embeddings.token_embedding.weight', ...) from
+    plain CLIPTextModel keys (with or without 'text_model.') or the authors' wrapper layout, whose
+    aliases must hold the same tensors as the keys they repeat (a file whose copies disagree is
+    ambiguous and refused, naming the key)."""
+    if not any(k.startswith(WRAPPER_PREFIX) for k in state):
+        return {k.removeprefix(TEXT_MODEL_PREFIX): v for k, v in state.items()}
+    bare: dict[str, torch.Tensor] = {}
+    aliases: dict[str, tuple[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if key.startswith(WRAPPER_PREFIX):
+            bare[key.removeprefix(WRAPPER_PREFIX).removeprefix(TEXT_MODEL_PREFIX)] = value
+            continue
+        alias = next((a for a in WRAPPER_ALIASES if key.startswith(a)), None)
+        if alias is None:
+            bare[key] = value  # reported as unexpected by the caller
+        else:
+            aliases[WRAPPER_ALIASES[alias] + key.removeprefix(alias)] = (key, value)
+    for name, (key, value) in aliases.items():
+        if name.endswith("position_ids"):
+            continue  # a buffer some transformers versions save; never a weight
+        if name not in bare:
+            raise UserError(f"{what}: {key!r} repeats {WRAPPER_PREFIX}{TEXT_MODEL_PREFIX}{name}, which the file lacks")
+        if bare[name].shape != value.shape or not torch.equal(bare[name], value):
+            raise UserError(f"{what}: {key!r} differs from {WRAPPER_PREFIX}{TEXT_MODEL_PREFIX}{name}, which it "
+                            "should repeat: the file is not one encoder")
+    return bare

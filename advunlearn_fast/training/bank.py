@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from advunlearn_fast.errors import notice
 from advunlearn_fast.models.diffusion import predict_noise, rollout_steps
 from advunlearn_fast.outputs import atomic_dir
 from advunlearn_fast.training.sampling import DefenderDraw, FrozenModel, draw_timestep, walk_steps
@@ -108,7 +109,7 @@ class TrajectoryBank:
         """Compute every missing entry, several prompts per UNet call; returns how many were built."""
         todo = self.missing()
         if todo and self.root.is_dir() and (old := older_entries(self.root)):
-            tqdm.write(
+            notice(
                 f"trajectory bank: {old} entries in {self.root} are from an earlier advunlearn that paired z_t with "
                 "the wrong timestep; they are not used (delete them to free the space) and new ones are built"
             )

@@ -9,12 +9,13 @@ import dataclasses
 import json
 import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.models.insertion import INSERT_MODES
+from advunlearn_fast.prompts import INSERT_MODES
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 ATTACKS = ("pgd", "fast-at", "none")
@@ -58,7 +59,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     engine: str = field(default="fast", metadata={"help": "fast, or reference (the authors' loop structure and precision, the benchmark baseline)"})
-    bank: bool = field(default=True, metadata={"help": "fast engine: sample z_t and targets from a trajectory bank built once (--no-bank: fresh rollouts)"})
+    bank: Optional[bool] = field(default=None, metadata={"help": "fast engine: sample z_t and targets from a trajectory bank built once (--bank), or roll out fresh (--no-bank) [default: whichever costs fewer UNet passes for this run; a short run rolls out fresh]"})
     bank_dir: str = field(default_factory=lambda: os.environ.get("ADVUNLEARN_BANK_DIR", "~/.cache/advunlearn/bank"), metadata={"help": "where trajectory banks are kept (reused across runs on the same model)"})
     bank_size: int = field(default=32, metadata={"help": "bank trajectories per concept prompt"})
     bank_seed: int = field(default=0, metadata={"help": "seed of the bank's trajectories (part of its key: studies over seeds should vary it too)"})
@@ -149,6 +150,70 @@ def read_config_file(path: str) -> dict:
         if name == "concept":
             name, value = "concepts", value if isinstance(value, list) else [value]
         if name not in known:
-            raise UserError(f"--config {path}: unknown setting {key!r}")
-        settings[name] = value
+            hint = closest_setting(name)
+            raise UserError(f"--config {path}: unknown setting {key!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+        settings[name] = check_setting_type(path, key, name, value)
     return settings
+
+
+# The authors' argparse names (train-scripts/AdvUnlearn.py) of the settings that exist here.
+AUTHORS_NAMES = {
+    "prompt": "concept", "learning_rate": "lr", "attack_step": "attack_steps", "adv_prompt_num": "adv_tokens",
+    "attack_type": "insert", "attack_method": "attack", "warmup_iter": "warmup", "retain_loss_w": "retain_weight",
+    "save_interval": "save_every", "adv_prompt_update_step": "attack_every", "norm_layer": "final_norm",
+}
+
+
+def closest_setting(name: str) -> str | None:
+    """The setting a mistyped or foreign name most likely means: the authors' name for it, the
+    initials of its words (learning_rate -> lr), or the nearest spelling."""
+    import difflib
+
+    names = [n for n in config_fields() if n != "concepts"] + ["concept"]
+    if name in AUTHORS_NAMES:
+        return AUTHORS_NAMES[name]
+    initials = "".join(word[0] for word in name.split("_") if word)
+    if len(initials) > 1 and initials in names:
+        return initials
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def check_setting_type(path: str, key: str, name: str, value):
+    """A config-file value of its setting's type, or one line naming the key and the type. Numbers
+    written as text are read (PyYAML reads `1e-5`, without a dot, as text)."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    if value is None and type(None) in typing.get_args(hint):
+        return value
+    if name == "concepts":
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        expected = "a text or a list of texts"
+    elif base is bool:
+        if isinstance(value, bool):
+            return value
+        expected = "true or false"
+    elif base in (int, float):
+        number = _number(value, base)
+        if number is not None:
+            return number
+        expected = "an integer" if base is int else "a number"
+    elif isinstance(value, str):
+        return value
+    else:
+        expected = "a text"
+    raise UserError(f"--config {path}: {key} must be {expected}, got {value!r}")
+
+
+def _number(value, kind):
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if kind is int:
+        return int(value) if isinstance(value, (int, float)) and float(value).is_integer() else None
+    return float(value) if isinstance(value, (int, float)) else None

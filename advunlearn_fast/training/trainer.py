@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from advunlearn_fast import __version__
 from advunlearn_fast.device import kernel_backend, limit_threads_for_small_model, resolve_device
-from advunlearn_fast.errors import UserError
+from advunlearn_fast.errors import Interrupted, UserError, notice
 from advunlearn_fast.models.diffusion import ddim_scheduler, predict_noise
 from advunlearn_fast.models.insertion import SpecialTokens, build_layout, prompt_words
 from advunlearn_fast.models.loading import ModelParts, load_model
@@ -41,7 +42,7 @@ from advunlearn_fast.training.acceleration import compile_models, enable_activat
 from advunlearn_fast.training.attack import random_token_embeddings, soft_prompt_attack, with_gradient
 from advunlearn_fast.training.bank import TrajectoryBank
 from advunlearn_fast.training.config import TrainConfig
-from advunlearn_fast.training.costs import CostMeter
+from advunlearn_fast.training.costs import CostMeter, bank_build_cost, fresh_rollout_cost
 from advunlearn_fast.training.graphs import CudaRecorder, GraphedStep
 from advunlearn_fast.training.layers import (
     freeze_all_but,
@@ -51,6 +52,7 @@ from advunlearn_fast.training.layers import (
     unet_parameters,
 )
 from advunlearn_fast.training.losses import attack_loss, esd_target, retain_loss, total_loss, unlearn_loss
+from advunlearn_fast.training.modelcard import write_model_card
 from advunlearn_fast.training.optim import bitsandbytes_version, build_optimizer, resolve_optim
 from advunlearn_fast.training.runlog import IterationLog, plot_losses
 from advunlearn_fast.training.sampling import FreshRollouts, FrozenModel, retain_indices, retain_prompts_used
@@ -85,6 +87,7 @@ class Setup:
     retain_texts: list
     retain_ids: torch.Tensor  # [N, L]
     layer_indices: list = field(default_factory=list)
+    trajectories: dict = field(default_factory=dict)  # choose_trajectories: the bank or fresh rollouts, and why
     bank_built: int = 0
     bank_seconds: float = 0.0
     attack_step_by_concept: dict = field(default_factory=dict)  # eager step or GraphedStep
@@ -106,7 +109,31 @@ def rollout_unet(cfg: TrainConfig, unet: torch.nn.Module):
     return unet if cfg.train != "text-encoder" and cfg.engine == "reference" else None
 
 
-def build_setup(cfg: TrainConfig, progress: bool = False) -> Setup:
+def choose_trajectories(cfg: TrainConfig, retain_count: int) -> dict:
+    """Where z_t comes from: the trajectory bank, or fresh rollouts when the run is too short for
+    a bank to pay for itself (counted in UNet forward-equivalents for the whole run, whatever is
+    already cached, so that the same command always samples the same way)."""
+    if cfg.engine == "reference":
+        return {"source": "fresh", "why": "fresh rollouts (the reference engine)"}
+    if cfg.bank is False:
+        return {"source": "fresh", "why": "fresh rollouts (--no-bank)"}
+    used = retain_prompts_used(cfg.seed, cfg.iterations, retain_count, cfg.retain_batch)
+    bank = bank_build_cost(len(cfg.concepts), len(used), cfg.bank_size, cfg.retain_bank_size, cfg.ddim_steps)
+    fresh = round(fresh_rollout_cost(cfg.iterations, 0, cfg.warmup, cfg.attack != "none", cfg.attack_every,
+                                     cfg.attack_steps, cfg.retain_batch, cfg.ddim_steps))
+    costs = {"bank_cost": bank, "fresh_cost": fresh}
+    if cfg.bank is True:
+        return {"source": "bank", "why": "the trajectory bank (--bank)", **costs}
+    if bank < fresh:
+        return {"source": "bank", "why": f"the trajectory bank (building it costs {bank} UNet passes, fresh rollouts "
+                                         f"would cost about {fresh}; finished entries are reused by later runs)", **costs}
+    return {"source": "fresh", "why": f"fresh rollouts (this run's rollouts cost about {fresh} UNet passes, a "
+                                      f"trajectory bank for it {bank}; --bank builds one anyway)", **costs}
+
+
+def build_setup(cfg: TrainConfig, progress: bool = False, trajectories: dict | None = None) -> Setup:
+    """Models, conditionings and trainable parameters of a run; `trajectories`: a resumed run's
+    earlier choice of where z_t comes from (else chosen here)."""
     device = resolve_device(cfg.device)
     parts = load_model(cfg.model, cfg.model_config)
     tokenizer, te = parts.tokenizer, parts.text_encoder.to(device)
@@ -165,7 +192,9 @@ def build_setup(cfg: TrainConfig, progress: bool = False) -> Setup:
         concept_ids=concept_ids, layouts=layouts,
         retain_texts=retain_texts, retain_ids=retain_ids, layer_indices=layer_indices,
     )
-    if cfg.engine == "fast" and cfg.bank:
+    s.trajectories = trajectories or choose_trajectories(cfg, len(retain_texts))
+    notice(f"trajectories: {s.trajectories['why']}")
+    if s.trajectories["source"] == "bank":
         began = time.time()
         # Only the retain prompts this run will draw: a short run does not pay for the whole set.
         used = retain_prompts_used(cfg.seed, cfg.iterations, len(retain_texts), cfg.retain_batch)
@@ -300,8 +329,17 @@ def train(cfg: TrainConfig, progress: bool = True, after_iteration: Callable[[di
     # Decided once and saved with the config: a resumed run must rebuild the same optimiser state.
     cfg = dataclasses.replace(cfg, optim=resolve_optim(cfg.optim, cfg.engine, resolve_device(cfg.device)))
     out = Path(cfg.out)
-    start_checkpoint = prepare_output(out, cfg)
-    s = build_setup(cfg, progress)
+    start_checkpoint = check_output(out, cfg)
+    earlier = json.loads((out / "run.json").read_text()).get("trajectories") if start_checkpoint else None
+    try:
+        s = build_setup(cfg, progress, earlier)
+    except KeyboardInterrupt:
+        raise Interrupted(f"nothing was written to {out}, finished trajectory-bank entries are kept: "
+                          "run the same command again to continue") from None
+    out.mkdir(parents=True, exist_ok=True)  # only now: bad input leaves no empty folder behind
+    if cfg.attack != "none" and cfg.warmup >= cfg.iterations:
+        notice(f"--warmup {cfg.warmup} >= --iterations {cfg.iterations}: no attack step will run, this is plain ESD; "
+               "lower --warmup to train adversarially")
     optimizer = build_optimizer(cfg.optim, list(s.trainable.values()), cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     latest_adv: dict[int, torch.Tensor] = {}
@@ -317,32 +355,35 @@ def train(cfg: TrainConfig, progress: bool = True, after_iteration: Callable[[di
     began = time.time()
     bar = tqdm(total=cfg.iterations, initial=start, disable=not progress, desc="advunlearn", unit="it")
     s.meter.take_window()  # the bank's build cost is the run's, not the first iteration's
-    for step in range(start, cfg.iterations):
-        tick = time.time()
-        concept = int(torch.randint(len(cfg.concepts), (1,), generator=generator))
-        attacking = cfg.attack != "none" and step >= cfg.warmup
-        attack_losses = candidates_end = None
-        if attacking and (step - cfg.warmup) % cfg.attack_every == 0:
-            adv_init = attack_start(s, concept, table, latest_adv, generator)
-            latest_adv[concept], attack_losses, candidates_end = run_attack(s, concept, adv_init, generator)
-        adv = latest_adv.get(concept) if attacking else None
+    try:
+        for step in range(start, cfg.iterations):
+            tick = time.time()
+            concept = int(torch.randint(len(cfg.concepts), (1,), generator=generator))
+            attacking = cfg.attack != "none" and step >= cfg.warmup
+            attack_losses = candidates_end = None
+            if attacking and (step - cfg.warmup) % cfg.attack_every == 0:
+                adv_init = attack_start(s, concept, table, latest_adv, generator)
+                latest_adv[concept], attack_losses, candidates_end = run_attack(s, concept, adv_init, generator)
+            adv = latest_adv.get(concept) if attacking else None
 
-        record = defender_step(s, step, concept, adv, optimizer, generator)
-        record.update(
-            step=step + 1, concept=cfg.concepts[concept], adversarial=adv is not None,
-            attack_loss_start=attack_losses[0] if attack_losses else None,
-            attack_loss_end=attack_losses[-1] if attack_losses else None,
-            seconds=round(time.time() - tick, 4), unet_fwd_equiv=s.meter.take_window(),
-        )
-        if cfg.attack_restarts > 1 and candidates_end:
-            record["attack_loss_end_candidates"] = candidates_end
-        log.append(record)
-        if after_iteration is not None:
-            after_iteration(record)
-        bar.set_postfix(loss=f"{record['loss']:.4g}", attack=f"{record['attack_loss_end'] or 0:.4g}")
-        bar.update(1)
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.iterations:
-            save_checkpoint(out, step + 1, s, optimizer, generator, latest_adv)
+            record = defender_step(s, step, concept, adv, optimizer, generator)
+            record.update(
+                step=step + 1, concept=cfg.concepts[concept], adversarial=adv is not None,
+                attack_loss_start=attack_losses[0] if attack_losses else None,
+                attack_loss_end=attack_losses[-1] if attack_losses else None,
+                seconds=round(time.time() - tick, 4), unet_fwd_equiv=s.meter.take_window(),
+            )
+            if cfg.attack_restarts > 1 and candidates_end:
+                record["attack_loss_end_candidates"] = candidates_end
+            log.append(record)
+            if after_iteration is not None:
+                after_iteration(record)
+            bar.set_postfix(loss=f"{record['loss']:.4g}", attack=f"{record['attack_loss_end'] or 0:.4g}")
+            bar.update(1)
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.iterations:
+                save_checkpoint(out, step + 1, s, optimizer, generator, latest_adv)
+    except KeyboardInterrupt:
+        raise Interrupted(resume_hint(out)) from None
     bar.close()
 
     write_final_outputs(out, s)
@@ -353,6 +394,7 @@ def train(cfg: TrainConfig, progress: bool = True, after_iteration: Callable[[di
     summary["seconds"] = round(time.time() - began, 3)
     summary["final"] = {k: records[-1][k] for k in ("loss", "unlearn_loss", "retain_loss")} if records else None
     write_json_atomic(out / "run.json", summary)
+    write_model_card(out)
     return summary
 
 
@@ -371,7 +413,8 @@ def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
         "retain_prompt_count": len(s.retain_texts),
         "unet_dtype": str(s.frozen.unet.dtype).replace("torch.", ""),
         "attack_step": attack_step_mode(s),
-        "bank": {"entries_built": s.bank_built, "seconds": round(s.bank_seconds, 3)} if s.cfg.engine == "fast" and s.cfg.bank else None,
+        "trajectories": s.trajectories,
+        "bank": {"entries_built": s.bank_built, "seconds": round(s.bank_seconds, 3)} if s.trajectories.get("source") == "bank" else None,
         "unet_fwd_equiv_total": dict(s.meter.total),
         "versions": {
             "advunlearn": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
@@ -384,18 +427,35 @@ def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
 # ---------------------------------------------------------------- outputs and checkpoints
 
 
-def prepare_output(out: Path, cfg: TrainConfig) -> Path | None:
-    """Create the output folder; with --resume, return the checkpoint to continue from."""
+def check_output(out: Path, cfg: TrainConfig) -> Path | None:
+    """Refuse an --out that holds another run; with --resume, return the checkpoint to continue
+    from. Creates nothing: the folder is made once the inputs have been checked."""
     checkpoints = sorted((out / "checkpoints").glob("step-*")) if out.is_dir() else []
     resumable = [c for c in checkpoints if (c / STATE_FILE).is_file()]
     if cfg.resume:
         if not resumable:
-            raise UserError(f"--resume: no checkpoint to resume from in {out / 'checkpoints'}")
+            raise UserError(f"--resume: no checkpoint to resume from in {out / 'checkpoints'} "
+                            "(the run stopped before its first one): run the command without --resume")
         return resumable[-1]
-    if checkpoints or (out / "run.json").exists():
+    # A run stopped before its first checkpoint left nothing to continue: it may start over.
+    if checkpoints or run_status(out) == "complete":
         raise UserError(f"--out {out} already holds a run; pass --resume to continue it or choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def run_status(out: Path) -> str | None:
+    try:
+        return json.loads((out / "run.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def resume_hint(out: Path) -> str:
+    """What an interrupted training run can do next."""
+    resumable = sorted(c.name for c in (out / "checkpoints").glob("step-*") if (c / STATE_FILE).is_file())
+    if resumable:
+        return f"continue from {out / 'checkpoints' / resumable[-1]} with the same command and --resume"
+    return "no checkpoint was saved yet (one every --save-every iterations): run the same command again to start over"
 
 
 def _trained_folder_name(s: Setup) -> str:

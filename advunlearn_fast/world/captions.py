@@ -84,15 +84,3 @@ def world_words() -> list[str]:
 def build_world_tokenizer() -> CLIPTokenizer:
     return build_clip_tokenizer(world_words(), model_max_length=PAD_LENGTH)
 
-
-
-def retain_captions() -> list[str]:
-    """Every training-template caption: the world model's default retain set (shipped as
-    weights/retain_prompts.txt), filtered against the concept like any retain set."""
-    return [
-        caption(template, colour, shape, texture)
-        for template in TRAIN_TEMPLATES
-        for colour in COLOURS
-        for shape in SHAPES
-        for texture in (None, *TEXTURES)
-    ]

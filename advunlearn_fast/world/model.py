@@ -18,7 +18,7 @@ DEFAULT_GUIDANCE = 4.0
 
 # One schedule for training and sampling. clip_sample stays off: at guidance 4
 # the early x0 estimates leave [-1, 1], and clipping them per channel shifts the
-# hue and locks in wrong colours (55% vs 95% colour accuracy in the prototype).
+# hue and locks in wrong colours (measured in benchmarks/README.md).
 SCHEDULE = dict(
     num_train_timesteps=1000,
     beta_schedule="squaredcos_cap_v2",
@@ -44,9 +44,10 @@ def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
 
 
 def build_unet() -> UNet2DConditionModel:
-    # Attention only at 8x8, 4x4 and the middle: self-attention over 256 tokens
-    # at 16x16 cost ~30% of a CPU training step, while colour and shape are
-    # global properties the coarse levels can set and the convolutions spread.
+    # Attention only at 8x8, 4x4 and the middle: self-attention over the 256 tokens
+    # at 16x16 is a large share of a CPU training step (benchmarks/README.md), while
+    # colour and shape are global properties the coarse levels can set and the
+    # convolutions spread.
     return UNet2DConditionModel(
         sample_size=IMAGE_SIZE,
         in_channels=3,

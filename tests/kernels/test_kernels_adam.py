@@ -2,7 +2,7 @@ import pytest
 import torch
 from advunlearn_fast.kernels import adversarial_adam_step_
 from advunlearn_fast.kernels.reference import adversarial_adam_step_reference_
-from kernel_checks import DEVICE, assert_close, dtype_params, needs_triton
+from kernel_checks import DEVICE, assert_close, dtype_params, mismatch, needs_triton
 
 ODD_SHAPES = [(1,), (37,), (3, 101)]
 # The soft-prompt attack's k x 768 embeddings, and UnlearnDiffAtk's k relaxed vocabulary rows.
@@ -39,7 +39,9 @@ def test_reference_matches_torch_adam(weight_decay, sign_grad):
 
 
 def _kernel_vs_reference(shape, dtype, sign_grad, weight_decay, steps):
-    start = torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(DEVICE, dtype)
+    # Each step moves the parameters by a sizeable fraction of their values (lr 1e-2 on values
+    # ~0.05): an update of a few bf16 ulps could not be told apart from no update at all.
+    start = (0.05 * torch.randn(shape, generator=torch.Generator().manual_seed(2))).to(DEVICE, dtype)
     states = {}
     for backend in ("triton", "torch"):
         param, exp_avg, exp_avg_sq = start.clone(), torch.zeros_like(start), torch.zeros_like(start)
@@ -48,13 +50,16 @@ def _kernel_vs_reference(shape, dtype, sign_grad, weight_decay, steps):
             returned = adversarial_adam_step_(param, grad, exp_avg, exp_avg_sq, step, 1e-2, **options)
             assert returned is param
         states[backend] = (param, exp_avg, exp_avg_sq)
-    for name, got, want in zip(("param", "exp_avg", "exp_avg_sq"), states["triton"], states["torch"]):
+    names, untouched = ("param", "exp_avg", "exp_avg_sq"), (start, torch.zeros_like(start), torch.zeros_like(start))
+    for name, got, want, before in zip(names, states["triton"], states["torch"], untouched, strict=True):
         assert_close(got, want, what=name)
+        # The comparison can fail: a kernel that skipped this write would be out of tolerance.
+        assert mismatch(before, want) is not None, f"{name}: the steps left it within tolerance of its start"
 
 
 @needs_triton
 @pytest.mark.parametrize("sign_grad,weight_decay", [(False, 0.0), (True, 0.0), (False, 0.1), (True, 0.1)])
-@pytest.mark.parametrize("dtype", dtype_params(torch.float32, torch.bfloat16))
+@pytest.mark.parametrize("dtype", dtype_params(torch.float32, torch.bfloat16, torch.float16))
 @pytest.mark.parametrize("shape", ODD_SHAPES + [EMBEDDING_SHAPE], ids=str)
 def test_kernel_matches_reference(shape, dtype, sign_grad, weight_decay):
     _kernel_vs_reference(shape, dtype, sign_grad, weight_decay, steps=3)
@@ -63,7 +68,11 @@ def test_kernel_matches_reference(shape, dtype, sign_grad, weight_decay):
 @needs_triton
 @pytest.mark.parametrize(
     "dtype,sign_grad",
-    [pytest.param(torch.float32, False, id="fp32"), pytest.param(torch.bfloat16, True, id="bf16-sign")],
+    [
+        pytest.param(torch.float32, False, id="fp32"),
+        pytest.param(torch.bfloat16, True, id="bf16-sign"),
+        pytest.param(torch.float16, True, id="fp16-sign"),
+    ],
 )
 def test_kernel_matches_reference_vocabulary_rows(dtype, sign_grad):
     # UnlearnDiffAtk's settings: weight decay 0.1 on the relaxed one-hot rows.

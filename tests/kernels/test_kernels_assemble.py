@@ -56,7 +56,7 @@ def test_reference_matches_definition():
 
 @needs_triton
 @pytest.mark.parametrize("add", [False, True])
-@pytest.mark.parametrize("dtype", dtype_params(torch.float32, torch.bfloat16))
+@pytest.mark.parametrize("dtype", dtype_params(torch.float32, torch.bfloat16, torch.float16))
 @pytest.mark.parametrize("shape", ODD_SHAPES)
 def test_kernel_matches_reference(shape, dtype, add):
     inputs = make_inputs(*shape, dtype)
@@ -77,6 +77,7 @@ def test_kernel_matches_reference(shape, dtype, add):
         pytest.param(torch.float32, False, id="fp32-replace"),
         pytest.param(torch.float32, True, id="fp32-add"),
         pytest.param(torch.bfloat16, False, id="bf16-replace"),
+        pytest.param(torch.float16, False, id="fp16-replace"),
     ],
 )
 def test_kernel_matches_reference_real_size(dtype, add):

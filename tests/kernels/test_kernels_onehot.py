@@ -16,7 +16,7 @@ def generator(seed):
     return torch.Generator(device=DEVICE).manual_seed(seed)
 
 
-@pytest.mark.parametrize("dtype", dtype_params(torch.float32, torch.bfloat16))
+@pytest.mark.parametrize("dtype", dtype_params(torch.float32, torch.bfloat16, torch.float16))
 def test_argmax_onehot_and_identity_gradient(dtype):
     relaxed = relaxed_rows(3, 50, dtype=dtype)
     onehot = straight_through_onehot(relaxed)

@@ -30,7 +30,7 @@ def assert_projection_close(actual, x, expected, what):
     # Outputs are x - tau computed in fp32: cancellation bounds their error by a few fp32 ulps
     # of the largest input, whatever the size of the output entries (all ~1/V for some rows).
     # Low-precision outputs add their own rounding, which the dtype's rtol covers.
-    rtol, _ = TOLERANCES[actual.dtype]
+    rtol = TOLERANCES[actual.dtype]
     atol = 8 * torch.finfo(torch.float32).eps * float(x.abs().max())
     assert_close(actual, expected, rtol=rtol, atol=atol, what=what)
 
@@ -43,7 +43,7 @@ def test_reference_matches_sorted_projection(kind):
 
 @needs_triton
 @pytest.mark.parametrize("kind", ["randn", "after_adam_step", "ties"])
-@pytest.mark.parametrize("dtype", dtype_params(torch.float32, torch.bfloat16))
+@pytest.mark.parametrize("dtype", dtype_params(torch.float32, torch.bfloat16, torch.float16))
 @pytest.mark.parametrize("shape", ODD_SHAPES, ids=str)
 def test_kernel_matches_reference(shape, dtype, kind):
     x = rows(kind, shape, seed=1).to(dtype)
@@ -56,7 +56,11 @@ def test_kernel_matches_reference(shape, dtype, kind):
 @needs_triton
 @pytest.mark.parametrize(
     "dtype,kind,k",
-    [pytest.param(torch.float32, "after_adam_step", 5, id="fp32"), pytest.param(torch.bfloat16, "randn", 2, id="bf16")],
+    [
+        pytest.param(torch.float32, "after_adam_step", 5, id="fp32"),
+        pytest.param(torch.bfloat16, "randn", 2, id="bf16"),
+        pytest.param(torch.float16, "randn", 2, id="fp16"),
+    ],
 )
 def test_kernel_matches_reference_real_size(dtype, kind, k):
     x = rows(kind, (k, V), seed=2).to(dtype)

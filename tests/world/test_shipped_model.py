@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -7,14 +8,18 @@ from safetensors import safe_open
 from transformers import CLIPTextModel
 
 from advunlearn_fast.world import WORLD_MODEL_DIR, load_world_model
+from advunlearn_fast.world.captions import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, caption
 from advunlearn_fast.world.evaluate import heldout_accuracy
 from advunlearn_fast.world.render import COLOURS, SHAPES, TEXTURES
 
 TARGET = 0.9
-# The shipped model measured texture 93.3% on 360 held-out captions (world.json);
-# on the 60 captions below one standard error is ~3 points, so the texture guard
-# sits lower than the target that the full measurement has to meet.
+SAMPLES = 60  # every colour x shape x texture combination once
+# Texture (stripes or dots drawn in 16x16 pixels) is the attribute the model misses most, and
+# on 60 captions one standard error is ~3 points: its guard sits below the target.
 SMALL_SAMPLE_TEXTURE_FLOOR = 0.8
+# world.json's held-out accuracy (measured on more captions when the model was shipped) must
+# agree with this measurement within three standard errors of a 60-caption rate at the target.
+AGREEMENT = 3 * math.sqrt(TARGET * (1 - TARGET) / SAMPLES)
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +43,18 @@ def test_world_metadata_describes_the_world(world):
     meta = world.meta
     assert meta["attributes"] == {"colour": list(COLOURS), "shape": list(SHAPES), "texture": list(TEXTURES)}
     assert meta["default_steps"] == 20 and meta["default_guidance"] == 4.0
-    assert set(meta["train_templates"]).isdisjoint(meta["heldout_templates"])
-    for attribute in ("colour", "shape", "texture"):
-        assert meta["heldout_accuracy"][attribute] >= TARGET
-    assert meta["heldout_accuracy"]["samples"] >= 300
+    # The captions the code writes are the ones the model was trained and measured on.
+    assert meta["train_templates"] == list(TRAIN_TEMPLATES)
+    assert meta["heldout_templates"] == list(HELDOUT_TEMPLATES)
+    assert set(TRAIN_TEMPLATES).isdisjoint(HELDOUT_TEMPLATES)
+
+
+def test_default_retain_set_is_the_training_captions():
+    # Utility is measured on held-out templates: none of them may be trained on as retain prompts.
+    shipped = (WORLD_MODEL_DIR / "retain_prompts.txt").read_text(encoding="utf-8").splitlines()
+    captions = {caption(template, colour, shape, texture) for template in TRAIN_TEMPLATES
+                for colour in COLOURS for shape in SHAPES for texture in (None, *TEXTURES)}
+    assert len(shipped) == len(set(shipped)) == len(captions) and set(shipped) == captions
 
 
 def test_diffusers_loads_the_folder_as_a_stable_diffusion_pipeline_without_vae():
@@ -73,9 +86,12 @@ def test_text_encoder_uses_the_sd_v1_key_layout_and_loads_weight_for_weight(worl
         assert torch.equal(loaded[key], value), key
 
 
-def test_shipped_model_draws_the_prompted_attributes(world):
-    # 60 captions: every colour x shape x texture combination once.
-    accuracy, _ = heldout_accuracy(world.tokenizer, world.text_encoder, world.unet, world.scheduler, n=60, seed=0)
+def test_shipped_model_draws_the_prompted_attributes_as_world_json_says(world):
+    accuracy, _ = heldout_accuracy(world.tokenizer, world.text_encoder, world.unet, world.scheduler,
+                                   n=SAMPLES, seed=0)
     assert accuracy["colour"] >= TARGET, accuracy
     assert accuracy["shape"] >= TARGET, accuracy
     assert accuracy["texture"] >= SMALL_SAMPLE_TEXTURE_FLOOR, accuracy
+    stored = world.meta["heldout_accuracy"]
+    for attribute, measured in accuracy.items():
+        assert abs(stored[attribute] - measured) <= AGREEMENT, (attribute, stored, accuracy)
