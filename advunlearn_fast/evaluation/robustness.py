@@ -200,9 +200,10 @@ def adversarial_text(tokenizer, layout: AdversarialLayout, tokens: torch.Tensor)
 class Evaluation:
     """One `attack` run: models, judge, prompts and the folder it writes."""
 
-    def __init__(self, settings: AttackSettings, progress: bool = True):
+    def __init__(self, settings: AttackSettings, progress: bool = True, label: str | None = None):
         self.s = settings.validate()
         self.progress = progress
+        self.label = label  # names the run on its progress bars (the demo runs several)
         self.device = resolve_device(settings.device)
         self.judge: Judge = make_judge(settings.judge, self.device)  # a bad judge fails before models load
         self.out = Path(settings.out)
@@ -458,14 +459,14 @@ class Evaluation:
         rows = list(self.done)
         finished = {r["index"] for r in rows}
         todo = [i for i in range(len(self.rows)) if i not in finished]
-        overall = tqdm(total=len(self.rows), initial=len(finished), desc="prompts", disable=not self.progress)
+        overall = tqdm(total=len(self.rows), initial=len(finished), desc=self.label or "prompts", disable=not self.progress)
         blocks = 0 if self.s.method == "none" else self.s.timesteps
         def batch_key(index: int) -> int:
             # Prompts that will not be attacked share any batch: only their generations are stacked.
             return self.layouts[index].k if index in self.layouts else self.s.adv_tokens
 
         for batch in batches(todo, self.s.batch_size, key=batch_key):
-            desc = f"prompt{'s' * (len(batch) > 1)} {', '.join(map(str, batch))}"
+            desc = f"{self.label + ', ' if self.label else ''}prompt{'s' * (len(batch) > 1)} {', '.join(map(str, batch))}"
             bar = tqdm(total=blocks, desc=desc, leave=False, disable=not self.progress or not blocks)
             rows.extend(self.evaluate_batch(batch, bar))
             bar.close()
@@ -478,8 +479,8 @@ class Evaluation:
         return report
 
 
-def run_evaluation(settings: AttackSettings, progress: bool = True) -> dict:
-    return Evaluation(settings, progress).run()
+def run_evaluation(settings: AttackSettings, progress: bool = True, label: str | None = None) -> dict:
+    return Evaluation(settings, progress, label).run()
 
 
 # ---------------------------------------------------------------- `attack --encoder RUN/` defaults
