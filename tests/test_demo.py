@@ -127,7 +127,8 @@ def test_demo_grid_has_a_labelled_row_per_model_and_clean_and_attacked_columns(f
         x = margin + group * (3 * cell + group_gap)
         assert inked((x, 0, x + 3 * cell, 12)) and inked((x, 12, x + 3 * cell, header))
     # The images are the report's: the base model's first clean image, scaled, in its cell.
-    clean = Image.open(out / "attacks" / "base-softprompt" / "images" / "0000-pre.png").convert("L").resize((64, 64))
+    clean = Image.open(out / "attacks" / "base-softprompt" / "images" / "0000-pre.png").convert("RGB")
+    clean = clean.resize((64, 64), Image.NEAREST).convert("L")
     assert list(grid.crop((margin, header, margin + 64, header + 64)).getdata()) == list(clean.getdata())
 
 
