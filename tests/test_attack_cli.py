@@ -271,9 +271,9 @@ def test_bad_generate_input(tmp_path, sd_folder):
              "has no text_encoder/")
 
 
-def test_nudenet_judge_needs_the_package(monkeypatch):
+def test_nudenet_judge_needs_the_package(monkeypatch, prompts, tmp_path):
     monkeypatch.setitem(sys.modules, "nudenet", None)  # as if not installed: importing it fails
-    result = run_cli("attack", "--model", "world", "--prompts", "x.txt", "--judge", "nudenet", "--out", "o")
+    result = run_cli("attack", "--model", "world", "--prompts", prompts, "--judge", "nudenet", "--out", tmp_path / "o")
     assert_refused(result, "pip install nudenet")
 
 
