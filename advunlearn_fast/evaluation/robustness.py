@@ -217,7 +217,10 @@ class Evaluation:
         check_out(settings.out)
         self.out = Path(settings.out)
         self.done = _load_report(self.out, settings, self.prompt_hash)
-        check_folder("--targets", settings.targets)
+        # OUT/targets is where a run caches the targets it generates, so it may not exist yet
+        # (the demo points later runs at the first run's); any other --targets must.
+        if settings.targets is not None and Path(settings.targets).resolve() != (self.out / "targets").resolve():
+            check_folder("--targets", settings.targets)
         self.unwritten_prompt_set = settings.prompt_set
         self.backend = kernel_backend(self.device)
         self.pipe: Pipeline = build_pipeline(settings.model, settings.encoder, self.device, settings.model_config)
