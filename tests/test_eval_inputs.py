@@ -2,18 +2,20 @@
 named, a refused command leaves no folder or file behind, and a damaged weights file is
 called truncated or corrupt, by its path, once."""
 
+import hashlib
 import json
 import shutil
 
 import pytest
 import torch
-from helpers import assert_refused, run_cli
+from checkpoints import save_single_file
+from helpers import assert_refused, run_cli, save_narrow_encoder
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel
 from weights import save_random_inception, save_tiny_clip
 
 from advunlearn_fast.models.loading import WORLD_MODEL_DIR
+from advunlearn_fast.models.tiny import build_tiny_model
 
 ATTACK_FAST = ["--timesteps", 1, "--steps-per-timestep", 1, "--gen-steps", 2, "--target-steps", 2, "--quiet"]
 JUDGE = "def never(images, prompts):\n    return [False for _ in images]\n"
@@ -98,13 +100,6 @@ def test_eval_names_the_first_wrong_path(given):
 # ---------------------------------------------------------------- a refused command leaves nothing behind
 
 
-def _narrow_encoder(folder):
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=2000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, max_position_embeddings=77))
-    te.save_pretrained(folder)
-    return folder
-
-
 def _world_run(folder):
     """A train run folder on the concept world (concept red) whose encoder is the world's own."""
     shutil.copytree(WORLD_MODEL_DIR / "text_encoder", folder / "text_encoder")
@@ -118,7 +113,7 @@ def _refusals(t):
     RUN/attack-<method>/ unless given --out."""
     (t / "empty.txt").write_text("\n")
     (t / "broken.py").write_text("def judge(images, prompts):\n    raise RuntimeError('no GPU for my judge')\n")
-    narrow = _narrow_encoder(t / "narrow")
+    narrow = save_narrow_encoder(t / "narrow")
     run = _world_run(t / "run")
     generate = ["generate", "--model", "world", "--prompts", t / "prompts.txt", "--steps", 1]
     attack = ["attack", "--model", "world", "--prompts", t / "prompts.txt", "--judge", f"{t / 'judge.py'}:never",
@@ -163,8 +158,6 @@ def test_a_run_folders_prompt_set_is_written_with_the_report(given):
     out = run / "attack-none"
     report = json.loads((out / "report.json").read_text())
     assert report["manifest"]["prompt_file"] == str(out / "prompts.txt")
-    import hashlib
-
     assert report["manifest"]["prompt_file_sha256"] == hashlib.sha256((out / "prompts.txt").read_bytes()).hexdigest()
     assert len((out / "prompts.txt").read_text().splitlines()) == report["n"] == 12
     resumed = run_cli("attack", "--encoder", run, "--method", "none", "--gen-steps", 1, "--quiet", "--resume")
@@ -214,10 +207,6 @@ def test_truncated_encoders(sd_folder, tmp_path):
 
 
 def test_a_truncated_single_file_model(sd_folder, tmp_path):
-    from checkpoints import save_single_file
-
-    from advunlearn_fast.models.tiny import build_tiny_model
-
     path = save_single_file(build_tiny_model(seed=1), tmp_path / "sd-v1.safetensors")
     _cut(path)
     for config in ([], ["--model-config", sd_folder]):
