@@ -58,6 +58,16 @@ def save_sd_folder(folder: Path, seed: int = 0) -> dict:
     return parts
 
 
+def save_narrow_encoder(folder: Path) -> Path:
+    """A text encoder 16 wide, which fits no model here (the tiny model attends to width 32, the world to 64)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=2000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=77))
+    te.save_pretrained(folder)
+    return folder
+
+
 def run_cli(*args):
     """Invoke `advunlearn` through click; returns the click Result."""
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)

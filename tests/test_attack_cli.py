@@ -7,9 +7,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from helpers import assert_refused, run_cli
+from helpers import assert_refused, run_cli, save_narrow_encoder
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from advunlearn_fast.evaluation.generation import load_encoder
 from advunlearn_fast.evaluation.robustness import batches
@@ -216,18 +215,11 @@ def test_same_seed_same_image_whatever_the_batch(tmp_path):
     assert Image.open(tmp_path / "a" / "0000.png").tobytes() == Image.open(tmp_path / "b" / "0001.png").tobytes()
 
 
-def _narrow_encoder(folder):
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=2000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, max_position_embeddings=77))
-    te.save_pretrained(folder)
-    return folder
-
-
 def test_bad_attack_input(tmp_path, prompts, judge_module):
     out = tmp_path / "out"
     (tmp_path / "empty.txt").write_text("\n  \n")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
-    narrow = _narrow_encoder(tmp_path / "narrow")
+    narrow = save_narrow_encoder(tmp_path / "narrow")
     cases = [
         (["--prompts", tmp_path / "missing.txt"], "prompt file not found"),
         (["--prompts", tmp_path / "latin1.txt"], "cannot be read"),
@@ -262,7 +254,7 @@ def test_bad_generate_input(tmp_path, sd_folder):
     torch.save({"text_encoder.unrelated.weight": torch.zeros(2)}, bad_pt)
     assert_refused(run_cli("generate", "--model", sd_folder, "--encoder", bad_pt, "--prompt", "x", "--out", tmp_path / "o"),
              "no CLIP text-encoder weights")
-    assert_refused(run_cli("generate", "--model", "world", "--encoder", _narrow_encoder(tmp_path / "n"), "--prompt", "x",
+    assert_refused(run_cli("generate", "--model", "world", "--encoder", save_narrow_encoder(tmp_path / "n"), "--prompt", "x",
                      "--out", tmp_path / "o"), "hidden width 16")
     unet_run = tmp_path / "unet-run"
     (unet_run / "unet").mkdir(parents=True)
@@ -271,9 +263,9 @@ def test_bad_generate_input(tmp_path, sd_folder):
              "has no text_encoder/")
 
 
-def test_nudenet_judge_needs_the_package(monkeypatch):
+def test_nudenet_judge_needs_the_package(monkeypatch, prompts, tmp_path):
     monkeypatch.setitem(sys.modules, "nudenet", None)  # as if not installed: importing it fails
-    result = run_cli("attack", "--model", "world", "--prompts", "x.txt", "--judge", "nudenet", "--out", "o")
+    result = run_cli("attack", "--model", "world", "--prompts", prompts, "--judge", "nudenet", "--out", tmp_path / "o")
     assert_refused(result, "pip install nudenet")
 
 

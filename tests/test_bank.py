@@ -108,5 +108,6 @@ def test_entries_of_an_older_format_are_named_and_never_read(setup, tmp_path, ca
     bank = _bank(setup, tmp_path)
     assert all(e["folder"] != old for e in bank.entries())
     bank.build(progress=False)
-    err = capsys.readouterr().out + capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.out + captured.err
     assert "1 entries" in err and "wrong timestep" in err and str(tmp_path) in err

@@ -87,7 +87,7 @@ def test_fid_of_the_generated_images_against_themselves_is_zero(tmp_path, files,
     (["--clip", "{tmp}/no-clip"], "is not a folder on local disk: pass --clip <a local CLIP model folder"),
     (["--clip", "{tmp}"], "cannot load a CLIP model and processor"),
     (["--real", "{tmp}/one", "--inception", "{inception}"], "holds 1 images"),
-    (["--real", "{real}", "--inception", "{tmp}/junk.pth"], "cannot read the state dict"),
+    (["--real", "{real}", "--inception", "{tmp}/junk.pth"], "junk.pth is a text file; expected a state dict"),
     (["--clip", "{clip}", "--steps", "0"], "--steps must be at least 1"),
 ])
 def test_missing_or_bad_metric_inputs_are_refused_before_generation(tmp_path, files, extra, message):

@@ -1,12 +1,16 @@
+import json
 import os
 
 import pytest
 import torch
 from checkpoints import save_single_file
-from helpers import FAST_ARGS, run_cli
+from helpers import FAST_ARGS, run_cli, save_sd_folder
+from PIL import Image
 from safetensors.torch import load_file
+from weights import save_tiny_clip
 
 from advunlearn_fast.errors import UserError
+from advunlearn_fast.evaluation.generation import load_vae
 from advunlearn_fast.models.loading import load_model
 from advunlearn_fast.models.tiny import build_tiny_model
 
@@ -117,11 +121,45 @@ def test_train_from_a_single_file(single_file, sd_folder, tmp_path):
     assert changed and all(k.startswith("text_model.encoder.layers.1.") for k in changed)
 
 
-@pytest.mark.xfail(strict=True, reason="evaluation.generation.load_vae looks for a vae/ folder beside --model and "
-                   "never uses the VAE inside a single file (which load_single_file loads, then drops)")
-def test_generate_from_a_single_file(single_file, sd_folder, tmp_path):
+def test_a_single_files_vae_is_the_files(single_file, sd_folder):
+    path, parts = single_file
+    loaded = load_model(str(path), config_dir=str(sd_folder))
+    assert_same_weights(load_vae(loaded), parts["vae"])
+
+
+@pytest.fixture(scope="module")
+def same_weights_as_a_folder(tmp_path_factory):
+    """The single files' weights (seed 1) as a diffusers folder."""
+    folder = tmp_path_factory.mktemp("seed1") / "tiny-sd"
+    save_sd_folder(folder, seed=1)
+    return folder
+
+
+def test_generate_from_a_single_file(single_file, sd_folder, same_weights_as_a_folder, tmp_path):
+    """The file's own VAE decodes: the image is the one the same weights give as a folder."""
     path, _ = single_file
-    result = run_cli("generate", "--model", path, "--model-config", sd_folder, "--prompt", "a cat",
-                     "--out", tmp_path / "images", "--steps", 2)
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "images" / "0000.png").is_file()
+    for name, model in (("file", path), ("folder", same_weights_as_a_folder)):
+        result = run_cli("generate", "--model", model, "--model-config", sd_folder, "--prompt", "a cat",
+                         "--out", tmp_path / name, "--steps", 2)
+        assert result.exit_code == 0, result.output
+    image = Image.open(tmp_path / "file" / "0000.png")
+    assert image.size == (16, 16)
+    assert image.tobytes() == Image.open(tmp_path / "folder" / "0000.png").tobytes()
+
+
+def test_attack_and_eval_from_a_single_file(single_file, sd_folder, tmp_path):
+    path, _ = single_file
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\n")
+    judge = tmp_path / "judge.py"
+    judge.write_text("def never(images, prompts):\n    return [False for _ in images]\n")
+    attack = run_cli("attack", "--model", path, "--model-config", sd_folder, "--prompts", prompts, "--method", "none",
+                     "--judge", f"{judge}:never", "--gen-steps", 2, "--out", tmp_path / "attack", "--quiet")
+    assert attack.exit_code == 0, attack.output
+    report = json.loads((tmp_path / "attack" / "report.json").read_text())
+    assert report["n"] == 2 and report["manifest"]["model"] == str(path)
+    clip = save_tiny_clip(tmp_path / "clip")
+    evaluated = run_cli("eval", "--model", path, "--model-config", sd_folder, "--prompts", prompts, "--clip", clip,
+                        "--steps", 2, "--out", tmp_path / "eval", "--quiet")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["n"] == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from advunlearn_fast.errors import UserError
+from advunlearn_fast.models.statedicts import load_error
 
 
 def _projected(output) -> torch.Tensor:
@@ -55,13 +55,13 @@ class LocalCLIP:
 
 
 def load_clip(folder: str | Path, what: str) -> LocalCLIP:
-    """The CLIP model and processor in an existing local `folder`; `what` starts errors."""
+    """The CLIP model and processor in an existing local `folder`; `what` names the option it
+    came from in errors."""
     from transformers import CLIPModel, CLIPProcessor
 
     try:
         model = CLIPModel.from_pretrained(folder, local_files_only=True)
         processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
     except Exception as err:
-        first = (str(err).strip().splitlines() or [err.__class__.__name__])[0]
-        raise UserError(f"{what}: cannot load a CLIP model and processor from {folder}: {first}") from None
+        raise load_error(f"a CLIP model and processor ({what})", folder, err) from None
     return LocalCLIP(model.eval().requires_grad_(False), processor, str(folder))

@@ -19,10 +19,11 @@ import torch
 
 from advunlearn_fast.device import limit_threads_for_small_model
 from advunlearn_fast.errors import UserError
+from advunlearn_fast.evaluation.inputs import ENCODER_EXPECTED, check_model_paths, check_out, encoder_path
 from advunlearn_fast.evaluation.samplers import build_scheduler, check_sampler, sample
 from advunlearn_fast.models.diffusion import draw_noise
 from advunlearn_fast.models.loading import ModelParts, load_model
-from advunlearn_fast.models.statedicts import clip_text_state, read_state_dict
+from advunlearn_fast.models.statedicts import clip_text_state, load_error, read_state_dict
 from advunlearn_fast.models.text_encoding import encode_ids, token_table, tokenize
 from advunlearn_fast.outputs import TEXT_MODEL_PREFIX, write_json_atomic
 from advunlearn_fast.prompts import read_prompt_file
@@ -88,25 +89,25 @@ def sampling_defaults(parts: ModelParts) -> dict:
 
 
 def load_vae(parts: ModelParts):
-    """The model's VAE, or None for a pixel-space model. Training never needs it, so
-    `load_model` leaves it out and it is read here on demand."""
+    """The model's VAE, or None for a pixel-space model: the one loaded with the model (a
+    single-file checkpoint, tiny), else the model folder's vae/, read only now since training
+    never needs it."""
     if parts.vae_scale == 1:
         return None
-    if parts.source == "tiny":
-        from advunlearn_fast.models.tiny import build_tiny_model
-
-        return build_tiny_model(seed=0)["vae"]
+    if parts.vae is not None:
+        return parts.vae
     if parts.source == "sd-v1-random":
         return sd_v1_random_vae()
     folder = Path(parts.source) / "vae"
     if not folder.is_dir():
-        raise UserError(f"{parts.source}: images need the model's VAE; pass --model as a diffusers folder with vae/")
+        raise UserError(f"{parts.source}: images need the model's VAE; pass --model as a diffusers folder with vae/ "
+                        "or as a single-file checkpoint")
     from diffusers import AutoencoderKL
 
     try:
         return AutoencoderKL.from_pretrained(folder)
     except Exception as err:
-        raise UserError(f"cannot load the VAE from {folder}: {(str(err).splitlines() or ['?'])[0]}") from None
+        raise load_error("the VAE", folder, err) from None
 
 
 def sd_v1_random_vae(seed: int = 0):
@@ -141,30 +142,23 @@ def load_encoder(spec: str, parts: ModelParts) -> torch.nn.Module:
     """The text encoder named by `--encoder`: a diffusers text-encoder folder, a `train` run
     folder (its text_encoder/), or a state-dict file such as the authors' released .pt (keys
     under `text_encoder.`, or plain CLIPTextModel keys with or without `text_model.`)."""
-    path = Path(spec).expanduser()
+    path = encoder_path(spec)
     if path.is_dir():
-        folder = path / "text_encoder" if (path / "run.json").is_file() or (path / "text_encoder").is_dir() else path
-        if (path / "run.json").is_file() and not (folder / "config.json").is_file():
-            raise UserError(f"--encoder {spec}: the run folder has no text_encoder/ (a UNet run, or one that has not finished)")
-        if not (folder / "config.json").is_file():
-            raise UserError(f"--encoder {spec}: not a text-encoder folder (no config.json) nor a train run folder")
         from transformers import CLIPTextModel
 
         try:
-            te = CLIPTextModel.from_pretrained(folder)
+            te = CLIPTextModel.from_pretrained(path)
         except Exception as err:
-            raise UserError(f"--encoder {spec}: cannot load the text encoder: {(str(err).splitlines() or ['?'])[0]}") from None
-    elif path.is_file():
-        te = _encoder_from_state_file(path, parts)
+            raise load_error("the text encoder (--encoder)", path, err) from None
     else:
-        raise UserError(f"--encoder {spec} does not exist")
+        te = _encoder_from_state_file(path, parts)
     check_encoder_fits(te, parts, spec)
     return te
 
 
 def _encoder_from_state_file(path: Path, parts: ModelParts) -> torch.nn.Module:
     what = f"--encoder {path}"
-    state = clip_text_state(read_state_dict(path, what), what)
+    state = clip_text_state(read_state_dict(path, what, ENCODER_EXPECTED), what)
     te = copy.deepcopy(parts.text_encoder).cpu()
     own = te.state_dict()
     own_prefixed = any(k.startswith(TEXT_MODEL_PREFIX) for k in own)
@@ -297,17 +291,20 @@ class PromptRow:
     target_guidance: float | None = None  # of UnlearnDiffAtk's target image; None: the model's default
 
 
-def read_prompt_rows(path: str | Path, seed: int, guidance: float | None) -> list[PromptRow]:
+def read_prompt_rows(path: str | Path, seed: int, guidance: float | None, text: str | None = None) -> list[PromptRow]:
     """Prompts with their seeds and guidance: a .csv with `prompt` and optional
     `evaluation_seed` / `evaluation_guidance` / `sd_guidance_scale` columns (the I2P-derived
     layout; the last is the guidance of the attack's target image, as in the authors' target
-    generator), or a .txt; prompts without their own take `seed` and `guidance`."""
+    generator), or a .txt; prompts without their own take `seed` and `guidance`. `text` is the
+    file's content where it is not written yet (a prompt set that ships with advunlearn)."""
     path = Path(path)
-    prompts = read_prompt_file(path)  # existence, encoding, emptiness: one wording everywhere
+    if text is None:
+        read_prompt_file(path)  # existence, encoding, emptiness: one wording everywhere
+        text = path.read_text(encoding="utf-8")
     if path.suffix.lower() != ".csv":
-        return [PromptRow(p, seed, guidance) for p in prompts]
+        return [PromptRow(line.strip(), seed, guidance) for line in text.splitlines() if line.strip()]
     rows = []
-    for line, record in enumerate(csv.DictReader(path.read_text(encoding="utf-8").splitlines()), start=2):
+    for line, record in enumerate(csv.DictReader(text.splitlines()), start=2):
         prompt = (record.get("prompt") or "").strip()
         if not prompt:
             continue
@@ -347,10 +344,12 @@ def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidanc
 
     if (prompt_text is None) == (prompt_file is None):
         raise UserError("give exactly one of --prompt TEXT and --prompts FILE")
+    check_model_paths(model, model_config, encoder)
     if prompt_text is not None and not prompt_text.strip():
         raise UserError("--prompt is empty")
-    check_generation_args(steps, batch_size, sampler)
     rows = [PromptRow(prompt_text.strip(), seed, guidance)] if prompt_text is not None else read_prompt_rows(prompt_file, seed, guidance)
+    check_out(out)
+    check_generation_args(steps, batch_size, sampler)
     pipe = build_pipeline(model, encoder, resolve_device(device), model_config)
     limit_threads_for_small_model(pipe.unet, pipe.device)
     rows = with_default_guidance(rows, pipe.default_guidance)

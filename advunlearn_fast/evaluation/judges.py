@@ -247,7 +247,7 @@ def _clip_judge(spec: str, rest: str, device: torch.device) -> Judge:
     if not concept:
         raise UserError(f"judge {spec!r} needs a concept text: pass --judge clip:{path}:<concept text> "
                         "(with a train run folder as --encoder, the run's concept is taken)")
-    clip = load_clip(folder, f"judge {spec!r}").to(device)
+    clip = load_clip(folder, "the clip judge").to(device)
     texts = [CLIP_CONCEPT_TEMPLATE.format(concept), CLIP_NEUTRAL_TEXT]
     text_embeds = clip.text_embeddings(texts)
     scale = float(clip.model.logit_scale.exp())
@@ -280,7 +280,7 @@ def _imagenet_judge(spec: str, rest: str, device: torch.device) -> Judge:
     if not 0 <= class_id < IMAGENET_CLASS_COUNT:
         raise UserError(f"judge {spec!r}: the class id must be an ImageNet class index 0-999, "
                         f"e.g. imagenet:{path}:497 (church)")
-    model = load_resnet50(file, f"judge {spec!r}: {file}").to(device)
+    model = load_resnet50(file, f"the imagenet judge's file {file}").to(device)
 
     @torch.no_grad()
     def decide(images, prompts):

@@ -9,7 +9,8 @@ Fréchet distance between Gaussians N(mu1, S1) and N(mu2, S2):
 The last trace equals the usual tr((S1 S2)^1/2) (the matrices are similar) but is the square
 root of a symmetric positive semi-definite matrix, taken by eigendecomposition: real by
 construction, where scipy's sqrtm of the non-symmetric S1 S2 returns complex values when the
-covariances are singular (fewer images than the 2048 features), and was 5x slower at 2048-d.
+covariances are singular (fewer images than the 2048 features), and is slower (a general
+matrix square root against symmetric eigendecompositions; benchmarks/README.md).
 
 From features, with centred feature matrices A [n1, D] and B [n2, D], S1 = A'A / (n1 - 1) and
 S2 = B'B / (n2 - 1), the non-zero eigenvalues of S1 S2 are the squared singular values of

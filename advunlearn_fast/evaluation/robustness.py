@@ -18,6 +18,7 @@ after every batch, so `--resume` continues where a run stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import time
@@ -42,6 +43,7 @@ from advunlearn_fast.evaluation.generation import (
     to_pil,
     with_default_guidance,
 )
+from advunlearn_fast.evaluation.inputs import check_folder, check_model_paths, check_out
 from advunlearn_fast.evaluation.judges import Judge, make_judge, with_concept
 from advunlearn_fast.evaluation.manifest import file_sha256, versions
 from advunlearn_fast.evaluation.samplers import check_sampler
@@ -63,8 +65,8 @@ from advunlearn_fast.models.insertion import (
     stack_layouts,
 )
 from advunlearn_fast.models.text_encoding import adversarial_condition, token_table
-from advunlearn_fast.outputs import write_json_atomic
-from advunlearn_fast.prompts import concept_name
+from advunlearn_fast.outputs import write_json_atomic, write_text_atomic
+from advunlearn_fast.prompts import concept_name, read_prompt_file
 from advunlearn_fast.training.attack import with_gradient
 from advunlearn_fast.training.graphs import CudaRecorder, GraphedStep
 
@@ -111,11 +113,14 @@ class AttackSettings:
     device: str = "auto"
     resume: bool = False
     model_config: str | None = None
-    # Prompts attacked together. On the concept world (CPU, 8 prompts, 2 blocks of 20 steps) a
-    # run took 24.5 s one at a time, 17.4 s in twos, 10.1 s in fours, 7.6 s in eights, and 16
-    # gained only ~10% more; the attack's memory grows with it (SD on a GPU: not measured).
+    # Prompts attacked together: they share every UNet call, which the CPU and the GPU run
+    # faster per prompt in larger batches, up to a point past which little is gained while the
+    # attack's memory keeps growing (benchmarks/README.md, `attack --batch-size`).
     batch_size: int = 8
     cuda_graphs: bool = True
+    # The text of a prompt set that ships with advunlearn, written to `prompts` only once the run
+    # writes its report, so that a refused run leaves no file behind.
+    prompt_set: str | None = None
 
     def validate(self) -> "AttackSettings":
         if self.method not in METHODS:
@@ -139,7 +144,7 @@ class AttackSettings:
         """The settings a resumed run must share with the report it continues (not those that
         change only speed)."""
         return {k: v for k, v in asdict(self).items()
-                if k not in ("out", "resume", "device", "batch_size", "cuda_graphs")}
+                if k not in ("out", "resume", "device", "batch_size", "cuda_graphs", "prompt_set")}
 
 
 def batches(indices: list[int], size: int, key) -> list[list[int]]:
@@ -176,7 +181,8 @@ def _load_report(out: Path, settings: AttackSettings, prompt_hash: str) -> list[
 
 def uses_cuda_graphs(settings: AttackSettings, device: torch.device) -> bool:
     """Whether the attack step is recorded as a CUDA graph and replayed: on CUDA unless
-    --no-cuda-graphs (training's attack step measured 3.3x faster so on an H100)."""
+    --no-cuda-graphs (a replay skips the Python and kernel launches that bound the eager step;
+    benchmarks/README.md)."""
     return settings.cuda_graphs and device.type == "cuda" and settings.method != "none"
 
 
@@ -205,10 +211,18 @@ class Evaluation:
         self.progress = progress
         self.label = label  # names the run on its progress bars (the demo runs several)
         self.device = resolve_device(settings.device)
+        rows = read_prompt_rows(settings.prompts, settings.seed, settings.guidance, settings.prompt_set)
+        self.prompt_hash = (file_sha256(settings.prompts) if settings.prompt_set is None
+                            else hashlib.sha256(settings.prompt_set.encode("utf-8")).hexdigest())
         self.judge: Judge = make_judge(settings.judge, self.device)  # a bad judge fails before models load
+        check_out(settings.out)
         self.out = Path(settings.out)
-        rows = read_prompt_rows(settings.prompts, settings.seed, settings.guidance)
-        self.prompt_hash = file_sha256(settings.prompts)
+        self.done = _load_report(self.out, settings, self.prompt_hash)
+        # OUT/targets is where a run caches the targets it generates, so it may not exist yet
+        # (the demo points later runs at the first run's); any other --targets must.
+        if settings.targets is not None and Path(settings.targets).resolve() != (self.out / "targets").resolve():
+            check_folder("--targets", settings.targets)
+        self.unwritten_prompt_set = settings.prompt_set
         self.backend = kernel_backend(self.device)
         self.pipe: Pipeline = build_pipeline(settings.model, settings.encoder, self.device, settings.model_config)
         limit_threads_for_small_model(self.pipe.unet, self.pipe.device)
@@ -241,7 +255,6 @@ class Evaluation:
         self.embedding_core = with_gradient(self._embedding_losses)
         if uses_cuda_graphs(settings, self.device):
             self.embedding_core = GraphedStep(self.embedding_core, CudaRecorder())
-        self.done = _load_report(self.out, settings, self.prompt_hash)
 
     # ------------------------------------------------------------ images
 
@@ -454,8 +467,17 @@ class Evaluation:
             return self.embedding_core.describe()
         return "eager"
 
+    def save(self, rows: list[dict]) -> dict:
+        """Write the report of the rows so far (its folder appears with the first image written
+        or with this), and the first time, the shipped prompt set it is made from."""
+        if self.unwritten_prompt_set is not None:
+            write_text_atomic(Path(self.s.prompts), self.unwritten_prompt_set)
+            self.unwritten_prompt_set = None
+        report = self.report(rows)
+        write_json_atomic(self.out / REPORT, report)
+        return report
+
     def run(self) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
         rows = list(self.done)
         finished = {r["index"] for r in rows}
         todo = [i for i in range(len(self.rows)) if i not in finished]
@@ -471,12 +493,10 @@ class Evaluation:
             rows.extend(self.evaluate_batch(batch, bar))
             bar.close()
             rows.sort(key=lambda r: r["index"])
-            write_json_atomic(self.out / REPORT, self.report(rows))
+            self.save(rows)
             overall.update(len(batch))
         overall.close()
-        report = self.report(rows)
-        write_json_atomic(self.out / REPORT, report)
-        return report
+        return self.save(rows)
 
 
 def run_evaluation(settings: AttackSettings, progress: bool = True, label: str | None = None) -> dict:
@@ -488,8 +508,10 @@ def run_evaluation(settings: AttackSettings, progress: bool = True, label: str |
 
 def resolve_attack_settings(**values) -> AttackSettings:
     """Settings from the flags; with a `train` run folder as --encoder, the model, concept, prompt
-    set, judge and output folder default to the run's (see `default_evaluation`). The concept
-    (the run's or --concept) sets the --adv-tokens default and completes a `clip:` judge."""
+    set, judge and output folder default to the run's (see `shipped_evaluation`). The concept
+    (the run's or --concept) sets the --adv-tokens default and completes a `clip:` judge. Paths
+    are checked in the order of the command's options, before anything is loaded or written."""
+    check_model_paths(values.get("model"), values.get("model_config"), values.get("encoder"))
     encoder = values.get("encoder")
     run_file = Path(encoder).expanduser() / "run.json" if encoder else None
     if run_file is not None and run_file.is_file():
@@ -504,15 +526,19 @@ def resolve_attack_settings(**values) -> AttackSettings:
         concept = concept_name(config.get("concepts") or [""])
         values["concept"] = values.get("concept") or concept
         if values.get("judge") is None or values.get("prompts") is None:
-            judge, prompts = default_evaluation(concept, values["model"], Path(values["out"]))
+            judge, prompt_set = shipped_evaluation(concept, values["model"])
             values["judge"] = values.get("judge") or judge
-            values["prompts"] = values.get("prompts") or prompts
+            if values.get("prompts") is None and prompt_set is not None:
+                name, values["prompt_set"] = prompt_set
+                values["prompts"] = str(Path(values["out"]) / name)
             for flag in ("prompts", "judge"):
                 if values[flag] is None:
                     raise missing_default(concept, flag)
     for flag in ("model", "prompts", "judge", "out"):
         if values.get(flag) is None:
             raise UserError(f"--{flag} is required (or pass a train run folder as --encoder to take the run's)")
+    if values.get("prompt_set") is None:
+        read_prompt_file(values["prompts"])
     values["judge"] = with_concept(values["judge"], values.get("concept"))
     return AttackSettings(**values).validate()
 
@@ -520,19 +546,18 @@ def resolve_attack_settings(**values) -> AttackSettings:
 IMAGENET_CLASSES = {"church": 497, "garbage truck": 569, "parachute": 701, "tench": 0}
 
 
-def default_evaluation(concept: str, model: str, out: Path) -> tuple[str | None, str | None]:
-    """(judge spec, prompt file) for a run's concept, None where there is no default.
+def shipped_evaluation(concept: str, model: str) -> tuple[str | None, tuple[str, str] | None]:
+    """(judge spec, (file name, text) of the prompt set) for a run's concept, None where there is
+    no default:
     - concept-world concepts: the world judge, prompts from the world's held-out templates;
     - Van Gogh and the objects: the project's prompt sets (evalsets); their judges need
       classifier weights that do not ship, so the judge is left to --judge;
-    - nudity: NudeNet; its prompt set (I2P) is third-party and must be passed.
-    Prompt files are written to OUT."""
+    - nudity: NudeNet; its prompt set (I2P) is third-party and must be passed."""
     from advunlearn_fast.evaluation.evalsets import concept_key, prompt_set_csv
     from advunlearn_fast.world import world_folder
 
     folder = world_folder(model)
     words = concept.lower().split()
-    out.mkdir(parents=True, exist_ok=True)
     if folder is not None:
         from advunlearn_fast.world.judge import ATTRIBUTES
 
@@ -543,15 +568,23 @@ def default_evaluation(concept: str, model: str, out: Path) -> tuple[str | None,
                 shapes = ATTRIBUTES["shape"]
                 objects = [concept] if any(w in shapes for w in words) else [f"{concept} {s}" for s in shapes]
                 prompts = [t.format(obj=o) for t in meta["heldout_templates"] for o in objects]
-                (out / "prompts.txt").write_text("\n".join(prompts) + "\n", encoding="utf-8")
-                return f"world:{attribute}={value}", str(out / "prompts.txt")
+                return f"world:{attribute}={value}", ("prompts.txt", "\n".join(prompts) + "\n")
         return None, None
     if concept_key(concept) is not None:
-        (out / "prompts.csv").write_text(prompt_set_csv(concept), encoding="utf-8")
-        return None, str(out / "prompts.csv")
+        return None, ("prompts.csv", prompt_set_csv(concept))
     if "nud" in concept.lower():
         return "nudenet", None
     return None, None
+
+
+def default_evaluation(concept: str, model: str, out: Path) -> tuple[str | None, str | None]:
+    """`shipped_evaluation` with its prompt set written to OUT: (judge spec, prompt file)."""
+    judge, prompt_set = shipped_evaluation(concept, model)
+    if prompt_set is None:
+        return judge, None
+    name, text = prompt_set
+    write_text_atomic(Path(out) / name, text)
+    return judge, str(Path(out) / name)
 
 
 def missing_default(concept: str, flag: str) -> UserError:

@@ -11,9 +11,10 @@ whose inputs are given:
   pytorch-fid "clean" convention of T2IBenchmark, which AdvUnlearn's FIDs come from;
 - world accuracy (concept-world models, always): for each attribute that a prompt names
   exactly one value of, whether the world's judge sees that value in the image.
-Paths are checked and the metric networks loaded before the model, and the real images read
-before any generation, so bad input fails first. Images are generated, written and measured a
-batch at a time: memory does not grow with the number of prompts.
+Paths are checked in the order of the command's options and the metric networks loaded before
+the model, and the real images read before any generation, so bad input fails first and leaves
+nothing written. Images are generated, written and measured a batch at a time: memory does not
+grow with the number of prompts.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from advunlearn_fast.evaluation.generation import (
     to_uint8,
     with_default_guidance,
 )
+from advunlearn_fast.evaluation.inputs import check_model_paths, check_out
 from advunlearn_fast.evaluation.manifest import file_sha256, path_sha256, versions
 from advunlearn_fast.evaluation.metrics import clip_scores, fid
 from advunlearn_fast.outputs import write_json_atomic
@@ -80,8 +82,8 @@ def real_image_files(folder: str) -> list[Path]:
 
 
 def check_inputs(s: EvalSettings, world: bool) -> list[Path]:
-    """Every path and number, before anything is loaded; returns the real image files."""
-    check_generation_args(s.steps, s.batch_size, s.sampler)
+    """The metric options, then the numbers, before anything is loaded; returns the real image
+    files."""
     if s.clip is not None and not Path(s.clip).expanduser().is_dir():
         raise UserError(f"--clip {s.clip} is not a folder on local disk: pass --clip <a local CLIP model folder, "
                         "e.g. a copy of openai/clip-vit-base-patch32 with its processor files>")
@@ -91,14 +93,17 @@ def check_inputs(s: EvalSettings, world: bool) -> list[Path]:
         if s.clip is None and not world:
             raise UserError("nothing to measure: pass --clip <local CLIP folder> for the CLIP score and/or "
                             f"--real DIR --inception <{WEIGHTS_FILE}> for FID")
-        return []
-    if s.inception is None:
-        raise UserError(f"FID needs the Inception weights on local disk: pass --inception <path to {WEIGHTS_FILE}> "
-                        "(the FID Inception state dict of pytorch-fid and torch-fidelity)")
-    if not Path(s.inception).expanduser().is_file():
-        raise UserError(f"--inception {s.inception} is not a file on local disk: pass the FID Inception weights "
-                        f"({WEIGHTS_FILE})")
-    return real_image_files(s.real)
+        real_files = []
+    else:
+        real_files = real_image_files(s.real)
+        if s.inception is None:
+            raise UserError(f"FID needs the Inception weights on local disk: pass --inception <path to {WEIGHTS_FILE}> "
+                            "(the FID Inception state dict of pytorch-fid and torch-fidelity)")
+        if not Path(s.inception).expanduser().is_file():
+            raise UserError(f"--inception {s.inception} is not a file on local disk: pass the FID Inception weights "
+                            f"({WEIGHTS_FILE})")
+    check_generation_args(s.steps, s.batch_size, s.sampler)
+    return real_files
 
 
 def read_images(files: list[Path]) -> list[torch.Tensor]:
@@ -162,9 +167,11 @@ def world_accuracy(records: list[dict]) -> dict:
 
 
 def run_eval(s: EvalSettings, progress: bool = True) -> dict:
+    check_model_paths(s.model, s.model_config, s.encoder)
+    rows = read_prompt_rows(s.prompts, s.seed, s.guidance)
+    check_out(s.out)
     world = world_folder(s.model) is not None
     real_files = check_inputs(s, world)
-    rows = read_prompt_rows(s.prompts, s.seed, s.guidance)
     if real_files and len(rows) < 2:
         raise UserError(f"FID needs at least 2 generated images; {s.prompts} holds {len(rows)} prompt")
     device = resolve_device(s.device)
@@ -235,7 +242,7 @@ def load_metric_networks(s: EvalSettings, device: torch.device):
     if s.clip is not None:
         from advunlearn_fast.evaluation.clip_local import load_clip
 
-        clip = load_clip(Path(s.clip).expanduser(), f"--clip {s.clip}").to(device)
+        clip = load_clip(Path(s.clip).expanduser(), "--clip").to(device)
     inception = None
     if s.real is not None:
         inception = load_fid_inception(Path(s.inception).expanduser(), f"--inception {s.inception}").to(device)

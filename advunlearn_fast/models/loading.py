@@ -1,5 +1,6 @@
 """Loading what training needs from a Stable Diffusion v1.x model: tokenizer, text
-encoder, UNet and the noise schedule (no VAE: training never decodes images).
+encoder, UNet and the noise schedule. Training never decodes images, so a folder's VAE is left
+on disk for evaluation to read; a single-file checkpoint's VAE comes with the file and is kept.
 
 A model is a local diffusers folder, a single-file .safetensors/.ckpt checkpoint,
 a hub id (downloaded or already cached), the built-in `tiny` model, `sd-v1-random` (SD v1's full-size architecture with random
@@ -16,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from advunlearn_fast.errors import UserError
+from advunlearn_fast.models.statedicts import load_error, weights_damage
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+BUILT_IN_MODELS = ("tiny", "sd-v1-random", "world")
 NEEDED_PARTS = ("tokenizer", "text_encoder", "unet", "scheduler")
 # The shipped concept-world model (`--model world`), a diffusers folder inside the package.
 WORLD_MODEL_DIR = Path(__file__).resolve().parents[1] / "world" / "weights"
@@ -32,6 +35,7 @@ class ModelParts:
     vae_scale: int  # pixels per latent pixel; 1 for pixel-space models
     source: str
     default_retain_file: str | None = None  # a model folder's own retain_prompts.txt
+    vae: object | None = None  # loaded with the model (single files, tiny); else read from disk when needed
 
     @property
     def native_image_size(self) -> int:
@@ -46,11 +50,6 @@ def _vae_scale_from_config(config: dict) -> int:
     return 2 ** (len(config["block_out_channels"]) - 1)
 
 
-def _fail(what: str, path, err: Exception) -> UserError:
-    first = (str(err).strip().splitlines() or [err.__class__.__name__])[0]
-    return UserError(f"cannot load {what} from {path}: {first}")
-
-
 def load_model_folder(folder: Path) -> ModelParts:
     """A diffusers Stable Diffusion folder (model_index.json and component subfolders)."""
     from diffusers import UNet2DConditionModel
@@ -62,15 +61,15 @@ def load_model_folder(folder: Path) -> ModelParts:
     try:
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     except Exception as err:
-        raise _fail("the tokenizer", folder / "tokenizer", err) from None
+        raise load_error("the tokenizer", folder / "tokenizer", err) from None
     try:
         text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
     except Exception as err:
-        raise _fail("the text encoder", folder / "text_encoder", err) from None
+        raise load_error("the text encoder", folder / "text_encoder", err) from None
     try:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet")
     except Exception as err:
-        raise _fail("the UNet", folder / "unet", err) from None
+        raise load_error("the UNet", folder / "unet", err) from None
     scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
     vae_config = folder / "vae" / "config.json"
     vae_scale = _vae_scale_from_config(_read_json(vae_config)) if vae_config.is_file() else 1
@@ -87,15 +86,17 @@ def _read_json(path: Path) -> dict:
     except FileNotFoundError:
         raise UserError(f"missing {path}") from None
     except (OSError, ValueError) as err:
-        raise _fail("the config", path, err) from None
+        raise load_error("the config", path, err) from None
 
 
 def load_single_file(path: Path, config_dir: str | None) -> ModelParts:
     """An original-format SD v1.x checkpoint through diffusers' single-file loader."""
     from diffusers import StableDiffusionPipeline
 
-    if config_dir is not None and not (Path(config_dir) / "unet").is_dir():
-        raise UserError(f"--model-config {config_dir} is not a diffusers Stable Diffusion folder (no unet/)")
+    check_model_config(config_dir)
+    damage = weights_damage(path)
+    if damage is not None:
+        raise UserError(f"--model {path} is truncated or corrupt ({damage})")
     try:
         pipe = StableDiffusionPipeline.from_single_file(
             str(path), config=config_dir, local_files_only=config_dir is not None or _offline(),
@@ -113,11 +114,16 @@ def load_single_file(path: Path, config_dir: str | None) -> ModelParts:
                 f"cannot load {path} without its configs: pass --model-config DIR, a local SD v1.x "
                 "diffusers folder (its unet/, text_encoder/, tokenizer/ and scheduler/ configs are used)"
             ) from None
-        raise _fail("the checkpoint", path, err) from None
+        raise load_error("the checkpoint", path, err) from None
     return ModelParts(
         pipe.tokenizer, pipe.text_encoder, pipe.unet, dict(pipe.scheduler.config),
-        _vae_scale_from_config(dict(pipe.vae.config)), str(path),
+        _vae_scale_from_config(dict(pipe.vae.config)), str(path), vae=pipe.vae,
     )
+
+
+def check_model_config(config_dir: str | None) -> None:
+    if config_dir is not None and not (Path(config_dir).expanduser() / "unet").is_dir():
+        raise UserError(f"--model-config {config_dir} is not a diffusers Stable Diffusion folder (no unet/)")
 
 
 def _offline() -> bool:
@@ -148,7 +154,7 @@ def load_model(spec: str, config_dir: str | None = None, seed: int = 0) -> Model
         parts = build_tiny_model(seed=0)
         return ModelParts(
             parts["tokenizer"], parts["text_encoder"], parts["unet"], dict(parts["scheduler"].config),
-            _vae_scale_from_config(dict(parts["vae"].config)), "tiny",
+            _vae_scale_from_config(dict(parts["vae"].config)), "tiny", vae=parts["vae"],
         )
     if spec == "sd-v1-random":
         from advunlearn_fast.models.tiny import build_sd_v1_random
@@ -159,15 +165,24 @@ def load_model(spec: str, config_dir: str | None = None, seed: int = 0) -> Model
         )
     if spec == "world":
         return load_model_folder(WORLD_MODEL_DIR)
+    check_model_spec(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
         return load_model_folder(path)
     if path.is_file():
-        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-            raise UserError(f"--model {spec} is a file but not a .safetensors/.ckpt checkpoint")
         return load_single_file(path, config_dir)
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(SINGLE_FILE_SUFFIXES) or spec.count("/") != 1
-    if looks_like_path:
-        raise UserError(f"--model {spec} does not exist")
     return load_hub_model(spec)
+
+
+def check_model_spec(spec: str) -> None:
+    """Refuse a --model that names a path that is not there, or a file that is no checkpoint;
+    the built-in names, folders and hub ids pass (what they hold is checked when loaded)."""
+    if spec in BUILT_IN_MODELS:
+        return
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise UserError(f"--model {spec} is a file but not a .safetensors/.ckpt checkpoint")
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(SINGLE_FILE_SUFFIXES) or spec.count("/") != 1
+    if not path.exists() and looks_like_path:
+        raise UserError(f"--model {spec} does not exist")
 

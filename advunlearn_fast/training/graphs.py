@@ -1,8 +1,9 @@
 """CUDA graphs: a step whose input shapes never change, recorded once and replayed.
 
 The fast engine's attack step (the encoder and the UNet at batch 1, forward and back) is
-thousands of small kernels queued one by one from Python; on an H100 its training iterations
-ran 3.3x faster once the step was replayed from a recording (benchmarks/README.md).
+thousands of small kernels queued one by one from Python, so on a fast GPU the host's launches,
+not the GPU's work, set its pace; a replayed recording queues them all at once (measured in
+benchmarks/README.md).
 
 A replay reads its inputs from the addresses it was recorded with and writes its outputs to
 theirs, so `GraphedStep` copies every call's inputs into those buffers and returns copies of

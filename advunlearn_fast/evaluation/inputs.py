@@ -1,0 +1,55 @@
+"""The paths `attack`, `generate` and `eval` are given, checked before any model loads and
+before anything is written: a refused command leaves no folder or file behind. Each command
+checks its options in the order it lists them (--model, --model-config, --encoder, then the
+prompts, --out and the rest), so that of two mistakes the first option is the one named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from advunlearn_fast.errors import UserError
+from advunlearn_fast.models.loading import check_model_config, check_model_spec
+from advunlearn_fast.models.statedicts import STATE_DICT_SUFFIXES, file_kind
+
+ENCODER_EXPECTED = "a text-encoder folder, a train run folder, or a .pt/.safetensors state dict"
+
+
+def check_model_paths(model: str | None, model_config: str | None, encoder: str | None) -> None:
+    """--model, --model-config and --encoder, in that order, name things that exist and are of
+    the right kind (what they hold is checked when they load)."""
+    if model is not None:
+        check_model_spec(model)
+    check_model_config(model_config)
+    if encoder is not None:
+        encoder_path(encoder)
+
+
+def encoder_path(spec: str) -> Path:
+    """What --encoder names, as the text-encoder folder or the state-dict file to load: a
+    text-encoder folder, a `train` run folder (its text_encoder/), or a state-dict file."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        run = (path / "run.json").is_file()
+        folder = path / "text_encoder" if run or (path / "text_encoder").is_dir() else path
+        if run and not (folder / "config.json").is_file():
+            raise UserError(f"--encoder {spec}: the run folder has no text_encoder/ (a UNet run, or one that has not "
+                            "finished)")
+        if not (folder / "config.json").is_file():
+            raise UserError(f"--encoder {spec} is a folder without config.json; expected {ENCODER_EXPECTED}")
+        return folder
+    if path.is_file():
+        if path.suffix.lower() not in STATE_DICT_SUFFIXES:
+            raise UserError(f"--encoder {spec} is {file_kind(path)}; expected {ENCODER_EXPECTED}")
+        return path
+    raise UserError(f"--encoder {spec} does not exist")
+
+
+def check_out(out: str | Path) -> None:
+    if Path(out).expanduser().exists() and not Path(out).expanduser().is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+
+
+def check_folder(flag: str, value: str | None) -> None:
+    if value is not None and not Path(value).expanduser().is_dir():
+        raise UserError(f"{flag} {value} is not a folder")
