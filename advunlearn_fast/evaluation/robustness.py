@@ -549,7 +549,9 @@ IMAGENET_CLASSES = {"church": 497, "garbage truck": 569, "parachute": 701, "tenc
 def shipped_evaluation(concept: str, model: str) -> tuple[str | None, tuple[str, str] | None]:
     """(judge spec, (file name, text) of the prompt set) for a run's concept, None where there is
     no default:
-    - concept-world concepts: the world judge, prompts from the world's held-out templates;
+    - concept-world concepts: the world judge, prompts from the world's held-out templates (a
+      single value such as "red" through its main word and each of its aliases, the routes an
+      attack takes around the erased word);
     - Van Gogh and the objects: the project's prompt sets (evalsets); their judges need
       classifier weights that do not ship, so the judge is left to --judge;
     - nudity: NudeNet; its prompt set (I2P) is third-party and must be passed."""
@@ -561,9 +563,13 @@ def shipped_evaluation(concept: str, model: str) -> tuple[str | None, tuple[str,
     if folder is not None:
         from advunlearn_fast.world.judge import ATTRIBUTES
 
+        from advunlearn_fast.world.evaluate import concept_prompts
+
         meta = json.loads((folder / "world.json").read_text(encoding="utf-8"))
         for attribute, values in ATTRIBUTES.items():
             value = next((w for w in words if w in values), None)
+            if value is not None and words == [value] and meta.get("aliases"):
+                return f"world:{attribute}={value}", ("prompts.txt", "\n".join(concept_prompts(value)) + "\n")
             if value is not None:
                 shapes = ATTRIBUTES["shape"]
                 objects = [concept] if any(w in shapes for w in words) else [f"{concept} {s}" for s in shapes]
@@ -575,16 +581,6 @@ def shipped_evaluation(concept: str, model: str) -> tuple[str | None, tuple[str,
     if "nud" in concept.lower():
         return "nudenet", None
     return None, None
-
-
-def default_evaluation(concept: str, model: str, out: Path) -> tuple[str | None, str | None]:
-    """`shipped_evaluation` with its prompt set written to OUT: (judge spec, prompt file)."""
-    judge, prompt_set = shipped_evaluation(concept, model)
-    if prompt_set is None:
-        return judge, None
-    name, text = prompt_set
-    write_text_atomic(Path(out) / name, text)
-    return judge, str(Path(out) / name)
 
 
 def missing_default(concept: str, flag: str) -> UserError:

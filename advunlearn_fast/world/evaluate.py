@@ -43,17 +43,20 @@ def heldout_prompts(n: int, seed: int = 0, aliased: bool = False) -> list[Prompt
     ]
 
 
-def concept_prompts(value: str, n: int) -> list[str]:
+def concept_prompts(value: str, n: int | None = None) -> list[str]:
     """`n` held-out prompts naming one attribute value, through its main word and each of its
     aliases in turn (the routes an attacker can take after the main word is erased): names vary
     fastest, then the other attribute's values, then the held-out templates, so that any first n
-    are balanced over the names. A colour or texture goes on each shape; a shape carries each colour."""
+    are balanced over the names (all of them when n is None). A colour or texture goes on each
+    shape; a shape carries each colour."""
     names = (value, *ALIASES[value])
     if value in SHAPES:
         objects = [(name, f"{colour} {name}") for colour in COLOURS for name in names]
     else:
         objects = [(name, f"{name} {shape}") for shape in SHAPES for name in names]
     everything = [template.format(obj=obj) for template in HELDOUT_TEMPLATES for _, obj in objects]
+    if n is None:
+        return everything
     if n > len(everything):
         raise ValueError(f"{value!r} has {len(everything)} held-out prompts, {n} were asked for")
     return everything[:n]
