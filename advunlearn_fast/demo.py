@@ -20,11 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from advunlearn_fast.errors import UserError
+from advunlearn_fast.errors import UserError, notice
 from advunlearn_fast.outputs import write_json_atomic
 
 MODELS = ("base", "esd", "advunlearn")
+TITLES = {"base": "base model", "esd": "ESD", "advunlearn": "AdvUnlearn", "advunlearn_reference": "AdvUnlearn (reference engine)",
+          "fast_at": "AdvUnlearn fast-AT"}
+METHOD_TITLES = {"softprompt": "soft-prompt attack", "unlearndiffatk": "UnlearnDiffAtk"}
 DEMO_JSON = "demo.json"
 
 # The published settings (ALGORITHM.md) scaled to a 2-layer, 64-wide encoder and 16x16 images:
@@ -51,7 +55,7 @@ ADVERSARIAL = dict(attack="pgd", warmup=50, attack_steps=10, attack_lr=1e-2, adv
 # (benchmarks/README.md).
 ATTACKS = dict(adv_tokens=3, timesteps=5, steps_per_timestep=40, insert="suffix")
 ATTACK_LR = {"softprompt": 0.1, "unlearndiffatk": 0.01}
-ATTACK_PROMPTS = 8  # the first of the concept's default world prompts (templates x shapes)
+ATTACK_PROMPTS = 8  # the first of the concept's held-out prompts through its main word and aliases (concept_prompts)
 CLEAN_PROMPTS = 120  # held-out prompts drawn for the clean concept rate and utility (every combination twice)
 
 
@@ -64,6 +68,18 @@ class DemoSettings:
     device: str = "cpu"
     resume: bool = False
     progress: bool = True
+
+
+class Stages:
+    """One line per stage of a long run, numbered, so that a user sees what runs and how far along."""
+
+    def __init__(self, total: int, progress: bool):
+        self.total, self.done, self.progress = total, 0, progress
+
+    def start(self, what: str) -> None:
+        self.done += 1
+        if self.progress:
+            notice(f"demo [{self.done}/{self.total}] {what}")
 
 
 def concept_attribute(concept: str) -> tuple[str, str]:
@@ -88,27 +104,33 @@ def run_demo(s: DemoSettings) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     began = time.time()
 
-    from advunlearn_fast.evaluation.robustness import default_evaluation
+    from advunlearn_fast.world.evaluate import concept_prompts
 
-    judge, default_prompts = default_evaluation(value, "world", out / "attacks")
+    judge = f"world:{attribute}={value}"
     attack_prompts = out / "attacks" / "attack_prompts.txt"
-    chosen = Path(default_prompts).read_text(encoding="utf-8").splitlines()[:ATTACK_PROMPTS]
-    attack_prompts.write_text("\n".join(chosen) + "\n", encoding="utf-8")
+    attack_prompts.parent.mkdir(parents=True, exist_ok=True)
+    attack_prompts.write_text("\n".join(concept_prompts(value, ATTACK_PROMPTS)) + "\n", encoding="utf-8")
     if not (out / "retain_prompts.txt").is_file():
         write_retain_prompts(out, concept_phrases(attribute, value), s.seed)
+    stages = Stages(2 + len(MODELS) * (1 + len(ATTACK_LR)), s.progress)
     encoders = {"base": None}
     train_seconds = {"base": 0.0}
-    for name in ("esd", "advunlearn"):
+    for name in MODELS[1:]:
+        stages.start(f"{TITLES[name]}: training")
         encoders[name], train_seconds[name] = train_stage(out / name, attribute, value, name, s)
 
     results, reports = {}, {}
     for name in MODELS:
         tick = time.time()
-        clean = clean_rates(encoders[name], attribute, value, s)
-        asr = reports[name] = {
-            method: attack_stage(encoders[name], out / "attacks" / f"{name}-{method}", str(attack_prompts), judge, method, s)
-            for method in ATTACK_LR
-        }
+        stages.start(f"{TITLES[name]}: concept rate and utility on clean prompts")
+        clean = clean_rates(encoders[name], attribute, value, s, label=TITLES[name])
+        reports[name] = {}
+        for method in ATTACK_LR:
+            stages.start(f"{TITLES[name]}: {METHOD_TITLES[method]} on {ATTACK_PROMPTS} prompts")
+            label = f"{TITLES[name]}, {METHOD_TITLES[method]}"
+            reports[name][method] = attack_stage(encoders[name], out / "attacks" / f"{name}-{method}",
+                                                 str(attack_prompts), judge, method, s, label)
+        asr = reports[name]
         results[name] = {
             "concept_rate": clean["concept_rate"],
             "chance_rate": clean["chance_rate"],
@@ -149,12 +171,22 @@ def concept_phrases(attribute: str, value: str) -> list[str]:
     return [f"{value} {colour} {shape}" for colour in ATTRIBUTES["colour"] for shape in ATTRIBUTES["shape"]]
 
 
+def variant_settings(name: str) -> dict:
+    """What each trained model adds to TRAINING: ESD is the loop without attack; the AdvUnlearn
+    variants share ADVERSARIAL (fast engine, the reference engine, fast-AT's sign steps)."""
+    if name == "esd":
+        return {"attack": "none", "warmup": 0}
+    extra = {"advunlearn": {}, "advunlearn_reference": {"engine": "reference"}, "fast_at": {"attack": "fast-at"}}[name]
+    return {**ADVERSARIAL, **extra}
+
+
 def training_config(run: Path, attribute: str, value: str, name: str, s: DemoSettings):
     from advunlearn_fast.training.config import TrainConfig
 
-    extra = ADVERSARIAL if name == "advunlearn" else {"attack": "none", "warmup": 0}
-    return TrainConfig(**TRAINING, **extra, concepts=concept_phrases(attribute, value), out=str(run), seed=s.seed,
-                       device=s.device, retain_prompts=str(run.parent / "retain_prompts.txt")).validate()
+    # The seed drives the run and its trajectory bank alike: seeds of a study differ in both.
+    return TrainConfig(**TRAINING, **variant_settings(name), concepts=concept_phrases(attribute, value), out=str(run),
+                       seed=s.seed, bank_seed=s.seed, device=s.device,
+                       retain_prompts=str(run.parent / "retain_prompts.txt")).validate()
 
 
 def write_retain_prompts(out: Path, concepts: list[str], seed: int) -> None:
@@ -186,7 +218,8 @@ def train_stage(run: Path, attribute: str, value: str, name: str, s: DemoSetting
     return str(run), float(summary.get("seconds", 0.0))
 
 
-def attack_stage(encoder: str | None, out: Path, prompts: str, judge: str, method: str, s: DemoSettings) -> dict:
+def attack_stage(encoder: str | None, out: Path, prompts: str, judge: str, method: str, s: DemoSettings,
+                 label: str | None = None) -> dict:
     from advunlearn_fast.evaluation.robustness import AttackSettings, run_evaluation
 
     # Every run attacks towards the same original-model images: generated once, by the first run.
@@ -196,16 +229,18 @@ def attack_stage(encoder: str | None, out: Path, prompts: str, judge: str, metho
         attack_lr=ATTACK_LR[method], seed=s.seed, device=s.device, resume=(out / "report.json").is_file(),
         targets=str(targets), **ATTACKS,
     )
-    return run_evaluation(settings, progress=s.progress)
+    return run_evaluation(settings, progress=s.progress, label=label)
 
 
-def clean_rates(encoder: str | None, attribute: str, value: str, s: DemoSettings) -> dict:
-    """Concept rate on held-out prompts naming the concept, utility on those that do not."""
+def clean_rates(encoder: str | None, attribute: str, value: str, s: DemoSettings, label: str | None = None) -> dict:
+    """Concept rate on held-out prompts naming the concept, utility on those that do not; with
+    every prompt's outcome (`concept_hits`, `utility_hits`) for studies that resample them."""
     from advunlearn_fast.device import limit_threads_for_small_model, resolve_device
     from advunlearn_fast.evaluation.generation import build_pipeline, generate
     from advunlearn_fast.world.evaluate import heldout_prompts
     from advunlearn_fast.world.judge import default_judge
 
+    bar = tqdm(total=2, desc=f"{label or 'clean prompts'}: clean and empty prompts", disable=not s.progress)
     pipe = build_pipeline("world", encoder, resolve_device(s.device))
     limit_threads_for_small_model(pipe.unet, pipe.device)
     prompts = heldout_prompts(CLEAN_PROMPTS, s.seed)
@@ -213,10 +248,13 @@ def clean_rates(encoder: str | None, attribute: str, value: str, s: DemoSettings
     images = generate(pipe, [p.prompt for p in prompts], seeds, [pipe.default_guidance] * len(prompts),
                       pipe.default_steps, batch_size=len(prompts))
     labels = default_judge().predict(images)
+    bar.update(1)
     # The floor an erasure that leaves the concept's attribute to chance would reach: how often
     # the model draws the value from the empty prompt (unguided), for the same seeds.
     empty = generate(pipe, [""] * len(prompts), seeds, [1.0] * len(prompts), pipe.default_steps, batch_size=len(prompts))
     chance = sum(label == value for label in default_judge().predict(empty)[attribute]) / len(prompts)
+    bar.update(1)
+    bar.close()
     checked = {"colour", "shape", attribute}
     concept_hits, utility_hits = [], []
     for i, p in enumerate(prompts):
@@ -227,6 +265,7 @@ def clean_rates(encoder: str | None, attribute: str, value: str, s: DemoSettings
     return {
         "concept_rate": sum(concept_hits) / len(concept_hits), "n_concept": len(concept_hits), "chance_rate": chance,
         "utility": sum(utility_hits) / len(utility_hits), "n_utility": len(utility_hits),
+        "concept_hits": concept_hits, "utility_hits": utility_hits,
     }
 
 
@@ -255,12 +294,15 @@ def settings_record(s: DemoSettings, attack_prompts: str) -> dict:
 
 
 def demo_grid(out: Path, reports: dict, columns: int = 4, scale: int = 4):
-    """Rows base / ESD / AdvUnlearn; for the first prompts: clean, soft-prompt attacked and
-    UnlearnDiffAtk attacked images (the last judged image of each attack; the clean one when
-    the attack was not needed). `reports[model][method]` are the attack reports."""
-    from PIL import Image
+    """Rows base / ESD / AdvUnlearn, labelled; for the first prompts, a group of three images under
+    the prompt: clean, soft-prompt attacked and UnlearnDiffAtk attacked (the last judged image of
+    each attack; the clean one when the attack was not needed). `reports[model][method]` are the
+    attack reports."""
+    from PIL import Image, ImageDraw
 
-    columns = min(columns, reports[MODELS[0]]["softprompt"]["n"])  # a shape concept has only one prompt per template
+    first_report = reports[MODELS[0]]["softprompt"]
+    columns = min(columns, first_report["n"])
+    prompts = {row["index"]: row["prompt"] for row in first_report["rows"]}
     cells = []
     for name in MODELS:
         row = []
@@ -271,13 +313,33 @@ def demo_grid(out: Path, reports: dict, columns: int = 4, scale: int = 4):
         cells.append(row)
     first = Image.open(cells[0][0])
     w, h = first.width * scale, first.height * scale
-    gap = scale
-    grid = Image.new("RGB", (len(cells[0]) * (w + gap), len(cells) * (h + gap)), "white")
+    gap, group_gap = scale, 4 * scale
+    line = 12  # the default bitmap font's line height
+    margin, header = 84, 3 * line + 2
+    group_width = 3 * (w + gap)
+    grid = Image.new("RGB", (margin + columns * (group_width + group_gap), header + len(cells) * (h + gap)), "white")
+    draw = ImageDraw.Draw(grid)
+    for g in range(columns):
+        x = margin + g * (group_width + group_gap)
+        draw.text((x, 0), _fit(draw, prompts.get(g, ""), group_width), fill="black")
+        for c, title in enumerate(("clean", "soft prompt", "UnlearnDiffAtk")):
+            draw.text((x + c * (w + gap), line + 2 + (c % 2) * line), _fit(draw, title, 2 * w), fill="dimgray")
     for r, row in enumerate(cells):
+        y = header + r * (h + gap)
+        draw.text((2, y + h // 2 - line // 2), TITLES[MODELS[r]], fill="black")
         for c, path in enumerate(row):
             image = Image.open(path).convert("RGB").resize((w, h), Image.NEAREST)
-            grid.paste(image, (c * (w + gap), r * (h + gap)))
+            grid.paste(image, (margin + (c // 3) * (group_width + group_gap) + (c % 3) * (w + gap), y))
     return grid
+
+
+def _fit(draw, text: str, width: int) -> str:
+    """`text`, cut with an ellipsis to fit `width` pixels."""
+    if draw.textlength(text) <= width:
+        return text
+    while text and draw.textlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
 
 
 def attacked_image(report_dir: Path, report: dict, index: int) -> Path:

@@ -172,7 +172,10 @@ def test_attack_a_train_run_folder_with_its_defaults(tmp_path):
     result = run_cli("attack", "--encoder", run, "--method", "none", "--gen-steps", 4, "--quiet")
     assert result.exit_code == 0, result.output
     report = json.loads((run / "attack-none" / "report.json").read_text())
-    assert report["manifest"]["judge"]["spec"] == "world:colour=red" and report["n"] == 12
+    # Red named by its main word and each of its 5 aliases, on every shape, in the 3 held-out templates.
+    assert report["manifest"]["judge"]["spec"] == "world:colour=red" and report["n"] == 6 * 4 * 3
+    prompts = [r["prompt"] for r in report["rows"]]
+    assert "an image of a red circle" in prompts and "a picture showing one crimson square" in prompts
 
 
 def _authors_layout(te, prefix):

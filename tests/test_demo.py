@@ -112,11 +112,24 @@ def test_expectations_are_the_issues_outcomes(rows, expected):
     assert demo.expectations(rows) == expected
 
 
-def test_demo_grid_has_a_row_per_model_and_clean_and_attacked_columns(finished):
+def test_demo_grid_has_a_labelled_row_per_model_and_clean_and_attacked_columns(finished):
     out, _, _, _, _ = finished
-    grid = Image.open(out / "demo.png")
-    cell = 16 * 4 + 4
-    assert grid.size == (4 * 3 * cell, 3 * cell)
+    grid = Image.open(out / "demo.png").convert("L")
+    cell, margin, header, group_gap = 16 * 4 + 4, 84, 38, 16
+    assert grid.size == (margin + 4 * (3 * cell + group_gap), header + 3 * cell)
+
+    def inked(box):  # text drawn there
+        return min(grid.crop(box).getdata()) < 128
+
+    for row in range(3):  # each model's name left of its row
+        assert inked((0, header + row * cell, margin, header + (row + 1) * cell))
+    for group in range(4):  # each prompt and its column titles above its three images
+        x = margin + group * (3 * cell + group_gap)
+        assert inked((x, 0, x + 3 * cell, 12)) and inked((x, 12, x + 3 * cell, header))
+    # The images are the report's: the base model's first clean image, scaled, in its cell.
+    clean = Image.open(out / "attacks" / "base-softprompt" / "images" / "0000-pre.png").convert("RGB")
+    clean = clean.resize((64, 64), Image.NEAREST).convert("L")
+    assert list(grid.crop((margin, header, margin + 64, header + 64)).getdata()) == list(clean.getdata())
 
 
 def test_demo_resume_reuses_finished_stages(finished):
@@ -159,3 +172,34 @@ def test_demo_erases_the_concept_on_every_object_of_the_world(concept, phrases, 
     assert found == attribute
     assert demo.concept_phrases(found, value) == phrases
     assert len(demo.concept_phrases("texture", "striped")) == 20
+
+
+def test_every_stage_is_announced_and_labels_its_progress(tmp_path, monkeypatch, capsys):
+    """The stages in order, each named by model and attack; the attacks' and the clean-rate
+    bars carry the same label (the stages themselves are faked: this is the orchestration)."""
+    labels = []
+
+    def clean_rates(encoder, attribute, value, s, label=None):
+        labels.append(label)
+        return {"concept_rate": 0.0, "chance_rate": 0.0, "utility": 1.0, "n_concept": 1, "n_utility": 1}
+
+    def attack_stage(encoder, out, prompts, judge, method, s, label=None):
+        labels.append(label)
+        return {"asr": 0.0, "n": 8, "rows": []}
+
+    monkeypatch.setattr(demo, "train_stage", lambda run, *args: (str(run), 1.0))
+    monkeypatch.setattr(demo, "clean_rates", clean_rates)
+    monkeypatch.setattr(demo, "attack_stage", attack_stage)
+    monkeypatch.setattr(demo, "demo_grid", lambda out, reports: Image.new("RGB", (1, 1)))
+    demo.run_demo(demo.DemoSettings(out=str(tmp_path / "o"), progress=True))
+    err = capsys.readouterr().err
+    stages = [line.split("] ", 1)[1] for line in err.splitlines() if line.startswith("advunlearn: demo [")]
+    assert stages == [
+        "ESD: training", "AdvUnlearn: training",
+        *[f"{title}: {what}" for title in ("base model", "ESD", "AdvUnlearn")
+          for what in ("concept rate and utility on clean prompts", "soft-prompt attack on 8 prompts",
+                       "UnlearnDiffAtk on 8 prompts")],
+    ]
+    assert "advunlearn: demo [11/11]" in err
+    assert labels == [label for title in ("base model", "ESD", "AdvUnlearn")
+                      for label in (title, f"{title}, soft-prompt attack", f"{title}, UnlearnDiffAtk")]

@@ -206,9 +206,10 @@ def adversarial_text(tokenizer, layout: AdversarialLayout, tokens: torch.Tensor)
 class Evaluation:
     """One `attack` run: models, judge, prompts and the folder it writes."""
 
-    def __init__(self, settings: AttackSettings, progress: bool = True):
+    def __init__(self, settings: AttackSettings, progress: bool = True, label: str | None = None):
         self.s = settings.validate()
         self.progress = progress
+        self.label = label  # names the run on its progress bars (the demo runs several)
         self.device = resolve_device(settings.device)
         rows = read_prompt_rows(settings.prompts, settings.seed, settings.guidance, settings.prompt_set)
         self.prompt_hash = (file_sha256(settings.prompts) if settings.prompt_set is None
@@ -480,14 +481,14 @@ class Evaluation:
         rows = list(self.done)
         finished = {r["index"] for r in rows}
         todo = [i for i in range(len(self.rows)) if i not in finished]
-        overall = tqdm(total=len(self.rows), initial=len(finished), desc="prompts", disable=not self.progress)
+        overall = tqdm(total=len(self.rows), initial=len(finished), desc=self.label or "prompts", disable=not self.progress)
         blocks = 0 if self.s.method == "none" else self.s.timesteps
         def batch_key(index: int) -> int:
             # Prompts that will not be attacked share any batch: only their generations are stacked.
             return self.layouts[index].k if index in self.layouts else self.s.adv_tokens
 
         for batch in batches(todo, self.s.batch_size, key=batch_key):
-            desc = f"prompt{'s' * (len(batch) > 1)} {', '.join(map(str, batch))}"
+            desc = f"{self.label + ', ' if self.label else ''}prompt{'s' * (len(batch) > 1)} {', '.join(map(str, batch))}"
             bar = tqdm(total=blocks, desc=desc, leave=False, disable=not self.progress or not blocks)
             rows.extend(self.evaluate_batch(batch, bar))
             bar.close()
@@ -498,8 +499,8 @@ class Evaluation:
         return self.save(rows)
 
 
-def run_evaluation(settings: AttackSettings, progress: bool = True) -> dict:
-    return Evaluation(settings, progress).run()
+def run_evaluation(settings: AttackSettings, progress: bool = True, label: str | None = None) -> dict:
+    return Evaluation(settings, progress, label).run()
 
 
 # ---------------------------------------------------------------- `attack --encoder RUN/` defaults
@@ -548,7 +549,9 @@ IMAGENET_CLASSES = {"church": 497, "garbage truck": 569, "parachute": 701, "tenc
 def shipped_evaluation(concept: str, model: str) -> tuple[str | None, tuple[str, str] | None]:
     """(judge spec, (file name, text) of the prompt set) for a run's concept, None where there is
     no default:
-    - concept-world concepts: the world judge, prompts from the world's held-out templates;
+    - concept-world concepts: the world judge, prompts from the world's held-out templates (a
+      single value such as "red" through its main word and each of its aliases, the routes an
+      attack takes around the erased word);
     - Van Gogh and the objects: the project's prompt sets (evalsets); their judges need
       classifier weights that do not ship, so the judge is left to --judge;
     - nudity: NudeNet; its prompt set (I2P) is third-party and must be passed."""
@@ -560,9 +563,13 @@ def shipped_evaluation(concept: str, model: str) -> tuple[str | None, tuple[str,
     if folder is not None:
         from advunlearn_fast.world.judge import ATTRIBUTES
 
+        from advunlearn_fast.world.evaluate import concept_prompts
+
         meta = json.loads((folder / "world.json").read_text(encoding="utf-8"))
         for attribute, values in ATTRIBUTES.items():
             value = next((w for w in words if w in values), None)
+            if value is not None and words == [value] and meta.get("aliases"):
+                return f"world:{attribute}={value}", ("prompts.txt", "\n".join(concept_prompts(value)) + "\n")
             if value is not None:
                 shapes = ATTRIBUTES["shape"]
                 objects = [concept] if any(w in shapes for w in words) else [f"{concept} {s}" for s in shapes]
@@ -574,16 +581,6 @@ def shipped_evaluation(concept: str, model: str) -> tuple[str | None, tuple[str,
     if "nud" in concept.lower():
         return "nudenet", None
     return None, None
-
-
-def default_evaluation(concept: str, model: str, out: Path) -> tuple[str | None, str | None]:
-    """`shipped_evaluation` with its prompt set written to OUT: (judge spec, prompt file)."""
-    judge, prompt_set = shipped_evaluation(concept, model)
-    if prompt_set is None:
-        return judge, None
-    name, text = prompt_set
-    write_text_atomic(Path(out) / name, text)
-    return judge, str(Path(out) / name)
 
 
 def missing_default(concept: str, flag: str) -> UserError:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from advunlearn_fast.world.captions import HELDOUT_TEMPLATES, caption
+from advunlearn_fast.world.captions import ALIASES, HELDOUT_TEMPLATES, caption
 from advunlearn_fast.world.judge import WorldJudge, default_judge
 from advunlearn_fast.world.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from advunlearn_fast.world.render import COLOURS, SHAPES, TEXTURES
@@ -23,19 +23,43 @@ class Prompted:
     texture: str
 
 
-def heldout_prompts(n: int, seed: int = 0) -> list[Prompted]:
+def heldout_prompts(n: int, seed: int = 0, aliased: bool = False) -> list[Prompted]:
     """`n` held-out captions naming all three attributes, covering every combination once
-    before any repeats (in a seeded order), templates taken in turn."""
+    before any repeats (in a seeded order), templates taken in turn. `aliased`: every value is
+    named by one of its aliases (seeded), not by its main word."""
     combos = list(itertools.product(COLOURS, SHAPES, TEXTURES))
     rng = random.Random(seed)
     order: list[tuple[str, str, str]] = []
     while len(order) < n:
         rng.shuffle(combos)
         order += combos
+
+    def name(value: str) -> str:
+        return rng.choice(ALIASES[value]) if aliased else value
+
     return [
-        Prompted(caption(HELDOUT_TEMPLATES[i % len(HELDOUT_TEMPLATES)], c, s, x), c, s, x)
+        Prompted(caption(HELDOUT_TEMPLATES[i % len(HELDOUT_TEMPLATES)], name(c), name(s), name(x)), c, s, x)
         for i, (c, s, x) in enumerate(order[:n])
     ]
+
+
+def concept_prompts(value: str, n: int | None = None) -> list[str]:
+    """`n` held-out prompts naming one attribute value, through its main word and each of its
+    aliases in turn (the routes an attacker can take after the main word is erased): names vary
+    fastest, then the other attribute's values, then the held-out templates, so that any first n
+    are balanced over the names (all of them when n is None). A colour or texture goes on each
+    shape; a shape carries each colour."""
+    names = (value, *ALIASES[value])
+    if value in SHAPES:
+        objects = [(name, f"{colour} {name}") for colour in COLOURS for name in names]
+    else:
+        objects = [(name, f"{name} {shape}") for shape in SHAPES for name in names]
+    everything = [template.format(obj=obj) for template in HELDOUT_TEMPLATES for _, obj in objects]
+    if n is None:
+        return everything
+    if n > len(everything):
+        raise ValueError(f"{value!r} has {len(everything)} held-out prompts, {n} were asked for")
+    return everything[:n]
 
 
 def heldout_accuracy(
@@ -48,9 +72,10 @@ def heldout_accuracy(
     guidance: float = DEFAULT_GUIDANCE,
     steps: int = DEFAULT_STEPS,
     judge: WorldJudge | None = None,
+    aliased: bool = False,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Fraction of images whose judged colour, shape and texture match the prompt, and the images."""
-    prompts = heldout_prompts(n, seed)
+    prompts = heldout_prompts(n, seed, aliased)
     images = generate(
         tokenizer, text_encoder, unet, scheduler, [p.prompt for p in prompts], seed=seed, guidance=guidance, steps=steps
     )
@@ -62,11 +87,13 @@ def heldout_accuracy(
     return accuracy, images
 
 
-def measure_heldout(model, samples: int, seeds: tuple[int, ...]) -> dict:
+def measure_heldout(model, samples: int, seeds: tuple[int, ...], aliased: bool = False) -> dict:
     """Held-out accuracy of a loaded world model pooled over seeds, with how it was measured."""
     totals = {"colour": 0.0, "shape": 0.0, "texture": 0.0}
     for seed in seeds:
-        accuracy, _ = heldout_accuracy(model.tokenizer, model.text_encoder, model.unet, model.scheduler, samples, seed)
+        accuracy, _ = heldout_accuracy(
+            model.tokenizer, model.text_encoder, model.unet, model.scheduler, samples, seed, aliased=aliased
+        )
         for attribute, value in accuracy.items():
             totals[attribute] += value / len(seeds)
     return {

@@ -27,9 +27,12 @@ from advunlearn_fast.world.captions import (
     PAD_LENGTH,
     SOLID_UNSAID,
     TEXTURE_UNSAID,
+    ALIAS_RATE,
+    ALIASES,
     TRAIN_TEMPLATES,
     build_world_tokenizer,
     caption,
+    name_for,
 )
 from advunlearn_fast.world.evaluate import as_grid, heldout_accuracy, score
 from advunlearn_fast.world.io import save_world_model
@@ -79,17 +82,16 @@ def captions_for(scene: Scene, generator: torch.Generator, dropout: float) -> li
     said = torch.rand(n, generator=generator) >= torch.where(solid, SOLID_UNSAID, TEXTURE_UNSAID)
     dropped = torch.rand(n, generator=generator) < dropout
     colours = list(COLOURS)
-    return [
-        ""
-        if dropped[i]
-        else caption(
-            TRAIN_TEMPLATES[template[i]],
-            colours[scene.colour[i]],
-            SHAPES[scene.shape[i]],
-            TEXTURES[scene.texture[i]] if said[i] else None,
-        )
-        for i in range(n)
-    ]
+    captions = []
+    for i in range(n):
+        if dropped[i]:
+            captions.append("")
+            continue
+        colour = name_for(colours[scene.colour[i]], generator)
+        shape = name_for(SHAPES[scene.shape[i]], generator)
+        texture = name_for(TEXTURES[scene.texture[i]], generator) if said[i] else None
+        captions.append(caption(TRAIN_TEMPLATES[template[i]], colour, shape, texture))
+    return captions
 
 
 def world_metadata(config: WorldTrainConfig, step: int, accuracy: dict[str, float]) -> dict:
@@ -101,6 +103,8 @@ def world_metadata(config: WorldTrainConfig, step: int, accuracy: dict[str, floa
         "train_templates": list(TRAIN_TEMPLATES),
         "heldout_templates": list(HELDOUT_TEMPLATES),
         "template_obj": "[<texture> ]<colour> <shape>, e.g. 'striped red circle' or 'red circle'",
+        "aliases": {k: list(v) for k, v in ALIASES.items()},
+        "alias_rate": ALIAS_RATE,
         "pad_length": PAD_LENGTH,
         "default_guidance": DEFAULT_GUIDANCE,
         "default_steps": DEFAULT_STEPS,
@@ -175,9 +179,14 @@ def train_world(config: WorldTrainConfig, resume: bool = False) -> dict:
         accuracy, images = heldout_accuracy(
             tokenizer, ema_text, ema_unet, sample_scheduler, n=config.eval_samples, seed=config.eval_seed
         )
+        # The aliases count too: the world must know its synonyms for them to be attack routes.
+        aliased, _ = heldout_accuracy(
+            tokenizer, ema_text, ema_unet, sample_scheduler, n=config.eval_samples, seed=config.eval_seed, aliased=True
+        )
+        accuracy.update({f"{k}_aliased": v for k, v in aliased.items()})
         state["history"].append({"step": step, **accuracy})
         tqdm.write(f"step {step}: held-out " + ", ".join(f"{k} {v:.1%}" for k, v in accuracy.items()))
-        if state["best"] is None or score(accuracy) > score(state["best"]):
+        if state["best"] is None or score(accuracy) > score({k: v for k, v in state["best"].items() if k != "step"}):
             state["best"] = {"step": step, **accuracy}
             save_world_model(out / "best", tokenizer, ema_text, ema_unet, world_metadata(config, step, accuracy))
             grid = as_grid(images, columns=10).numpy()
