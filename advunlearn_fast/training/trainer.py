@@ -42,7 +42,7 @@ from advunlearn_fast.training.acceleration import compile_models, enable_activat
 from advunlearn_fast.training.attack import random_token_embeddings, soft_prompt_attack, with_gradient
 from advunlearn_fast.training.bank import TrajectoryBank
 from advunlearn_fast.training.config import TrainConfig
-from advunlearn_fast.training.costs import CostMeter, bank_build_cost, fresh_rollout_cost
+from advunlearn_fast.training.costs import BACKWARD_COST, CONDITIONING_BACKWARD, CostMeter, bank_build_cost, fresh_rollout_cost
 from advunlearn_fast.training.graphs import CudaRecorder, GraphedStep
 from advunlearn_fast.training.layers import (
     freeze_all_but,
@@ -269,7 +269,7 @@ def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.
         # One draw of (t, z_t) for all candidates, so that their final losses compare like for like,
         # and one UNet call for all of them.
         t, z, e_p = s.source.attack_draw(concept, generator)
-        s.meter.add("attack", len(adv), backward=True)
+        s.meter.add("attack", len(adv), backward=CONDITIONING_BACKWARD)
         return step(adv, to_device(t, s.device), z, e_p)
 
     was_training = s.trained.training
@@ -303,8 +303,8 @@ def defender_step(s: Setup, step: int, concept: int, adv, optimizer, generator: 
     else:
         cond = encode_ids(s.te, s.concept_ids[concept : concept + 1])
     retain_cond = encode_ids(s.te, s.retain_ids[to_device(chosen, s.device)])
-    s.meter.add("train", 1, backward=True)
-    s.meter.add("retain", len(chosen), backward=True)
+    s.meter.add("train", 1, backward=BACKWARD_COST[cfg.train])
+    s.meter.add("retain", len(chosen), backward=BACKWARD_COST[cfg.train])
     if cfg.engine == "fast":  # one UNet call for the concept and the retain prompts
         pred = predict_noise(s.unet, d.z, d.t, torch.cat([cond, retain_cond]))
         concept_pred, retain_pred = pred[:1], pred[1:]
@@ -415,7 +415,7 @@ def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
         "attack_step": attack_step_mode(s),
         "trajectories": s.trajectories,
         "bank": {"entries_built": s.bank_built, "seconds": round(s.bank_seconds, 3)} if s.trajectories.get("source") == "bank" else None,
-        "unet_fwd_equiv_total": dict(s.meter.total),
+        "unet_fwd_equiv_total": s.meter.totals(),
         "versions": {
             "advunlearn": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
