@@ -53,6 +53,7 @@ from advunlearn_fast.evaluation.unlearndiffatk import (
     uniform_simplex,
     unlearndiffatk,
 )
+from advunlearn_fast.models.attention import check_attention
 from advunlearn_fast.models.diffusion import draw_noise
 from advunlearn_fast.models.insertion import (
     AdversarialLayout,
@@ -116,6 +117,7 @@ class AttackSettings:
     # gained only ~10% more; the attack's memory grows with it (SD on a GPU: not measured).
     batch_size: int = 8
     cuda_graphs: bool = True
+    attention: str = "sdpa"
 
     def validate(self) -> "AttackSettings":
         if self.method not in METHODS:
@@ -139,7 +141,7 @@ class AttackSettings:
         """The settings a resumed run must share with the report it continues (not those that
         change only speed)."""
         return {k: v for k, v in asdict(self).items()
-                if k not in ("out", "resume", "device", "batch_size", "cuda_graphs")}
+                if k not in ("out", "resume", "device", "batch_size", "cuda_graphs", "attention")}
 
 
 def batches(indices: list[int], size: int, key) -> list[list[int]]:
@@ -204,12 +206,14 @@ class Evaluation:
         self.s = settings.validate()
         self.progress = progress
         self.device = resolve_device(settings.device)
+        check_attention(settings.attention, self.device)
         self.judge: Judge = make_judge(settings.judge, self.device)  # a bad judge fails before models load
         self.out = Path(settings.out)
         rows = read_prompt_rows(settings.prompts, settings.seed, settings.guidance)
         self.prompt_hash = file_sha256(settings.prompts)
         self.backend = kernel_backend(self.device)
-        self.pipe: Pipeline = build_pipeline(settings.model, settings.encoder, self.device, settings.model_config)
+        self.pipe: Pipeline = build_pipeline(settings.model, settings.encoder, self.device, settings.model_config,
+                                             settings.attention)
         limit_threads_for_small_model(self.pipe.unet, self.pipe.device)
         self.rows = with_default_guidance(rows, self.pipe.default_guidance)
         self.gen_steps = settings.gen_steps or self.pipe.default_steps
@@ -444,7 +448,7 @@ class Evaluation:
             "regenerate": shlex.join(["advunlearn", "generate", "--model", str(self.pipe.parts.source), *encoder,
                                       "--sampler", self.sampler, "--steps", str(self.gen_steps)])
                           + " --seed <seed> --guidance <guidance> --prompt <adversarial_prompt> --out DIR",
-            "attack_step": self.attack_step_mode(),
+            "attack_step": self.attack_step_mode(), "attention": self.s.attention,
             "batch_size": self.s.batch_size, "settings": self.s.comparable(),
         }
 
