@@ -22,8 +22,8 @@ PHASES = ("rollout", "targets", "attack", "train", "retain", "bank")
 # wanted (every attack step, and the defender step when the text encoder is trained; fused
 # attention kernels also recompute the attention scores in their backward, about 0.07 more). The
 # UNet ablations' defender steps add the gradients of the weights they train: 1.11 for the
-# cross-attention layers (ESD-x), 1.96 for every other layer (ESD-u). On the tiny test model the
-# first figure is 0.92: its first blocks, which need no backward, are a larger share of it.
+# cross-attention layers (ESD-x), 1.96 for every other layer (ESD-u). The tiny test model, built
+# in other proportions, gives 0.98 for the first.
 BACKWARD_COST = {"text-encoder": 1.1, "unet-xattn": 1.1, "unet-noxattn": 2.0}
 CONDITIONING_BACKWARD = BACKWARD_COST["text-encoder"]
 
