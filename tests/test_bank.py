@@ -124,14 +124,14 @@ def _unet_calls(unet, build) -> list[int]:
 
 
 def test_a_batched_build_gives_the_entries_of_a_one_trajectory_at_a_time_build(setup, tmp_path):
-    retain = tuple(range(6))
+    retain = tuple(range(20))  # more than the 16 prompts per call of fixed-size groups
     batched = _bank(setup, tmp_path / "batched", retain=retain)
     single = _bank(setup, tmp_path / "single", retain=retain)
     single.samples_per_call = 2  # one guided trajectory per UNet call
     batched_calls = _unet_calls(setup.frozen.unet, lambda: batched.build(progress=False))
     single_calls = _unet_calls(setup.frozen.unet, lambda: single.build(progress=False))
     # The tiny model's 8x8 latents fit every retain entry in one call: a guided rollout call per
-    # DDIM step (3) for all 6 trajectories, then one call for their targets at every step.
+    # DDIM step (3) for all 20 trajectories, then one call for their targets at every step.
     assert batched_calls.count(2 * len(retain)) == 3 and max(batched_calls) == len(retain) * 3
     assert max(single_calls) == 2
     assert len(batched_calls) < len(single_calls) / 4
