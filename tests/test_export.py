@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from advunlearn_fast.evaluation.generation import Pipeline, build_pipeline, generate, to_uint8
+from advunlearn_fast.evaluation.generation import Pipeline, build_pipeline, generate, sampling_defaults, to_uint8
 from advunlearn_fast.export.compvis import TEXT_ENCODER_PREFIX
 from advunlearn_fast.export.exporter import ExportSettings, export
 from advunlearn_fast.models.loading import ModelParts
@@ -40,7 +40,7 @@ def _generate(*args):
 def _engine_image(tokenizer, text_encoder, unet, vae, scheduler_config) -> np.ndarray:
     """PROMPT's image from loaded parts, through the same sampler as `generate` (HWC uint8)."""
     parts = ModelParts(tokenizer, text_encoder, unet, dict(scheduler_config), 2, "loaded")
-    pipe = Pipeline(parts, text_encoder.float(), vae.float(), torch.device("cpu"), 7.5, 50)
+    pipe = Pipeline(parts, text_encoder.float(), vae.float(), torch.device("cpu"), **sampling_defaults(parts))
     return to_uint8(generate(pipe, [PROMPT], [SEED], [7.5], STEPS))[0].permute(1, 2, 0).numpy()
 
 
