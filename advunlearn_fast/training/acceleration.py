@@ -38,9 +38,9 @@ def use_channels_last(unet) -> None:
 @contextlib.contextmanager
 def tf32_matmuls(enabled: bool):
     """fp32 matrix products on CUDA in TF32 (10-bit mantissa inputs, fp32 accumulation) while the
-    block runs: the trained text encoder is the only fp32 model of the fast engine. A CUDA-only
-    switch: CPU arithmetic is unchanged. Restored afterwards, so that nothing else in the process
-    (tests, a later command) inherits it."""
+    block runs: the fast engine's fp32 models are the trained text encoder (its UNet is bf16) and,
+    in the UNet ablations, the trained UNet. A CUDA-only switch: CPU arithmetic is unchanged.
+    Restored afterwards, so that nothing else in the process (tests, a later command) inherits it."""
     before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = enabled or before
     try:

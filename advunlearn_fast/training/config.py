@@ -69,7 +69,7 @@ class TrainConfig:
     compile: bool = field(default=False, metadata={"help": "fast engine: torch.compile the UNet's transformer blocks and the text encoder's layers, each block on its own (compiling first; for long GPU runs)"})
     attention: str = field(default="sdpa", metadata={"help": "the UNet's attention kernel: sdpa (PyTorch's scaled_dot_product_attention) or xformers (CUDA, needs the xformers package)"})
     channels_last: Optional[bool] = field(default=None, metadata={"help": "fast engine: the UNet in channels_last (NHWC) memory layout [default: on CUDA]"})
-    tf32: Optional[bool] = field(default=None, metadata={"help": "fast engine: the trained text encoder's fp32 matrix products in TF32 on CUDA (no effect on a CPU) [default: on CUDA]"})
+    tf32: Optional[bool] = field(default=None, metadata={"help": "fast engine: fp32 matrix products on CUDA in TF32: the trained text encoder's (and the trained UNet's in the UNet ablations); no effect on a CPU [default: on CUDA]"})
     cuda_graphs: bool = field(default=True, metadata={"help": "fast engine on CUDA: record the attack step once as a CUDA graph and replay it (the eager step is host-bound; run.json's attack_step says how the step ran)"})
     checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing in the UNet and the trained text encoder: less memory for about one more forward pass"})
     attack_restarts: int = field(default=1, metadata={"help": "adversarial candidates optimised together, one batched UNet call per attack step; the lowest final attack loss is used"})
