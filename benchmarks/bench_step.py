@@ -137,7 +137,8 @@ class AttackRoundClock:
         real = trainer.run_attack
 
         def timed(s, *args):
-            self.unet_shapes = self.unet_shapes or (s.frozen.unet, s.frozen.latent_shape, tuple(s.frozen.uncond.shape[1:]))
+            if self.unet_shapes is None:
+                self.unet_shapes = (s.frozen.unet, s.frozen.latent_shape, tuple(s.frozen.uncond.shape[1:]))
             synchronize(s.device)
             before, began = sum(s.meter.window.values()), time.perf_counter()
             result = real(s, *args)
@@ -168,7 +169,8 @@ def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
     fast = engine == "fast"
     iterations = args.iterations if fast else (args.reference_iterations or args.iterations)
     cfg = TrainConfig(
-        model=args.model, concepts=[args.concept], out=str(out), iterations=iterations, warmup=args.warmup if fast else 0,
+        model=args.model, concepts=[args.concept], out=str(out), iterations=iterations,
+        warmup=args.warmup if fast else 0,
         attack_steps=args.attack_steps, ddim_steps=args.ddim_steps, retain_batch=args.retain_batch,
         image_size=args.image_size, bank_size=args.bank_size, retain_bank_size=args.retain_bank_size,
         retain_prompts=args.retain_prompts, bank=True if fast else None, bank_dir=bank_dir, engine=engine,
@@ -240,6 +242,7 @@ def phase_rates(attacked: list[dict], rounds: list[tuple[float, float]], summary
         return work * flops / seconds / 1e12 if seconds > 0 else None
 
     bank = summary.get("bank") or {}
+    bank_work = summary["unet_fwd_equiv_total"].get("bank", 0)
     return {
         "attack_round_s": statistics.median(seconds for _, (seconds, _) in pairs),
         "defender_s": statistics.median(r["seconds"] - seconds for r, (seconds, _) in pairs),
@@ -247,7 +250,7 @@ def phase_rates(attacked: list[dict], rounds: list[tuple[float, float]], summary
             "attack": rate(attack_work, attack_s),
             "defender": rate(total_work - attack_work, total_s - attack_s),
             "iteration": rate(total_work, total_s),
-            "bank": rate(summary["unet_fwd_equiv_total"].get("bank", 0), bank.get("seconds", 0.0)) if bank.get("entries_built") else None,
+            "bank": rate(bank_work, bank.get("seconds", 0.0)) if bank.get("entries_built") else None,
         },
     }
 

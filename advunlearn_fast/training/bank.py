@@ -182,7 +182,8 @@ class TrajectoryBank:
         predictions = []
         for c in targets:
             f.meter.add("bank", n * K)
-            chunks = [predict_noise(f.unet, zc, tc, cc) for zc, tc, cc in zip(z.split(calls), t.split(calls), c.split(calls))]
+            chunks = [predict_noise(f.unet, zc, tc, cc)
+                      for zc, tc, cc in zip(z.split(calls), t.split(calls), c.split(calls))]
             predictions.append(torch.cat(chunks).reshape(len(entries), size, K, *f.latent_shape))
         latents = latents.reshape(len(entries), size, K, *f.latent_shape)
         stacked = torch.stack(predictions, 3)

@@ -90,8 +90,8 @@ class TrainConfig:
         _choice("attention", self.attention, ATTENTION_BACKENDS)
         for name in ("compile", "channels_last", "tf32"):
             if getattr(self, name) and self.engine == "reference":
-                raise UserError(f"--{_flag(name)} applies to the fast engine; the reference engine stays the unmodified "
-                                "baseline")
+                raise UserError(f"--{_flag(name)} applies to the fast engine; the reference engine stays the "
+                                "unmodified baseline")
         for name in ("iterations", "attack_steps", "adv_tokens", "attack_every", "retain_batch", "ddim_steps", "save_every",
                      "bank_size", "retain_bank_size", "attack_restarts"):
             if getattr(self, name) <= 0:

@@ -50,7 +50,13 @@ from advunlearn_fast.training.acceleration import (
 from advunlearn_fast.training.attack import random_token_embeddings, soft_prompt_attack, with_gradient
 from advunlearn_fast.training.bank import TrajectoryBank
 from advunlearn_fast.training.config import TrainConfig
-from advunlearn_fast.training.costs import BACKWARD_COST, CONDITIONING_BACKWARD, CostMeter, bank_build_cost, fresh_rollout_cost
+from advunlearn_fast.training.costs import (
+    BACKWARD_COST,
+    CONDITIONING_BACKWARD,
+    CostMeter,
+    bank_build_cost,
+    fresh_rollout_cost,
+)
 from advunlearn_fast.training.graphs import CudaRecorder, GraphedStep
 from advunlearn_fast.training.layers import (
     freeze_all_but,
