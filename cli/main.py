@@ -11,6 +11,7 @@ from click.core import ParameterSource
 
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.libraries import quiet_libraries
+from advunlearn_fast.models.attention import ATTENTION_BACKENDS
 from advunlearn_fast.training.config import TrainConfig, config_fields, read_config_file
 
 
@@ -116,6 +117,12 @@ def _device_option(func):
     return click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")(func)
 
 
+def _attention_option(func):
+    return click.option("--attention", type=click.Choice(ATTENTION_BACKENDS), default="sdpa", show_default=True,
+                        help="the UNet's attention kernel: PyTorch's scaled_dot_product_attention, or xformers' "
+                             "memory-efficient attention (CUDA, needs the xformers package)")(func)
+
+
 def _sampler_option(func):
     return click.option("--sampler", default=None,
                         help="lms, ddim, pndm or dpm, for every image [default: the model's, lms for SD as the authors]")(func)
@@ -133,15 +140,16 @@ def _sampler_option(func):
 @click.option("--steps", type=int, default=None, help="sampler steps [default: the model's, 50 for SD]")
 @_sampler_option
 @click.option("--batch-size", default=8, show_default=True, help="prompts per UNet call")
+@_attention_option
 @_device_option
 def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, guidance, steps, sampler, batch_size,
-             device):
+             attention, device):
     """Generate images with an encoder plugged into any SD v1.x model; seeds go to manifest.json.
     With the defaults, an attack report row's adversarial prompt, seed and guidance give its judged image."""
     from advunlearn_fast.evaluation.generation import generate_images
 
     written = generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size,
-                              device, model_config, sampler)
+                              device, model_config, sampler, attention)
     click.echo(f"done: {len(written)} images in {out}")
 
 
@@ -160,6 +168,7 @@ def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, 
 @_sampler_option
 @click.option("--batch-size", default=8, show_default=True, help="prompts per UNet call and per metric batch")
 @click.option("--quiet", is_flag=True, help="no progress bars")
+@_attention_option
 @_device_option
 def eval_command(quiet, **values):
     """Utility: CLIP score and FID of images generated with an encoder plugged in (world accuracy on the concept world)."""
@@ -208,6 +217,7 @@ def eval_command(quiet, **values):
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="on CUDA, record the attack step once per batch shape as a CUDA graph and replay it")
 @click.option("--quiet", is_flag=True, help="no progress bars")
+@_attention_option
 @_device_option
 def attack(quiet, **values):
     """Robustness: pre-ASR and ASR of an (unlearned) encoder under UnlearnDiffAtk or the soft-prompt attack."""

@@ -1,4 +1,5 @@
-"""--checkpointing and --compile change how the models run, not what they compute."""
+"""--checkpointing, --compile, --channels-last and --tf32 change how the models run, not what they
+compute (beyond rounding)."""
 
 import functools
 import json
@@ -13,6 +14,7 @@ from test_train_cli import GOLDEN_LOSSES
 import advunlearn_fast.training.trainer as trainer
 from advunlearn_fast.models.diffusion import predict_noise
 from advunlearn_fast.models.text_encoding import _text_transformer, encode_ids
+from advunlearn_fast.training.acceleration import resolve_layout_and_precision
 from advunlearn_fast.training.config import TrainConfig
 from advunlearn_fast.training.losses import attack_loss, retain_loss
 
@@ -66,7 +68,7 @@ def test_checkpointing_trains_like_the_golden_run(sd_folder, tmp_path):
     assert _losses(out) == pytest.approx(GOLDEN_LOSSES, rel=1e-5)
 
 
-def test_compile_is_wired_and_outputs_stay_plain(sd_folder, tmp_path, monkeypatch):
+def test_compile_is_regional_and_outputs_stay_plain(sd_folder, tmp_path, monkeypatch):
     """Through dynamo with its `eager` backend: the real graph capture of every call path, without
     inductor's code generation (minutes on a CPU; see the test below)."""
     compiled = []
@@ -82,7 +84,13 @@ def test_compile_is_wired_and_outputs_stay_plain(sd_folder, tmp_path, monkeypatc
     result = run_cli("train", "--model", sd_folder, "--out", out, *GOLDEN_ARGS, "--compile")
     assert result.exit_code == 0, result.output
     (te, unet), = compiled
-    assert unet._compiled_call_impl is not None and _text_transformer(te).encoder._compiled_call_impl is not None
+    # The repeated blocks, each on its own: the UNet's transformer blocks and the encoder's layers,
+    # not the models around them.
+    regions = {name for name, m in [*unet.named_modules(), *te.named_modules()] if m._compiled_call_impl is not None}
+    blocks = {name for name, m in unet.named_modules() if type(m).__name__ == "BasicTransformerBlock"}
+    layers = {name for name, m in te.named_modules() if type(m).__name__ == "CLIPEncoderLayer"}
+    assert len(blocks) == 4 and len(layers) == 12
+    assert regions == blocks | layers
     assert _losses(out) == pytest.approx(GOLDEN_LOSSES, rel=1e-5)
     base = load_file(str(sd_folder / "text_encoder" / "model.safetensors"))
     for folder in ("text_encoder", "checkpoints/step-000002/text_encoder"):
@@ -109,3 +117,75 @@ def test_compile_is_refused_on_the_reference_engine(sd_folder, tmp_path):
     result = run_cli("train", "--model", sd_folder, "--out", tmp_path / "run", *GOLDEN_ARGS, "--compile",
                      "--engine", "reference")
     assert result.exit_code == 2 and "--compile applies to the fast engine" in result.output
+
+
+def _recording_setups(monkeypatch, record):
+    """Calls `record(setup)` on every Setup train() builds."""
+    real = trainer.build_setup
+
+    def recording(*args, **kwargs):
+        s = real(*args, **kwargs)
+        record(s)
+        return s
+
+    monkeypatch.setattr(trainer, "build_setup", recording)
+
+
+def test_channels_last_trains_like_the_golden_run(sd_folder, tmp_path, monkeypatch):
+    layouts = []
+    _recording_setups(monkeypatch, lambda s: layouts.append(
+        [m.weight.is_contiguous(memory_format=torch.channels_last) for m in s.unet.modules()
+         if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]))  # a 1x1 kernel is both layouts at once
+    for flags, channels_last in (([], False), (["--channels-last"], True)):
+        out = tmp_path / str(channels_last)
+        result = run_cli("train", "--model", sd_folder, "--out", out, *GOLDEN_ARGS, *flags)
+        assert result.exit_code == 0, result.output
+        assert set(layouts.pop()) == {channels_last}  # every convolution of the UNet, or none (CPU default)
+        assert json.loads((out / "run.json").read_text())["config"]["channels_last"] is channels_last
+        # Other convolution kernels for the other layout: the same losses up to float rounding.
+        assert _losses(out) == pytest.approx(GOLDEN_LOSSES, rel=1e-4)
+
+
+def test_tf32_covers_the_encoders_passes_and_is_restored(sd_folder, tmp_path, monkeypatch):
+    """TF32 is a CUDA setting: on a CPU it changes nothing, but whether it is on while the trained
+    encoder's matrix products run, forward and backward, is observable."""
+    seen = {"forward": set(), "backward": set()}
+
+    def watch_encoder(s):
+        def forward_hook(module, args, output):
+            seen["forward"].add(torch.backends.cuda.matmul.allow_tf32)
+            if output.requires_grad:
+                output.register_hook(lambda grad: seen["backward"].add(torch.backends.cuda.matmul.allow_tf32))
+
+        _text_transformer(s.te).encoder.layers[-1].mlp.fc1.register_forward_hook(forward_hook)
+
+    _recording_setups(monkeypatch, watch_encoder)
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    for flags, tf32 in (([], False), (["--tf32"], True)):
+        out = tmp_path / str(tf32)
+        result = run_cli("train", "--model", sd_folder, "--out", out, *GOLDEN_ARGS, *flags)
+        assert result.exit_code == 0, result.output
+        assert seen == {"forward": {tf32}, "backward": {tf32}}, flags
+        assert torch.backends.cuda.matmul.allow_tf32 is False  # not left on for the rest of the process
+        assert json.loads((out / "run.json").read_text())["config"]["tf32"] is tf32
+        assert _losses(out) == pytest.approx(GOLDEN_LOSSES, rel=1e-6)
+        seen = {"forward": set(), "backward": set()}
+
+
+def test_layout_and_precision_default_to_on_for_the_fast_engine_on_cuda():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device object needs no GPU
+    fast = TrainConfig(concepts=["x"]).validate()
+    assert resolve_layout_and_precision(fast, cuda) == {"channels_last": True, "tf32": True}
+    assert resolve_layout_and_precision(fast, cpu) == {"channels_last": False, "tf32": False}
+    reference = TrainConfig(concepts=["x"], engine="reference").validate()
+    assert resolve_layout_and_precision(reference, cuda) == {"channels_last": False, "tf32": False}
+    chosen = TrainConfig(concepts=["x"], channels_last=False, tf32=True).validate()
+    assert resolve_layout_and_precision(chosen, cuda) == {"channels_last": False, "tf32": True}
+    assert resolve_layout_and_precision(chosen, cpu) == {"channels_last": False, "tf32": True}
+
+
+@pytest.mark.parametrize("flag", ["--channels-last", "--tf32"])
+def test_layout_and_precision_are_refused_on_the_reference_engine(sd_folder, tmp_path, flag):
+    result = run_cli("train", "--model", sd_folder, "--out", tmp_path / "run", *GOLDEN_ARGS, flag, "--engine", "reference")
+    assert result.exit_code == 2 and f"{flag} applies to the fast engine" in result.output
+    assert not (tmp_path / "run").exists()

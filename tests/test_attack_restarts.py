@@ -5,9 +5,11 @@ R = 1 is the golden run of test_train_cli.py (unchanged behaviour).
 
 import json
 
+import pytest
 from helpers import run_cli
 
 import advunlearn_fast.training.trainer as trainer
+from advunlearn_fast.training.costs import CONDITIONING_BACKWARD
 
 STEPS, RESTARTS = 3, 3
 ARGS = ["--concept", "church", "--iterations", 2, "--warmup", 0, "--layers", "all", "--attack-init", "latest",
@@ -39,7 +41,7 @@ def test_restarts_share_one_unet_call_per_step_and_the_best_is_used(sd_folder, t
     for r, record in zip(rounds, log):
         assert r["init"].shape[0] == RESTARTS
         assert r["calls"] == [RESTARTS] * STEPS  # one UNet call per step, all candidates in it
-        assert record["unet_fwd_equiv"]["attack"] == RESTARTS * STEPS * 3
+        assert record["unet_fwd_equiv"]["attack"] == pytest.approx(RESTARTS * STEPS * (1 + CONDITIONING_BACKWARD))
         assert record["attack_loss_end_candidates"] == r["end"]
         assert record["attack_loss_end"] == min(r["end"]) == r["losses"][-1]
         assert all(record["attack_loss_end"] <= loss for loss in r["end"])

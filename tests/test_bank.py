@@ -9,7 +9,7 @@ import torch
 
 import advunlearn_fast.training.bank as bank_module
 import advunlearn_fast.training.trainer as trainer
-from advunlearn_fast.training.bank import TrajectoryBank
+from advunlearn_fast.training.bank import TrajectoryBank, build_groups, samples_per_call
 from advunlearn_fast.training.config import TrainConfig
 
 
@@ -111,3 +111,46 @@ def test_entries_of_an_older_format_are_named_and_never_read(setup, tmp_path, ca
     captured = capsys.readouterr()
     err = captured.out + captured.err
     assert "1 entries" in err and "wrong timestep" in err and str(tmp_path) in err
+
+
+def _unet_calls(unet, build) -> list[int]:
+    sizes = []
+    hook = unet.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    try:
+        build()
+    finally:
+        hook.remove()
+    return sizes
+
+
+def test_a_batched_build_gives_the_entries_of_a_one_trajectory_at_a_time_build(setup, tmp_path):
+    retain = tuple(range(20))  # more than the 16 prompts per call of fixed-size groups
+    batched = _bank(setup, tmp_path / "batched", retain=retain)
+    single = _bank(setup, tmp_path / "single", retain=retain)
+    single.samples_per_call = 2  # one guided trajectory per UNet call
+    batched_calls = _unet_calls(setup.frozen.unet, lambda: batched.build(progress=False))
+    single_calls = _unet_calls(setup.frozen.unet, lambda: single.build(progress=False))
+    # The tiny model's 8x8 latents fit every retain entry in one call: a guided rollout call per
+    # DDIM step (3) for all 20 trajectories, then one call for their targets at every step.
+    assert batched_calls.count(2 * len(retain)) == 3 and max(batched_calls) == len(retain) * 3
+    assert max(single_calls) == 2
+    assert len(batched_calls) < len(single_calls) / 4
+    # The same entries up to the fp32 rounding of other batch sizes (about 2e-6 here).
+    for a, b in zip(batched.entries(), single.entries(), strict=True):
+        assert np.array_equal(a["t"], b["t"])  # drawn per entry from its own seed
+        np.testing.assert_allclose(np.array(a["z"]), np.array(b["z"]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.array(a["e"]), np.array(b["e"]), rtol=1e-5, atol=1e-5)
+
+
+def test_entries_are_packed_by_trajectories_per_call():
+    def sizes(groups):
+        return [[e["size"] for e in group] for group in groups]
+
+    retain = [{"size": 2}] * 40
+    assert sizes(build_groups(retain, 32)) == [[2] * 16, [2] * 16, [2] * 8]
+    # An entry larger than a call is a group of its own (its rollout is split into calls).
+    assert sizes(build_groups([{"size": 2}, {"size": 40}, {"size": 2}, {"size": 2}], 32)) == [[2], [40], [2, 2]]
+    assert build_groups([], 32) == []
+    # SD v1's 64x64 latents: 64 samples (32 guided trajectories) per call; smaller latents more.
+    assert samples_per_call((4, 64, 64)) == 64 and samples_per_call((4, 8, 8)) == 4096
+    assert samples_per_call((4, 96, 96)) == 28 and samples_per_call((4, 1024, 1024)) == 2

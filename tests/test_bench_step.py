@@ -1,11 +1,14 @@
 """The step benchmark runs both engines through the real loop and reports the promised keys."""
 
+import statistics
+
 import pytest
 
 from benchmarks.bench_step import main
 
 KEYS = ("device", "model", "dtype", "image_size", "reference_s_per_iter", "fast_s_per_iter", "speedup",
-        "reference_peak_mb", "fast_peak_mb", "unet_fwd_equiv_reference", "unet_fwd_equiv_fast")
+        "reference_peak_mb", "fast_peak_mb", "unet_fwd_equiv_reference", "unet_fwd_equiv_fast",
+        "reference_s_per_iter_normalised", "speedup_normalised", "end_to_end_1000_s", "fast_peak_reserved_mb")
 
 
 def test_bench_step_reports_both_engines(tmp_path):
@@ -29,6 +32,36 @@ def test_bench_step_reports_both_engines(tmp_path):
     # CUDA graphs are for CUDA: a CPU runs every attack step eagerly and says so.
     assert engines["fast"]["attack_step"] == engines["reference"]["attack_step"] == "eager"
     assert len(engines["fast"]["loss_all"]) == len(engines["fast"]["attack_loss_end_all"]) == 2
+    # Achieved TFLOP/s per phase, from the FLOPs of the tiny UNet's forward.
+    for engine in engines.values():
+        assert 0 < engine["unet_forward_tflop"] < 1e-3
+        assert engine["attack_round_s"] > 0 and engine["defender_s"] > 0
+        assert all(rate > 0 for phase, rate in engine["tflops_per_s"].items() if phase != "bank")
+    assert engines["fast"]["tflops_per_s"]["bank"] > 0 and engines["reference"]["tflops_per_s"]["bank"] is None
+    # The reference at its expected work per iteration: same seconds per forward-equivalent.
+    ref = engines["reference"]
+    assert ref["s_per_iter_normalised"] == pytest.approx(
+        ref["s_per_iter"] / sum(ref["unet_fwd_equiv_by_phase"].values()) * ref["expected_unet_fwd_equiv"])
+
+
+def test_bench_step_projects_the_published_run_from_a_bank_built_from_scratch(tmp_path):
+    args = ["--model", "tiny", "--device", "cpu", "--engines", "fast", "--attack-steps", "2", "--ddim-steps", "4",
+            "--retain-batch", "2", "--bank-size", "2", "--retain-bank-size", "1", "--bank-dir", str(tmp_path / "bank")]
+    report = main([*args, "--iterations", "5", "--warmup", "3"])
+    fast = report["engines"]["fast"]
+    p = fast["end_to_end_1000"]
+    # 3 warm-up iterations (the first dropped) and 2 attacked ones (the first dropped) were timed.
+    assert p["warmup_measured"] and p["warmup_s_per_iter"] == pytest.approx(statistics.median(fast["s_per_iter_all"][1:3]))
+    assert p["attacked_s_per_iter"] == fast["s_per_iter"] == fast["s_per_iter_all"][4]
+    assert (p["warmup_iterations"], p["attacked_iterations"]) == (200, 800)
+    # 5 iterations draw 10 retain prompts; the published run's 1000 draw all of them: the bank's time scales.
+    assert p["bank_trajectories"]["built"] == 2 + 10 and p["bank_trajectories"]["published"] > 100
+    assert p["bank_s"] == pytest.approx(fast["bank"]["seconds"] * p["bank_trajectories"]["published"] / 12)
+    assert report["end_to_end_1000_s"] == pytest.approx(
+        p["setup_s"] + p["bank_s"] + 200 * p["warmup_s_per_iter"] + 800 * p["attacked_s_per_iter"])
+    # A bank partly built by an earlier run cannot be projected from.
+    again = main([*args, "--iterations", "2"])
+    assert again["engines"]["fast"]["end_to_end_1000"] is None and again["end_to_end_1000_s"] is None
 
 
 def test_bench_step_profiles_the_iterations_after_the_first(tmp_path):

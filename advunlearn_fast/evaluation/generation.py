@@ -21,6 +21,7 @@ from advunlearn_fast.device import limit_threads_for_small_model
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.evaluation.inputs import ENCODER_EXPECTED, check_model_paths, check_out, encoder_path
 from advunlearn_fast.evaluation.samplers import build_scheduler, check_sampler, sample
+from advunlearn_fast.models.attention import check_attention, set_unet_attention
 from advunlearn_fast.models.diffusion import draw_noise
 from advunlearn_fast.models.loading import ModelParts, load_model
 from advunlearn_fast.models.statedicts import clip_text_state, load_error, read_state_dict
@@ -124,10 +125,13 @@ def sd_v1_random_vae(seed: int = 0):
         )
 
 
-def build_pipeline(model: str, encoder: str | None, device: torch.device, model_config: str | None = None) -> Pipeline:
+def build_pipeline(model: str, encoder: str | None, device: torch.device, model_config: str | None = None,
+                   attention: str = "sdpa") -> Pipeline:
+    check_attention(attention, device)
     parts = load_model(model, model_config)
     parts.text_encoder.to(device).eval().requires_grad_(False)
     parts.unet.to(device).eval().requires_grad_(False)
+    set_unet_attention(parts.unet, attention)
     te = parts.text_encoder if encoder is None else load_encoder(encoder, parts).to(device).eval().requires_grad_(False)
     vae = load_vae(parts)
     if vae is not None:
@@ -338,7 +342,7 @@ def sampler_description(sampler: str, steps: int) -> str:
 
 
 def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size, device,
-                    model_config=None, sampler=None) -> list[Path]:
+                    model_config=None, sampler=None, attention="sdpa") -> list[Path]:
     """`advunlearn generate`: OUT/NNNN.png per prompt and OUT/manifest.json with seeds."""
     from advunlearn_fast.device import resolve_device
 
@@ -350,7 +354,7 @@ def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidanc
     rows = [PromptRow(prompt_text.strip(), seed, guidance)] if prompt_text is not None else read_prompt_rows(prompt_file, seed, guidance)
     check_out(out)
     check_generation_args(steps, batch_size, sampler)
-    pipe = build_pipeline(model, encoder, resolve_device(device), model_config)
+    pipe = build_pipeline(model, encoder, resolve_device(device), model_config, attention)
     limit_threads_for_small_model(pipe.unet, pipe.device)
     rows = with_default_guidance(rows, pipe.default_guidance)
     steps = steps or pipe.default_steps
@@ -365,6 +369,7 @@ def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidanc
         image.save(written[-1])
     write_json_atomic(out / "manifest.json", {
         "model": pipe.parts.source, "encoder": encoder, "steps": steps, "sampler": sampler_description(sampler, steps),
+        "attention": attention,
         "images": [{"file": p.name, "prompt": r.prompt, "seed": r.seed, "guidance": r.guidance} for p, r in zip(written, rows)],
     })
     return written

@@ -55,6 +55,7 @@ from advunlearn_fast.evaluation.unlearndiffatk import (
     uniform_simplex,
     unlearndiffatk,
 )
+from advunlearn_fast.models.attention import check_attention
 from advunlearn_fast.models.diffusion import draw_noise
 from advunlearn_fast.models.insertion import (
     AdversarialLayout,
@@ -121,6 +122,7 @@ class AttackSettings:
     # The text of a prompt set that ships with advunlearn, written to `prompts` only once the run
     # writes its report, so that a refused run leaves no file behind.
     prompt_set: str | None = None
+    attention: str = "sdpa"
 
     def validate(self) -> "AttackSettings":
         if self.method not in METHODS:
@@ -144,7 +146,7 @@ class AttackSettings:
         """The settings a resumed run must share with the report it continues (not those that
         change only speed)."""
         return {k: v for k, v in asdict(self).items()
-                if k not in ("out", "resume", "device", "batch_size", "cuda_graphs", "prompt_set")}
+                if k not in ("out", "resume", "device", "batch_size", "cuda_graphs", "prompt_set", "attention")}
 
 
 def batches(indices: list[int], size: int, key) -> list[list[int]]:
@@ -214,6 +216,7 @@ class Evaluation:
         rows = read_prompt_rows(settings.prompts, settings.seed, settings.guidance, settings.prompt_set)
         self.prompt_hash = (file_sha256(settings.prompts) if settings.prompt_set is None
                             else hashlib.sha256(settings.prompt_set.encode("utf-8")).hexdigest())
+        check_attention(settings.attention, self.device)
         self.judge: Judge = make_judge(settings.judge, self.device)  # a bad judge fails before models load
         check_out(settings.out)
         self.out = Path(settings.out)
@@ -224,7 +227,8 @@ class Evaluation:
             check_folder("--targets", settings.targets)
         self.unwritten_prompt_set = settings.prompt_set
         self.backend = kernel_backend(self.device)
-        self.pipe: Pipeline = build_pipeline(settings.model, settings.encoder, self.device, settings.model_config)
+        self.pipe: Pipeline = build_pipeline(settings.model, settings.encoder, self.device, settings.model_config,
+                                             settings.attention)
         limit_threads_for_small_model(self.pipe.unet, self.pipe.device)
         self.rows = with_default_guidance(rows, self.pipe.default_guidance)
         self.gen_steps = settings.gen_steps or self.pipe.default_steps
@@ -458,7 +462,7 @@ class Evaluation:
             "regenerate": shlex.join(["advunlearn", "generate", "--model", str(self.pipe.parts.source), *encoder,
                                       "--sampler", self.sampler, "--steps", str(self.gen_steps)])
                           + " --seed <seed> --guidance <guidance> --prompt <adversarial_prompt> --out DIR",
-            "attack_step": self.attack_step_mode(),
+            "attack_step": self.attack_step_mode(), "attention": self.s.attention,
             "batch_size": self.s.batch_size, "settings": self.s.comparable(),
         }
 

@@ -44,6 +44,7 @@ from advunlearn_fast.evaluation.generation import (
 from advunlearn_fast.evaluation.inputs import check_model_paths, check_out
 from advunlearn_fast.evaluation.manifest import file_sha256, path_sha256, versions
 from advunlearn_fast.evaluation.metrics import clip_scores, fid
+from advunlearn_fast.models.attention import check_attention
 from advunlearn_fast.outputs import write_json_atomic
 from advunlearn_fast.world import world_folder
 from advunlearn_fast.world.judge import default_judge
@@ -69,6 +70,7 @@ class EvalSettings:
     sampler: str | None = None  # the model's default (lms for SD)
     device: str = "auto"
     model_config: str | None = None
+    attention: str = "sdpa"
 
 
 def real_image_files(folder: str) -> list[Path]:
@@ -175,8 +177,9 @@ def run_eval(s: EvalSettings, progress: bool = True) -> dict:
     if real_files and len(rows) < 2:
         raise UserError(f"FID needs at least 2 generated images; {s.prompts} holds {len(rows)} prompt")
     device = resolve_device(s.device)
+    check_attention(s.attention, device)  # before the metric networks load
     clip, inception = load_metric_networks(s, device)
-    pipe = build_pipeline(s.model, s.encoder, device, s.model_config)
+    pipe = build_pipeline(s.model, s.encoder, device, s.model_config, s.attention)
     real_features = None
     if real_files:
         real_features = np.concatenate([

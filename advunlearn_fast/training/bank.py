@@ -39,6 +39,31 @@ from advunlearn_fast.transfer import to_device
 # after the first k steps, paired with t in k's bucket: the wrong pairing. Never read it.
 BANK_FORMAT = 2
 
+# UNet samples per call while building. At SD v1's 64x64 latents a bf16 forward without gradients
+# holds about 65 MB of activations per sample at its peak (benchmarks/README.md), so 64 samples
+# (4.2 GB, next to 2.2 GB of weights) stay under the peak of the training steps that follow; a
+# smaller latent fits proportionally more per call.
+SAMPLES_PER_CALL_AT_64X64 = 64
+
+
+def samples_per_call(latent_shape: tuple) -> int:
+    return max(2, SAMPLES_PER_CALL_AT_64X64 * 64 * 64 // (latent_shape[-2] * latent_shape[-1]))
+
+
+def build_groups(entries: list[dict], trajectories_per_call: int) -> list[list[dict]]:
+    """`entries` in order, packed into groups of at most `trajectories_per_call` trajectories in all,
+    each group one guided rollout per DDIM step: many small retain entries share a call, and an
+    entry larger than a call is a group of its own (rolled out in several calls)."""
+    groups: list[list[dict]] = []
+    filled = trajectories_per_call
+    for entry in entries:
+        if filled + entry["size"] > trajectories_per_call:
+            groups.append([])
+            filled = 0
+        groups[-1].append(entry)
+        filled += entry["size"]
+    return groups
+
 
 def unet_fingerprint(unet) -> str:
     """A hash of the UNet's shapes and a strided sample of every weight (fast on 860M parameters)."""
@@ -82,6 +107,7 @@ class TrajectoryBank:
         # Read once: diffusers' `unet.dtype` walks every module, and the attack reads twice a step.
         self.unet_dtype = frozen.unet.dtype
         self.storage_dtype = np.float32 if self.unet_dtype == torch.float32 else np.float16
+        self.samples_per_call = samples_per_call(frozen.latent_shape)
         self.seed = seed
         base = {
             "format": BANK_FORMAT, "unet": unet_fingerprint(frozen.unet), "uncond": _tensor_hash(frozen.uncond),
@@ -105,8 +131,9 @@ class TrajectoryBank:
     def missing(self) -> list[dict]:
         return [e for e in self.entries() if not (e["folder"] / "meta.json").is_file()]
 
-    def build(self, progress: bool = True, batch_prompts: int = 16) -> int:
-        """Compute every missing entry, several prompts per UNet call; returns how many were built."""
+    def build(self, progress: bool = True) -> int:
+        """Compute every missing entry, as many prompts per UNet call as `samples_per_call` holds;
+        returns how many were built."""
         todo = self.missing()
         if todo and self.root.is_dir() and (old := older_entries(self.root)):
             notice(
@@ -115,10 +142,10 @@ class TrajectoryBank:
             )
         with tqdm(total=len(todo), desc="trajectory bank", unit="prompt", disable=not progress or not todo) as bar:
             for kind in (self.concepts, list(self.retain.values())):
-                group = [e for e in todo if e in kind]
-                for i in range(0, len(group), batch_prompts):
-                    self._build_entries(group[i : i + batch_prompts])
-                    bar.update(len(group[i : i + batch_prompts]))
+                # Guided: each trajectory is two samples per UNet call.
+                for group in build_groups([e for e in todo if e in kind], self.samples_per_call // 2):
+                    self._build_entries(group)
+                    bar.update(len(group))
         self._open()
         return len(todo)
 
@@ -142,8 +169,12 @@ class TrajectoryBank:
         noise = torch.cat([d[0] for d in drawn]).to(f.uncond.device, f.unet.dtype)
         cond = torch.cat([e["cond"].expand(size, -1, -1) for e in entries])
         f.meter.add("bank", 2 * n * K)
-        walk = list(rollout_steps(f.unet, f.scheduler, cond, f.uncond, noise, K, f.guidance))
-        latents = torch.stack([walk[walk_steps(k, K)] for k in range(K)], 1)  # [n, K, *latent]
+        calls = self.samples_per_call
+        walked = []
+        for noise_part, cond_part in zip(noise.split(calls // 2), cond.split(calls // 2)):
+            walk = list(rollout_steps(f.unet, f.scheduler, cond_part, f.uncond, noise_part, K, f.guidance))
+            walked.append(torch.stack([walk[walk_steps(k, K)] for k in range(K)], 1))  # [part, K, *latent]
+        latents = torch.cat(walked)
         z = latents.reshape(n * K, *f.latent_shape)
         t = torch.cat([d[1] for d in drawn]).reshape(-1).to(z.device)
         per_latent = cond.repeat_interleave(K, 0)
@@ -151,7 +182,8 @@ class TrajectoryBank:
         predictions = []
         for c in targets:
             f.meter.add("bank", n * K)
-            chunks = [predict_noise(f.unet, zc, tc, cc) for zc, tc, cc in zip(z.split(64), t.split(64), c.split(64))]
+            chunks = [predict_noise(f.unet, zc, tc, cc)
+                      for zc, tc, cc in zip(z.split(calls), t.split(calls), c.split(calls))]
             predictions.append(torch.cat(chunks).reshape(len(entries), size, K, *f.latent_shape))
         latents = latents.reshape(len(entries), size, K, *f.latent_shape)
         stacked = torch.stack(predictions, 3)

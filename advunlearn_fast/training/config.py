@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from advunlearn_fast.errors import UserError
+from advunlearn_fast.models.attention import ATTENTION_BACKENDS
 from advunlearn_fast.prompts import INSERT_MODES
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -65,7 +66,10 @@ class TrainConfig:
     bank_seed: int = field(default=0, metadata={"help": "seed of the bank's trajectories (part of its key: studies over seeds should vary it too)"})
     retain_bank_size: int = field(default=2, metadata={"help": "bank trajectories per retain prompt"})
     optim: Optional[str] = field(default=None, metadata={"help": "optimiser of the trained parameters: adam, or adam8bit (bitsandbytes 8-bit Adam state) [default: adam8bit for the fast engine on CUDA when bitsandbytes imports, else adam]"})
-    compile: bool = field(default=False, metadata={"help": "fast engine: torch.compile the UNet and the text encoder's layers (minutes of compiling first; for long GPU runs)"})
+    compile: bool = field(default=False, metadata={"help": "fast engine: torch.compile the UNet's transformer blocks and the text encoder's layers, each block on its own (compiling first; for long GPU runs)"})
+    attention: str = field(default="sdpa", metadata={"help": "the UNet's attention kernel: sdpa (PyTorch's scaled_dot_product_attention) or xformers (CUDA, needs the xformers package)"})
+    channels_last: Optional[bool] = field(default=None, metadata={"help": "fast engine: the UNet in channels_last (NHWC) memory layout [default: on CUDA]"})
+    tf32: Optional[bool] = field(default=None, metadata={"help": "fast engine: fp32 matrix products on CUDA in TF32: the trained text encoder's (and the trained UNet's in the UNet ablations); no effect on a CPU [default: on CUDA]"})
     cuda_graphs: bool = field(default=True, metadata={"help": "fast engine on CUDA: record the attack step once as a CUDA graph and replay it (the eager step is host-bound; run.json's attack_step says how the step ran)"})
     checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing in the UNet and the trained text encoder: less memory for about one more forward pass"})
     attack_restarts: int = field(default=1, metadata={"help": "adversarial candidates optimised together, one batched UNet call per attack step; the lowest final attack loss is used"})
@@ -83,8 +87,11 @@ class TrainConfig:
         _choice("engine", self.engine, ENGINES)
         if self.optim is not None:
             _choice("optim", self.optim, OPTIMS)
-        if self.compile and self.engine == "reference":
-            raise UserError("--compile applies to the fast engine; the reference engine stays the unmodified baseline")
+        _choice("attention", self.attention, ATTENTION_BACKENDS)
+        for name in ("compile", "channels_last", "tf32"):
+            if getattr(self, name) and self.engine == "reference":
+                raise UserError(f"--{_flag(name)} applies to the fast engine; the reference engine stays the "
+                                "unmodified baseline")
         for name in ("iterations", "attack_steps", "adv_tokens", "attack_every", "retain_batch", "ddim_steps", "save_every",
                      "bank_size", "retain_bank_size", "attack_restarts"):
             if getattr(self, name) <= 0:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from advunlearn_fast import __version__
 from advunlearn_fast.device import kernel_backend, limit_threads_for_small_model, resolve_device
 from advunlearn_fast.errors import Interrupted, UserError, notice
+from advunlearn_fast.models.attention import check_attention, set_unet_attention
 from advunlearn_fast.models.diffusion import ddim_scheduler, predict_noise
 from advunlearn_fast.models.insertion import SpecialTokens, build_layout, prompt_words
 from advunlearn_fast.models.loading import ModelParts, load_model
@@ -38,11 +39,24 @@ from advunlearn_fast.outputs import (
     write_unet,
 )
 from advunlearn_fast.prompts import retain_prompts
-from advunlearn_fast.training.acceleration import compile_models, enable_activation_checkpointing, uses_cuda_graphs
+from advunlearn_fast.training.acceleration import (
+    compile_models,
+    enable_activation_checkpointing,
+    resolve_layout_and_precision,
+    tf32_matmuls,
+    use_channels_last,
+    uses_cuda_graphs,
+)
 from advunlearn_fast.training.attack import random_token_embeddings, soft_prompt_attack, with_gradient
 from advunlearn_fast.training.bank import TrajectoryBank
 from advunlearn_fast.training.config import TrainConfig
-from advunlearn_fast.training.costs import CostMeter, bank_build_cost, fresh_rollout_cost
+from advunlearn_fast.training.costs import (
+    BACKWARD_COST,
+    CONDITIONING_BACKWARD,
+    CostMeter,
+    bank_build_cost,
+    fresh_rollout_cost,
+)
 from advunlearn_fast.training.graphs import CudaRecorder, GraphedStep
 from advunlearn_fast.training.layers import (
     freeze_all_but,
@@ -61,6 +75,7 @@ from advunlearn_fast.transfer import to_device
 # Settings a resumed run may change; every other one must match the checkpoint.
 RESUMABLE_CHANGES = {
     "iterations", "out", "resume", "device", "save_every", "bank_dir", "compile", "checkpointing", "cuda_graphs",
+    "attention", "channels_last", "tf32",
 }
 STATE_FILE = "training_state.pt"
 # 2: z_t paired with t as the authors' sampler does. A checkpoint without it was trained with the
@@ -135,6 +150,7 @@ def build_setup(cfg: TrainConfig, progress: bool = False, trajectories: dict | N
     """Models, conditionings and trainable parameters of a run; `trajectories`: a resumed run's
     earlier choice of where z_t comes from (else chosen here)."""
     device = resolve_device(cfg.device)
+    check_attention(cfg.attention, device)
     parts = load_model(cfg.model, cfg.model_config)
     tokenizer, te = parts.tokenizer, parts.text_encoder.to(device)
     depth = text_encoder_depth(te)
@@ -158,6 +174,9 @@ def build_setup(cfg: TrainConfig, progress: bool = False, trajectories: dict | N
         retain_conds = torch.cat([encode_ids(te, chunk) for chunk in retain_ids.split(64)])
 
     unet_frozen = parts.unet.to(device, unet_dtype(cfg, device)).eval().requires_grad_(False)
+    set_unet_attention(unet_frozen, cfg.attention)
+    if resolve_layout_and_precision(cfg, device)["channels_last"]:
+        use_channels_last(unet_frozen)
     limit_threads_for_small_model(unet_frozen, device)
     # The reference engine keeps a separate frozen copy for targets, as the authors' code does.
     separate_copy = cfg.train != "text-encoder" or cfg.engine == "reference"
@@ -269,7 +288,7 @@ def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.
         # One draw of (t, z_t) for all candidates, so that their final losses compare like for like,
         # and one UNet call for all of them.
         t, z, e_p = s.source.attack_draw(concept, generator)
-        s.meter.add("attack", len(adv), backward=True)
+        s.meter.add("attack", len(adv), backward=CONDITIONING_BACKWARD)
         return step(adv, to_device(t, s.device), z, e_p)
 
     was_training = s.trained.training
@@ -303,8 +322,8 @@ def defender_step(s: Setup, step: int, concept: int, adv, optimizer, generator: 
     else:
         cond = encode_ids(s.te, s.concept_ids[concept : concept + 1])
     retain_cond = encode_ids(s.te, s.retain_ids[to_device(chosen, s.device)])
-    s.meter.add("train", 1, backward=True)
-    s.meter.add("retain", len(chosen), backward=True)
+    s.meter.add("train", 1, backward=BACKWARD_COST[cfg.train])
+    s.meter.add("retain", len(chosen), backward=BACKWARD_COST[cfg.train])
     if cfg.engine == "fast":  # one UNet call for the concept and the retain prompts
         pred = predict_noise(s.unet, d.z, d.t, torch.cat([cond, retain_cond]))
         concept_pred, retain_pred = pred[:1], pred[1:]
@@ -326,8 +345,16 @@ def train(cfg: TrainConfig, progress: bool = True, after_iteration: Callable[[di
     """Run AdvUnlearn as configured; returns the run summary also written to run.json.
     `after_iteration` gets each iteration's log record (benchmarks step their profiler with it)."""
     cfg.validate()
+    device = resolve_device(cfg.device)
     # Decided once and saved with the config: a resumed run must rebuild the same optimiser state.
-    cfg = dataclasses.replace(cfg, optim=resolve_optim(cfg.optim, cfg.engine, resolve_device(cfg.device)))
+    # Layout and precision are decided for run.json to say what ran (a resumed run may change them).
+    cfg = dataclasses.replace(cfg, optim=resolve_optim(cfg.optim, cfg.engine, device),
+                              **resolve_layout_and_precision(cfg, device))
+    with tf32_matmuls(cfg.tf32):
+        return _train(cfg, progress, after_iteration)
+
+
+def _train(cfg: TrainConfig, progress: bool, after_iteration: Callable[[dict], None] | None) -> dict:
     out = Path(cfg.out)
     start_checkpoint = check_output(out, cfg)
     earlier = json.loads((out / "run.json").read_text()).get("trajectories") if start_checkpoint else None
@@ -415,7 +442,7 @@ def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
         "attack_step": attack_step_mode(s),
         "trajectories": s.trajectories,
         "bank": {"entries_built": s.bank_built, "seconds": round(s.bank_seconds, 3)} if s.trajectories.get("source") == "bank" else None,
-        "unet_fwd_equiv_total": dict(s.meter.total),
+        "unet_fwd_equiv_total": s.meter.totals(),
         "versions": {
             "advunlearn": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
