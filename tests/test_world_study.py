@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from advunlearn_fast import demo
 from benchmarks import world_study

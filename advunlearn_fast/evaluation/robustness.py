@@ -565,9 +565,8 @@ def shipped_evaluation(concept: str, model: str) -> tuple[str | None, tuple[str,
     folder = world_folder(model)
     words = concept.lower().split()
     if folder is not None:
-        from advunlearn_fast.world.judge import ATTRIBUTES
-
         from advunlearn_fast.world.evaluate import concept_prompts
+        from advunlearn_fast.world.judge import ATTRIBUTES
 
         meta = json.loads((folder / "world.json").read_text(encoding="utf-8"))
         for attribute, values in ATTRIBUTES.items():

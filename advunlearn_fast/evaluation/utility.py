@@ -30,13 +30,19 @@ from tqdm.auto import tqdm
 
 from advunlearn_fast.device import limit_threads_for_small_model, resolve_device
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.evaluation.fid_inception import FEATURES, INPUT_SIZE, WEIGHTS_FILE, FIDInception, load_fid_inception
+from advunlearn_fast.evaluation.fid_inception import (
+    FEATURES,
+    INPUT_SIZE,
+    WEIGHTS_FILE,
+    FIDInception,
+    load_fid_inception,
+)
 from advunlearn_fast.evaluation.generation import (
     build_pipeline,
     check_generation_args,
-    sampler_description,
     generate,
     read_prompt_rows,
+    sampler_description,
     to_pil,
     to_uint8,
     with_default_guidance,

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+from typing import TYPE_CHECKING
 
 from advunlearn_fast.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 # Read by the training config, which the CLI's --help imports: nothing here imports torch at load.
 ATTENTION_BACKENDS = ("sdpa", "xformers")

@@ -23,12 +23,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from advunlearn_fast.world.captions import (
+    ALIAS_RATE,
+    ALIASES,
     HELDOUT_TEMPLATES,
     PAD_LENGTH,
     SOLID_UNSAID,
     TEXTURE_UNSAID,
-    ALIAS_RATE,
-    ALIASES,
     TRAIN_TEMPLATES,
     build_world_tokenizer,
     caption,
