@@ -33,11 +33,11 @@ DEMO_JSON = "demo.json"
 
 # The published settings (ALGORITHM.md) scaled to a 2-layer, 64-wide encoder and 16x16 images:
 # the same loop and losses, 20 DDIM steps (the world's sampler), and the learning rate and retain
-# weight that erased the concept while keeping the other colours and shapes on the world
-# (benchmarks/README.md, "How the settings were found"): lower rates left the concept near its
-# chance rate, a higher one cost utility.
+# weight that erased the concept while keeping the other colours and shapes on world v2
+# (benchmarks/README.md, "How the settings were found"): a heavier retain weight left textured red
+# objects red, the published 0.3 cost half the utility.
 TRAINING = dict(
-    model="world", layers="all", iterations=400, lr=5e-3, ddim_steps=20, retain_batch=5, retain_weight=5.0,
+    model="world", layers="all", iterations=400, lr=5e-3, ddim_steps=20, retain_batch=5, retain_weight=1.0,
     start_guidance=3.0, negative_guidance=1.0, save_every=100, bank_size=16, retain_bank_size=2,
 )
 # Retain prompts drawn from the world's training captions that do not name the concept: enough
@@ -45,10 +45,11 @@ TRAINING = dict(
 # build a small part of the demo.
 RETAIN_PROMPTS = 96
 # AdvUnlearn's attacker, scaled likewise: 3 adversarial tokens (the paper's budget for objects
-# and styles), 10 attack steps at 1e-2 every iteration after a warm-up of plain ESD. Tokens go
-# after the prompt (suffix): on the world's ESD a prefix attack never brought red back while a
-# suffix one did (benchmarks/README.md), so that is where the defender must be trained.
-ADVERSARIAL = dict(attack="pgd", warmup=50, attack_steps=10, attack_lr=1e-2, adv_tokens=3, attack_init="latest",
+# and styles), 10 attack steps at 1e-2 every iteration after a warm-up of plain ESD, each round
+# from random tokens as in the published runs. Tokens go after the prompt (suffix): on the
+# world's ESD a prefix attack never brought red back while a suffix one did (benchmarks/README.md),
+# so that is where the defender must be trained.
+ADVERSARIAL = dict(attack="pgd", warmup=50, attack_steps=10, attack_lr=1e-2, adv_tokens=3, attack_init="random",
                    insert="suffix")
 # The evaluation attacks: 3 suffix tokens, 5 timestep blocks (100, 300, ..., 900) of 40 Adam steps;
 # the soft-prompt attack at lr 0.1, the stronger of the rates tried on the world's ESD
@@ -158,16 +159,18 @@ def run_demo(s: DemoSettings) -> dict:
 
 
 def concept_phrases(attribute: str, value: str) -> list[str]:
-    """The phrases erased, one sampled per iteration: the concept on every object of the world
-    ("red circle", ..., "red cross"). The bare word alone left much of the red in held-out
-    captions (benchmarks/README.md); the phrases' shared word still names the concept, so
-    other-coloured circles stay in the retain set."""
+    """The phrases erased, one sampled per iteration: the concept on every object of the world,
+    without and with each texture word ("red circle", "solid red circle", ..., "dotted red
+    cross"). The bare word alone left much of the red in held-out captions, and phrases without
+    texture words left textured red objects red on world v2 (benchmarks/README.md); the phrases'
+    shared word still names the concept, so other-coloured circles stay in the retain set."""
     from advunlearn_fast.world.judge import ATTRIBUTES
 
+    textures = ("", *(f"{texture} " for texture in ATTRIBUTES["texture"]))
     if attribute == "colour":
-        return [f"{value} {shape}" for shape in ATTRIBUTES["shape"]]
+        return [f"{texture}{value} {shape}" for shape in ATTRIBUTES["shape"] for texture in textures]
     if attribute == "shape":
-        return [f"{colour} {value}" for colour in ATTRIBUTES["colour"]]
+        return [f"{texture}{colour} {value}" for colour in ATTRIBUTES["colour"] for texture in textures]
     return [f"{value} {colour} {shape}" for colour in ATTRIBUTES["colour"] for shape in ATTRIBUTES["shape"]]
 
 
@@ -222,12 +225,13 @@ def attack_stage(encoder: str | None, out: Path, prompts: str, judge: str, metho
                  label: str | None = None) -> dict:
     from advunlearn_fast.evaluation.robustness import AttackSettings, run_evaluation
 
-    # Every run attacks towards the same original-model images: generated once, by the first run.
+    # Every run attacks towards the same original-model images: the first run generates them (into
+    # its own folder) and later runs read them there; a run without that folder generates its own.
     targets = out.parent / f"{MODELS[0]}-{next(iter(ATTACK_LR))}" / "targets"
     settings = AttackSettings(
         model="world", encoder=encoder, prompts=prompts, judge=judge, out=str(out), method=method,
         attack_lr=ATTACK_LR[method], seed=s.seed, device=s.device, resume=(out / "report.json").is_file(),
-        targets=str(targets), **ATTACKS,
+        targets=str(targets) if targets.is_dir() else None, **ATTACKS,
     )
     return run_evaluation(settings, progress=s.progress, label=label)
 

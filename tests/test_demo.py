@@ -164,8 +164,12 @@ def test_demo_refuses_a_concept_outside_the_world(tmp_path):
 
 
 @pytest.mark.parametrize("concept, phrases, attribute", [
-    ("red", ["red circle", "red square", "red triangle", "red cross"], "colour"),
-    ("Circle", ["red circle", "yellow circle", "green circle", "blue circle", "purple circle"], "shape"),
+    ("red", ["red circle", "solid red circle", "striped red circle", "dotted red circle", "red square",
+             "solid red square", "striped red square", "dotted red square", "red triangle", "solid red triangle",
+             "striped red triangle", "dotted red triangle", "red cross", "solid red cross", "striped red cross",
+             "dotted red cross"], "colour"),
+    ("Circle", [f"{texture}{colour} circle" for colour in ("red", "yellow", "green", "blue", "purple")
+                for texture in ("", "solid ", "striped ", "dotted ")], "shape"),
 ])
 def test_demo_erases_the_concept_on_every_object_of_the_world(concept, phrases, attribute):
     found, value = demo.concept_attribute(concept)

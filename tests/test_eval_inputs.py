@@ -159,7 +159,7 @@ def test_a_run_folders_prompt_set_is_written_with_the_report(given):
     report = json.loads((out / "report.json").read_text())
     assert report["manifest"]["prompt_file"] == str(out / "prompts.txt")
     assert report["manifest"]["prompt_file_sha256"] == hashlib.sha256((out / "prompts.txt").read_bytes()).hexdigest()
-    assert len((out / "prompts.txt").read_text().splitlines()) == report["n"] == 12
+    assert len((out / "prompts.txt").read_text().splitlines()) == report["n"] == 72  # red and its 5 aliases x 4 shapes x 3 templates
     resumed = run_cli("attack", "--encoder", run, "--method", "none", "--gen-steps", 1, "--quiet", "--resume")
     assert resumed.exit_code == 0, resumed.output
 
