@@ -227,11 +227,13 @@ def attack_stage(encoder: str | None, out: Path, prompts: str, judge: str, metho
 
     # Every run attacks towards the same original-model images: the first run generates them (into
     # its own folder) and later runs read them there; a run without that folder generates its own.
+    # The first run, resumed, keeps generating into its own folder, as it started.
     targets = out.parent / f"{MODELS[0]}-{next(iter(ATTACK_LR))}" / "targets"
+    shared = targets.is_dir() and targets.parent != out
     settings = AttackSettings(
         model="world", encoder=encoder, prompts=prompts, judge=judge, out=str(out), method=method,
         attack_lr=ATTACK_LR[method], seed=s.seed, device=s.device, resume=(out / "report.json").is_file(),
-        targets=str(targets) if targets.is_dir() else None, **ATTACKS,
+        targets=str(targets) if shared else None, **ATTACKS,
     )
     return run_evaluation(settings, progress=s.progress, label=label)
 
