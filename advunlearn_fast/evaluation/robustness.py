@@ -277,7 +277,7 @@ class Evaluation:
 
     def target_images(self, indices: list[int]) -> torch.Tensor:
         """The ORIGINAL model's images of the prompts [B, 3, H, W]: from --targets, cached, or
-        generated (the missing ones in one batch) and cached."""
+        generated (the missing ones in one batch) and cached; always as their 8-bit PNGs hold them."""
         from PIL import Image
 
         images: dict[int, torch.Tensor] = {}
@@ -295,9 +295,11 @@ class Evaluation:
                                             [self.target_guidance(i) for i in missing], self.s.target_steps,
                                             self.sampler)
             (self.out / "targets").mkdir(parents=True, exist_ok=True)
-            for index, image, picture in zip(missing, made, to_pil(made)):
+            for index, picture in zip(missing, to_pil(made)):
                 picture.save(self.out / "targets" / f"{index:04d}.png")
-                images[index] = image
+                # As the PNG holds it (and as the authors read their targets): a run that finds
+                # it cached (resumed, or with --targets) attacks towards the same pixels.
+                images[index] = from_pil([picture])[0]
         return torch.stack([images[index] for index in indices])
 
     def judged_images(self, indices: list[int], conds: torch.Tensor, tag: str):
