@@ -164,6 +164,7 @@ def test_data_parallel_training(sd_folder, tmp_path):
     # Written once, by rank 0: one log line per iteration holding both ranks' own records.
     run = json.loads((whole / "run.json").read_text())
     assert (run["status"], run["world_size"]) == ("complete", 2)
+    assert "data-parallel over 2 processes" in (whole / "README.md").read_text()  # the model card says so
     log = [json.loads(line) for line in (whole / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert all(len(r["ranks"]) == 2 for r in log)
