@@ -92,7 +92,10 @@ class AdvUnlearnGroup(click.Group):
 @click.group(cls=AdvUnlearnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="advunlearn")
 def cli():
-    """Robust concept erasure (AdvUnlearn) for Stable Diffusion v1.x."""
+    """Robust concept erasure (AdvUnlearn) for Stable Diffusion v1.x.
+
+    Several GPUs: torchrun --nproc-per-node N --no-python advunlearn train|attack|eval|generate ...
+    shares the work among N processes (README: Several GPUs)."""
 
 
 @cli.command()
