@@ -89,11 +89,12 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True)
     attribute, value = demo.concept_attribute(demo.DemoSettings().concept)
     demo.write_retain_prompts(out, demo.concept_phrases(attribute, value), args.seed)
-    from advunlearn_fast.evaluation.robustness import default_evaluation
+    from advunlearn_fast.world.evaluate import concept_prompts
 
-    judge, default_prompts = default_evaluation(value, "world", out / "attacks")
+    judge = f"world:{attribute}={value}"
     prompts = out / "attacks" / "attack_prompts.txt"
-    prompts.write_text("\n".join(Path(default_prompts).read_text().splitlines()[: demo.ATTACK_PROMPTS]) + "\n")
+    prompts.parent.mkdir(parents=True)
+    prompts.write_text("\n".join(concept_prompts(value, demo.ATTACK_PROMPTS)) + "\n")
 
     report = {"concept": value, "judge": judge, "load_average_before": os.getloadavg(), "cpus": os.cpu_count(),
               "platform": platform.platform(), "torch": torch.__version__, "base": measure(None, out, "base", str(prompts),
