@@ -226,10 +226,10 @@ def test_one_process_under_torchrun_names_its_rank_in_errors(monkeypatch):
     for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
                         "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(name, value)
-    result = run_cli("attack", "--model", "world", "--prompts", "p.txt", "--judge", "world:colour=red", "--out", "o",
-                     "--timesteps", 0)
+    result = run_cli("attack", "--model", "world", "--prompts", "missing.txt", "--judge", "world:colour=red",
+                     "--out", "o")
     assert result.exit_code == 2
-    assert result.output.strip() == "advunlearn: error (rank 1): --timesteps must be at least 1, got 0"
+    assert result.output.strip() == "advunlearn: error (rank 1): prompt file not found: missing.txt"
 
 
 def test_a_checkpoint_from_before_several_processes_resumes(sd_folder, tmp_path):
