@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from advunlearn_fast import distributed
 from advunlearn_fast.errors import UserError
 
 # Below this many UNet parameters a CPU op is too small to share: the intra-op thread pool's
@@ -14,10 +15,13 @@ SMALL_MODEL_PARAMETERS = 20_000_000
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device of `--device`; under torchrun a CUDA device is this process's own GPU."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but CUDA is not available; use --device cpu")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.launched():
+        return distributed.cuda_device()
     return torch.device(name)
 
 

@@ -12,7 +12,11 @@ class Interrupted(KeyboardInterrupt):
 
 
 def notice(message: str) -> None:
-    """One line to stderr that leaves a running progress bar intact."""
+    """One line to stderr that leaves a running progress bar intact; from rank 0 only when
+    several processes run (they would all say the same)."""
     from tqdm.auto import tqdm
 
-    tqdm.write(f"advunlearn: {message}", file=sys.stderr)
+    from advunlearn_fast.distributed import is_main
+
+    if is_main():
+        tqdm.write(f"advunlearn: {message}", file=sys.stderr)

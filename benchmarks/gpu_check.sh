@@ -24,11 +24,13 @@
 #   kernel-bench   (on request) the Triton kernels against their PyTorch references in bf16;
 #   attack         (on request) `advunlearn attack` (UnlearnDiffAtk, LMS) on the same architecture at
 #                  512 px: 8 prompts in one batch, 3 timestep blocks of 40 steps
-#                  (benchmarks/bench_attack.py).
+#                  (benchmarks/bench_attack.py);
+#   torchrun       (on request) the same short run as one process under torchrun (--nproc-per-node 1:
+#                  the NCCL process group and the gradient all-reduce of data-parallel training).
 # Everything goes to $OUT (default ./gpu-check-out), at most eight files (what the device tool brings
 # back): gpu_check.log, summary.txt (the environment first) and one JSON per step run (attention,
 # step, fast-fp32, fast-nchw, fast-xformers, fast-compile, fast-eager, fast-adam, fast-checkpointing,
-# fast-profile, kernels-bench, attack), plus compile-log.jsonl when the compile step ran out of time:
+# fast-profile, fast-torchrun, kernels-bench, attack), plus compile-log.jsonl when the compile step ran out of time:
 # name at most six JSON-writing steps.
 #
 #   bash benchmarks/fetch_gpu_wheels.sh      # first, where pip works: diffusers, bitsandbytes, xformers
@@ -83,7 +85,7 @@ short=(--engines fast --iterations $((warmup + 6)))
 default_steps="attention step fp32 nchw xformers compile"
 [ "${GPU_CHECK_DRY:-0}" = 1 ] && default_steps="attention step fp32 nchw xformers"
 steps=" ${GPU_CHECK_STEPS:-$default_steps} "
-known=" attention step fp32 nchw xformers compile eager adam checkpointing profile kernels kernel-bench attack "
+known=" attention step fp32 nchw xformers compile eager adam checkpointing profile torchrun kernels kernel-bench attack "
 for key in $steps; do
     if [[ $known != *" $key "* ]]; then
         echo "gpu_check: unknown step '$key' in GPU_CHECK_STEPS (steps:$known)"
@@ -141,6 +143,8 @@ step checkpointing "fast, checkpointing" 60 python3 -m benchmarks.bench_step "${
     --checkpointing --json "$OUT/fast-checkpointing.json"
 step profile "fast, profiled" 90 python3 -m benchmarks.bench_step "${common[@]}" "${short[@]}" --profile \
     --json "$OUT/fast-profile.json"
+step torchrun "fast, one process under torchrun" 60 python3 -m torch.distributed.run --standalone --nproc-per-node 1 \
+    -m benchmarks.bench_step "${common[@]}" "${short[@]}" --json "$OUT/fast-torchrun.json"
 step kernels "kernel tests" 150 python3 -m pytest "${kernel_tests[@]}" tests/kernels
 step kernel-bench "kernel benchmark" 60 python3 -m benchmarks.bench_kernels --dtype bf16 "${kernel_bench[@]}" \
     --json "$OUT/kernels-bench.json"

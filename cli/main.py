@@ -55,12 +55,16 @@ def resolve_config(ctx: click.Context, values: dict, config_file: str | None) ->
 
 
 class BadInput(click.ClickException):
-    """A UserError from the engine: one line, exit status 2."""
+    """A UserError from the engine: one line, exit status 2. Under torchrun every process that
+    meets the error says so, ranks other than 0 naming themselves."""
 
     exit_code = 2
 
     def show(self, file=None):
-        click.echo(f"advunlearn: error: {self.message}", err=True)
+        from advunlearn_fast.distributed import rank
+
+        who = f" (rank {rank()})" if rank() else ""
+        click.echo(f"advunlearn: error{who}: {self.message}", err=True)
 
 
 class EngineCommand(click.Command):
@@ -88,7 +92,10 @@ class AdvUnlearnGroup(click.Group):
 @click.group(cls=AdvUnlearnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="advunlearn")
 def cli():
-    """Robust concept erasure (AdvUnlearn) for Stable Diffusion v1.x."""
+    """Robust concept erasure (AdvUnlearn) for Stable Diffusion v1.x.
+
+    Several GPUs: torchrun --nproc-per-node N --no-python advunlearn train|attack|eval|generate ...
+    shares the work among N processes (README: Several GPUs)."""
 
 
 @cli.command()
@@ -106,6 +113,8 @@ def train(ctx, config_file, quiet, **values):
 
     cfg = resolve_config(ctx, values, config_file)
     summary = run_training(cfg, progress=not quiet)
+    if summary is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     final = summary.get("final") or {}
     click.echo(
         f"done: {cfg.out}/{'text_encoder' if cfg.train == 'text-encoder' else 'unet'} "
@@ -148,9 +157,12 @@ def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, 
     With the defaults, an attack report row's adversarial prompt, seed and guidance give its judged image."""
     from advunlearn_fast.evaluation.generation import generate_images
 
+    from advunlearn_fast.distributed import is_main
+
     written = generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size,
                               device, model_config, sampler, attention)
-    click.echo(f"done: {len(written)} images in {out}")
+    if is_main():
+        click.echo(f"done: {len(written)} images in {out}")
 
 
 @cli.command("eval")
@@ -176,6 +188,8 @@ def eval_command(quiet, **values):
     from advunlearn_fast.training.modelcard import record_evaluation
 
     result = run_eval(EvalSettings(**values), progress=not quiet)
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     record_evaluation(values["encoder"], Path(values["out"]) / EVAL_FILE)
     metrics = result["metrics"]
     shown = [f"n {result['n']}"] + [f"{k.replace('_', ' ')} {v:.4g}" for k, v in metrics.items() if k != "world_accuracy"]
@@ -226,6 +240,8 @@ def attack(quiet, **values):
 
     settings = resolve_attack_settings(**values)
     report = run_evaluation(settings, progress=not quiet)
+    if report is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     record_evaluation(settings.encoder, Path(settings.out) / REPORT)
     click.echo(
         f"done: {settings.out}/report.json (n {report['n']}, pre-ASR {report['pre_asr']:.3f}, ASR {report['asr']:.3f})"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from advunlearn_fast import distributed
 from advunlearn_fast.device import limit_threads_for_small_model
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.evaluation.inputs import ENCODER_EXPECTED, check_model_paths, check_out, encoder_path
@@ -242,6 +243,21 @@ def encode_images(pipe: Pipeline, images: torch.Tensor) -> torch.Tensor:
     return (pipe.vae.encode(images.to(pipe.vae.dtype)).latent_dist.mean * scale).to(pipe.unet.dtype)
 
 
+def generation_batches(guidances: list, batch_size: int) -> list[list[int]]:
+    """Indices of the images that share UNet calls: those of one guidance, `batch_size` at a time."""
+    chunks = []
+    for guidance in sorted(set(guidances)):
+        chosen = [i for i, g in enumerate(guidances) if g == guidance]
+        chunks += [chosen[start : start + batch_size] for start in range(0, len(chosen), batch_size)]
+    return chunks
+
+
+def generate_batch(pipe: Pipeline, prompts: list[str], seeds: list[int], guidance: float, steps: int,
+                   sampler: str) -> torch.Tensor:
+    """Images for prompts of one guidance, in one batch of UNet calls."""
+    return generate_from_conditions(pipe, pipe.encode(prompts), seeds, guidance, steps, sampler)
+
+
 def generate(
     pipe: Pipeline, prompts: list[str], seeds: list[int], guidances: list[float], steps: int, batch_size: int = 8,
     sampler: str | None = None,
@@ -250,14 +266,11 @@ def generate(
     share UNet calls, `batch_size` at a time; `sampler` defaults to the model's."""
     sampler = sampler or pipe.default_sampler
     images: list[torch.Tensor | None] = [None] * len(prompts)
-    for guidance in sorted(set(guidances)):
-        chosen = [i for i, g in enumerate(guidances) if g == guidance]
-        for start in range(0, len(chosen), batch_size):
-            part = chosen[start : start + batch_size]
-            conds = pipe.encode([prompts[i] for i in part])
-            out = generate_from_conditions(pipe, conds, [seeds[i] for i in part], guidance, steps, sampler)
-            for i, image in zip(part, out):
-                images[i] = image
+    for part in generation_batches(guidances, batch_size):
+        out = generate_batch(pipe, [prompts[i] for i in part], [seeds[i] for i in part], guidances[part[0]], steps,
+                             sampler)
+        for i, image in zip(part, out):
+            images[i] = image
     return torch.stack(images)
 
 
@@ -343,7 +356,8 @@ def sampler_description(sampler: str, steps: int) -> str:
 
 def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size, device,
                     model_config=None, sampler=None, attention="sdpa") -> list[Path]:
-    """`advunlearn generate`: OUT/NNNN.png per prompt and OUT/manifest.json with seeds."""
+    """`advunlearn generate`: OUT/NNNN.png per prompt and OUT/manifest.json with seeds. Under
+    torchrun each rank generates its share of the batches; rank 0 writes the manifest last."""
     from advunlearn_fast.device import resolve_device
 
     if (prompt_text is None) == (prompt_file is None):
@@ -355,21 +369,29 @@ def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidanc
     check_out(out)
     check_generation_args(steps, batch_size, sampler)
     pipe = build_pipeline(model, encoder, resolve_device(device), model_config, attention)
+    distributed.start(pipe.device)
     limit_threads_for_small_model(pipe.unet, pipe.device)
     rows = with_default_guidance(rows, pipe.default_guidance)
     steps = steps or pipe.default_steps
     sampler = sampler or pipe.default_sampler
-    images = generate(pipe, [r.prompt for r in rows], [r.seed for r in rows], [r.guidance for r in rows], steps, batch_size,
-                      sampler)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for index, image in enumerate(to_pil(images)):
-        written.append(out / f"{index:04d}.png")
-        image.save(written[-1])
-    write_json_atomic(out / "manifest.json", {
-        "model": pipe.parts.source, "encoder": encoder, "steps": steps, "sampler": sampler_description(sampler, steps),
-        "attention": attention,
-        "images": [{"file": p.name, "prompt": r.prompt, "seed": r.seed, "guidance": r.guidance} for p, r in zip(written, rows)],
-    })
+    distributed.check_shared_folder(out, "--out")
+    written = [out / f"{index:04d}.png" for index in range(len(rows))]
+
+    def generate_and_write(part: list[int]) -> None:
+        images = generate_batch(pipe, [rows[i].prompt for i in part], [rows[i].seed for i in part], rows[part[0]].guidance,
+                                steps, sampler)
+        for i, picture in zip(part, to_pil(images)):
+            picture.save(written[i])
+
+    for _ in distributed.sharded(generation_batches([r.guidance for r in rows], batch_size), generate_and_write):
+        pass
+    if distributed.is_main():
+        write_json_atomic(out / "manifest.json", {
+            "model": pipe.parts.source, "encoder": encoder, "steps": steps, "sampler": sampler_description(sampler, steps),
+            "attention": attention, "world_size": distributed.world_size(),
+            "images": [{"file": p.name, "prompt": r.prompt, "seed": r.seed, "guidance": r.guidance}
+                       for p, r in zip(written, rows)],
+        })
     return written

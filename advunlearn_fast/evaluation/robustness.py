@@ -14,6 +14,10 @@ and each prompt's attack is the one it would have alone (unlearndiffatk.py), so 
 changes speed, not results (beyond float rounding). On CUDA the attack step is recorded once
 per batch shape as a CUDA graph and replayed (training/graphs.py). The report is rewritten
 after every batch, so `--resume` continues where a run stopped.
+
+Under torchrun the batches are dealt to the ranks in turn, each batch holding the prompts it
+would hold in one process (so each row is the one-process row); rank 0 gathers every round's
+rows and rewrites the report, whatever the number of processes that wrote it before.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
+from advunlearn_fast import distributed
 from advunlearn_fast.device import kernel_backend, limit_threads_for_small_model, resolve_device
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.evaluation.generation import (
@@ -210,9 +215,10 @@ class Evaluation:
 
     def __init__(self, settings: AttackSettings, progress: bool = True, label: str | None = None):
         self.s = settings.validate()
-        self.progress = progress
         self.label = label  # names the run on its progress bars (the demo runs several)
         self.device = resolve_device(settings.device)
+        distributed.start(self.device)
+        self.progress = progress and distributed.is_main()
         rows = read_prompt_rows(settings.prompts, settings.seed, settings.guidance, settings.prompt_set)
         self.prompt_hash = (file_sha256(settings.prompts) if settings.prompt_set is None
                             else hashlib.sha256(settings.prompt_set.encode("utf-8")).hexdigest())
@@ -220,7 +226,8 @@ class Evaluation:
         self.judge: Judge = make_judge(settings.judge, self.device)  # a bad judge fails before models load
         check_out(settings.out)
         self.out = Path(settings.out)
-        self.done = _load_report(self.out, settings, self.prompt_hash)
+        # Read by rank 0 alone: under torchrun it may rewrite the report before the others got here.
+        self.done = distributed.on_main(lambda: _load_report(self.out, settings, self.prompt_hash))
         # OUT/targets is where a run caches the targets it generates, so it may not exist yet
         # (the demo points later runs at the first run's); any other --targets must.
         if settings.targets is not None and Path(settings.targets).resolve() != (self.out / "targets").resolve():
@@ -270,7 +277,7 @@ class Evaluation:
 
     def target_images(self, indices: list[int]) -> torch.Tensor:
         """The ORIGINAL model's images of the prompts [B, 3, H, W]: from --targets, cached, or
-        generated (the missing ones in one batch) and cached."""
+        generated (the missing ones in one batch) and cached; always as their 8-bit PNGs hold them."""
         from PIL import Image
 
         images: dict[int, torch.Tensor] = {}
@@ -288,9 +295,11 @@ class Evaluation:
                                             [self.target_guidance(i) for i in missing], self.s.target_steps,
                                             self.sampler)
             (self.out / "targets").mkdir(parents=True, exist_ok=True)
-            for index, image, picture in zip(missing, made, to_pil(made)):
+            for index, picture in zip(missing, to_pil(made)):
                 picture.save(self.out / "targets" / f"{index:04d}.png")
-                images[index] = image
+                # As the PNG holds it (and as the authors read their targets): a run that finds
+                # it cached (resumed, or with --targets) attacks towards the same pixels.
+                images[index] = from_pil([picture])[0]
         return torch.stack([images[index] for index in indices])
 
     def judged_images(self, indices: list[int], conds: torch.Tensor, tag: str):
@@ -463,7 +472,7 @@ class Evaluation:
                                       "--sampler", self.sampler, "--steps", str(self.gen_steps)])
                           + " --seed <seed> --guidance <guidance> --prompt <adversarial_prompt> --out DIR",
             "attack_step": self.attack_step_mode(), "attention": self.s.attention,
-            "batch_size": self.s.batch_size, "settings": self.s.comparable(),
+            "batch_size": self.s.batch_size, "world_size": distributed.world_size(), "settings": self.s.comparable(),
         }
 
     def attack_step_mode(self) -> str:
@@ -481,29 +490,41 @@ class Evaluation:
         write_json_atomic(self.out / REPORT, report)
         return report
 
-    def run(self) -> dict:
+    def evaluate_with_progress(self, batch: list[int]) -> list[dict]:
+        blocks = 0 if self.s.method == "none" else self.s.timesteps
+        desc = f"{self.label + ', ' if self.label else ''}prompt{'s' * (len(batch) > 1)} {', '.join(map(str, batch))}"
+        bar = tqdm(total=blocks, desc=desc, leave=False, disable=not self.progress or not blocks)
+        try:
+            return self.evaluate_batch(batch, bar)
+        finally:
+            bar.close()
+
+    def run(self) -> dict | None:
+        """Every prompt not in the report yet; under torchrun each rank takes its share of the
+        batches and rank 0 writes the report after each round. The report on rank 0, None on
+        the other ranks."""
+        distributed.check_shared_folder(self.out, "--out")
         rows = list(self.done)
         finished = {r["index"] for r in rows}
         todo = [i for i in range(len(self.rows)) if i not in finished]
         overall = tqdm(total=len(self.rows), initial=len(finished), desc=self.label or "prompts", disable=not self.progress)
-        blocks = 0 if self.s.method == "none" else self.s.timesteps
+
         def batch_key(index: int) -> int:
             # Prompts that will not be attacked share any batch: only their generations are stacked.
             return self.layouts[index].k if index in self.layouts else self.s.adv_tokens
 
-        for batch in batches(todo, self.s.batch_size, key=batch_key):
-            desc = f"{self.label + ', ' if self.label else ''}prompt{'s' * (len(batch) > 1)} {', '.join(map(str, batch))}"
-            bar = tqdm(total=blocks, desc=desc, leave=False, disable=not self.progress or not blocks)
-            rows.extend(self.evaluate_batch(batch, bar))
-            bar.close()
+        for finished_batches in distributed.sharded(batches(todo, self.s.batch_size, key=batch_key),
+                                                    self.evaluate_with_progress):
+            for batch_rows in finished_batches:
+                rows.extend(batch_rows)
+                overall.update(len(batch_rows))
             rows.sort(key=lambda r: r["index"])
             self.save(rows)
-            overall.update(len(batch))
         overall.close()
-        return self.save(rows)
+        return self.save(rows) if distributed.is_main() else None
 
 
-def run_evaluation(settings: AttackSettings, progress: bool = True, label: str | None = None) -> dict:
+def run_evaluation(settings: AttackSettings, progress: bool = True, label: str | None = None) -> dict | None:
     return Evaluation(settings, progress, label).run()
 
 

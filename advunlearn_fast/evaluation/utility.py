@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from advunlearn_fast import distributed
 from advunlearn_fast.device import limit_threads_for_small_model, resolve_device
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.evaluation.fid_inception import (
@@ -174,7 +175,10 @@ def world_accuracy(records: list[dict]) -> dict:
     return {a: {"accuracy": hits / n, "n": n} for a, (hits, n) in totals.items()}
 
 
-def run_eval(s: EvalSettings, progress: bool = True) -> dict:
+def run_eval(s: EvalSettings, progress: bool = True) -> dict | None:
+    """eval.json from the images of every prompt. Under torchrun each rank generates and measures
+    its share of the batches (and reads its share of the real images); rank 0 gathers the rows and
+    features, computes the metrics and writes eval.json. The result on rank 0, None elsewhere."""
     check_model_paths(s.model, s.model_config, s.encoder)
     rows = read_prompt_rows(s.prompts, s.seed, s.guidance)
     check_out(s.out)
@@ -184,26 +188,31 @@ def run_eval(s: EvalSettings, progress: bool = True) -> dict:
         raise UserError(f"FID needs at least 2 generated images; {s.prompts} holds {len(rows)} prompt")
     device = resolve_device(s.device)
     check_attention(s.attention, device)  # before the metric networks load
+    distributed.start(device)
+    progress = progress and distributed.is_main()
     clip, inception = load_metric_networks(s, device)
     pipe = build_pipeline(s.model, s.encoder, device, s.model_config, s.attention)
     real_features = None
     if real_files:
-        real_features = np.concatenate([
-            inception_features(inception, read_images(real_files[i : i + s.batch_size]), device)
-            for i in tqdm(range(0, len(real_files), s.batch_size), desc="real images", disable=not progress)
-        ])
+        chunks = [real_files[i : i + s.batch_size] for i in range(0, len(real_files), s.batch_size)]
+        bar = tqdm(total=len(real_files), desc="real images", disable=not progress)
+        parts = []
+        for finished in distributed.sharded(chunks, lambda files: inception_features(inception, read_images(files), device)):
+            parts += finished
+            bar.update(sum(len(p) for p in finished))
+        bar.close()
+        real_features = np.concatenate(parts) if distributed.is_main() else None
     limit_threads_for_small_model(pipe.unet, pipe.device)
     rows = with_default_guidance(rows, pipe.default_guidance)
     steps = s.steps or pipe.utility_steps
     sampler = s.sampler or pipe.default_sampler
     out = Path(s.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    distributed.check_shared_folder(out, "--out")
     world_judge = default_judge() if world else None
-    records: list[dict] = []
-    all_clip_scores: list[float] = []
-    generated_features = []
-    bar = tqdm(total=len(rows), desc="images", disable=not progress)
-    for start in range(0, len(rows), s.batch_size):
+
+    def measure(start: int) -> dict:
+        """The images of rows start.. (one batch): written, and their records and features."""
         part = rows[start : start + s.batch_size]
         images = generate(pipe, [r.prompt for r in part], [r.seed for r in part], [r.guidance for r in part], steps,
                           s.batch_size, sampler)
@@ -213,20 +222,32 @@ def run_eval(s: EvalSettings, progress: bool = True) -> dict:
             name = f"images/{index:04d}.png"
             image.save(out / name)
             batch.append({"index": index, "file": name, "prompt": row.prompt, "seed": row.seed, "guidance": row.guidance})
+        scores = []
         if clip is not None:
             scores = clip_scores(clip.image_embeddings(pils), clip.text_embeddings([r.prompt for r in part])).tolist()
-            all_clip_scores.extend(scores)
             for record, score in zip(batch, scores):
                 record["clip_score"] = round(score, 4)
-        if inception is not None:
-            generated_features.append(inception_features(inception, list(to_uint8(images)), device))
+        features = inception_features(inception, list(to_uint8(images)), device) if inception is not None else None
         if world_judge is not None:
             labels = world_judge.predict(images)
             for i, (record, row) in enumerate(zip(batch, part)):
                 record["world"] = {a: {"named": v, "judged": labels[a][i]} for a, v in named_attributes(row.prompt).items()}
-        records.extend(batch)
-        bar.update(len(part))
+        return {"records": batch, "clip_scores": scores, "features": features}
+
+    records: list[dict] = []
+    all_clip_scores: list[float] = []
+    generated_features = []
+    bar = tqdm(total=len(rows), desc="images", disable=not progress)
+    for finished in distributed.sharded(range(0, len(rows), s.batch_size), measure):
+        for batch in finished:
+            records.extend(batch["records"])
+            all_clip_scores.extend(batch["clip_scores"])
+            if batch["features"] is not None:
+                generated_features.append(batch["features"])
+            bar.update(len(batch["records"]))
     bar.close()
+    if not distributed.is_main():
+        return None
 
     metrics, notes = {}, []
     if clip is not None:
@@ -270,5 +291,5 @@ def manifest(s: EvalSettings, device, model_source: str, rows, steps: int, sampl
             "path": str(s.inception), "sha256": path_sha256(Path(s.inception).expanduser()),
             "features": f"pool3, {FEATURES}-d; images centre-cropped to a square, resized to 299x299 by PIL bicubic"},
         "real": None if s.real is None else {"dir": str(s.real), "n": real_count},
-        "settings": asdict(s),
+        "world_size": distributed.world_size(), "settings": asdict(s),
     }

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from advunlearn_fast import distributed
 from advunlearn_fast.errors import notice
 from advunlearn_fast.models.diffusion import predict_noise, rollout_steps
 from advunlearn_fast.outputs import atomic_dir
@@ -133,19 +134,28 @@ class TrajectoryBank:
 
     def build(self, progress: bool = True) -> int:
         """Compute every missing entry, as many prompts per UNet call as `samples_per_call` holds;
-        returns how many were built."""
-        todo = self.missing()
+        returns how many were built. Under torchrun the ranks build the groups in turn (each group
+        as one process would), and all wait until the bank is complete."""
+        # Listed by rank 0 alone: the others would see the entries it has just written.
+        missing = set(distributed.on_main(lambda: [e["key"] for e in self.missing()]))
+        todo = [e for e in self.entries() if e["key"] in missing]
         if todo and self.root.is_dir() and (old := older_entries(self.root)):
             notice(
                 f"trajectory bank: {old} entries in {self.root} are from an earlier advunlearn that paired z_t with "
                 "the wrong timestep; they are not used (delete them to free the space) and new ones are built"
             )
+        # Guided: each trajectory is two samples per UNet call.
+        groups = [group for kind in (self.concepts, list(self.retain.values()))
+                  for group in build_groups([e for e in todo if e in kind], self.samples_per_call // 2)]
+
+        def build_group(entries: list[dict]) -> int:
+            self._build_entries(entries)
+            return len(entries)
+
         with tqdm(total=len(todo), desc="trajectory bank", unit="prompt", disable=not progress or not todo) as bar:
-            for kind in (self.concepts, list(self.retain.values())):
-                # Guided: each trajectory is two samples per UNet call.
-                for group in build_groups([e for e in todo if e in kind], self.samples_per_call // 2):
-                    self._build_entries(group)
-                    bar.update(len(group))
+            for built in distributed.sharded(groups, build_group):
+                bar.update(sum(built))
+        distributed.barrier()
         self._open()
         return len(todo)
 

@@ -163,6 +163,10 @@ def _settings(cfg: dict, summary: dict) -> str:
     lines = ["## Training settings", "", "| flag | value |", "|---|---|", *rows]
     final = summary.get("final") or {}
     facts = [f"device {summary.get('device', '?')}"]
+    processes = summary.get("world_size", 1)
+    if processes > 1:
+        facts.append(f"data-parallel over {processes} processes (torchrun): each defender step averaged the gradients "
+                     f"of {processes} adversarial samples, one per process")
     if summary.get("seconds") is not None:
         facts.append(f"{summary['seconds']:.0f} s of training")
     if final:

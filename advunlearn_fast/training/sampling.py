@@ -52,6 +52,14 @@ def retain_indices(seed: int, iteration: int, count: int, batch: int) -> torch.T
     return order[slot * batch : (slot + 1) * batch]
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of a data-parallel rank's generator: the run's seed itself on rank 0 (so that one
+    process under torchrun draws what a plain run draws), a hash of (seed, rank) on the others."""
+    if rank == 0:
+        return seed
+    return int(hashlib.sha256(f"rank {seed} {rank}".encode()).hexdigest()[:15], 16)
+
+
 def retain_prompts_used(seed: int, iterations: int, count: int, batch: int) -> list[int]:
     """Every retain prompt that iterations 0 .. iterations-1 draw, sorted."""
     used: set[int] = set()

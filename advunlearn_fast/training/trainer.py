@@ -15,6 +15,7 @@ import dataclasses
 import json
 import platform
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,7 +23,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from advunlearn_fast import __version__
+from advunlearn_fast import __version__, distributed
 from advunlearn_fast.device import kernel_backend, limit_threads_for_small_model, resolve_device
 from advunlearn_fast.errors import Interrupted, UserError, notice
 from advunlearn_fast.models.attention import check_attention, set_unet_attention
@@ -69,7 +70,7 @@ from advunlearn_fast.training.losses import attack_loss, esd_target, retain_loss
 from advunlearn_fast.training.modelcard import write_model_card
 from advunlearn_fast.training.optim import bitsandbytes_version, build_optimizer, resolve_optim
 from advunlearn_fast.training.runlog import IterationLog, plot_losses
-from advunlearn_fast.training.sampling import FreshRollouts, FrozenModel, retain_indices, retain_prompts_used
+from advunlearn_fast.training.sampling import FreshRollouts, FrozenModel, rank_seed, retain_indices, retain_prompts_used
 from advunlearn_fast.transfer import to_device
 
 # Settings a resumed run may change; every other one must match the checkpoint.
@@ -124,18 +125,18 @@ def rollout_unet(cfg: TrainConfig, unet: torch.nn.Module):
     return unet if cfg.train != "text-encoder" and cfg.engine == "reference" else None
 
 
-def choose_trajectories(cfg: TrainConfig, retain_count: int) -> dict:
+def choose_trajectories(cfg: TrainConfig, retain_count: int, processes: int = 1) -> dict:
     """Where z_t comes from: the trajectory bank, or fresh rollouts when the run is too short for
-    a bank to pay for itself (counted in UNet forward-equivalents for the whole run, whatever is
-    already cached, so that the same command always samples the same way)."""
+    a bank to pay for itself (counted in UNet forward-equivalents for the whole run, all `processes`
+    together, whatever is already cached, so that the same command always samples the same way)."""
     if cfg.engine == "reference":
         return {"source": "fresh", "why": "fresh rollouts (the reference engine)"}
     if cfg.bank is False:
         return {"source": "fresh", "why": "fresh rollouts (--no-bank)"}
-    used = retain_prompts_used(cfg.seed, cfg.iterations, retain_count, cfg.retain_batch)
+    used = retain_prompts_used(cfg.seed, retain_draws(cfg, processes), retain_count, cfg.retain_batch)
     bank = bank_build_cost(len(cfg.concepts), len(used), cfg.bank_size, cfg.retain_bank_size, cfg.ddim_steps)
-    fresh = round(fresh_rollout_cost(cfg.iterations, 0, cfg.warmup, cfg.attack != "none", cfg.attack_every,
-                                     cfg.attack_steps, cfg.retain_batch, cfg.ddim_steps))
+    fresh = processes * round(fresh_rollout_cost(cfg.iterations, 0, cfg.warmup, cfg.attack != "none", cfg.attack_every,
+                                                 cfg.attack_steps, cfg.retain_batch, cfg.ddim_steps))
     costs = {"bank_cost": bank, "fresh_cost": fresh}
     if cfg.bank is True:
         return {"source": "bank", "why": "the trajectory bank (--bank)", **costs}
@@ -144,6 +145,18 @@ def choose_trajectories(cfg: TrainConfig, retain_count: int) -> dict:
                                          f"would cost about {fresh}; finished entries are reused by later runs)", **costs}
     return {"source": "fresh", "why": f"fresh rollouts (this run's rollouts cost about {fresh} UNet passes, a "
                                       f"trajectory bank for it {bank}; --bank builds one anyway)", **costs}
+
+
+def retain_draws(cfg: TrainConfig, processes: int) -> int:
+    """How many retain batches a run draws: one per iteration and process."""
+    return cfg.iterations * processes
+
+
+def retain_draw(iteration: int) -> int:
+    """The retain draw of this process at an iteration: with N processes, iteration i of rank r
+    takes draw i*N + r, so that N processes for S iterations see the retain prompts one process
+    sees in N*S iterations."""
+    return iteration * distributed.world_size() + distributed.rank()
 
 
 def build_setup(cfg: TrainConfig, progress: bool = False, trajectories: dict | None = None) -> Setup:
@@ -211,14 +224,17 @@ def build_setup(cfg: TrainConfig, progress: bool = False, trajectories: dict | N
         concept_ids=concept_ids, layouts=layouts,
         retain_texts=retain_texts, retain_ids=retain_ids, layer_indices=layer_indices,
     )
-    s.trajectories = trajectories or choose_trajectories(cfg, len(retain_texts))
+    s.trajectories = trajectories or choose_trajectories(cfg, len(retain_texts), distributed.world_size())
     notice(f"trajectories: {s.trajectories['why']}")
     if s.trajectories["source"] == "bank":
         began = time.time()
         # Only the retain prompts this run will draw: a short run does not pay for the whole set.
-        used = retain_prompts_used(cfg.seed, cfg.iterations, len(retain_texts), cfg.retain_batch)
+        used = retain_prompts_used(cfg.seed, retain_draws(cfg, distributed.world_size()), len(retain_texts),
+                                   cfg.retain_batch)
+        bank_dir = Path(cfg.bank_dir).expanduser()
+        distributed.check_shared_folder(bank_dir, "--bank-dir")
         bank = TrajectoryBank(
-            frozen, Path(cfg.bank_dir).expanduser(), cfg.concepts, retain_texts, cfg.bank_size, cfg.retain_bank_size,
+            frozen, bank_dir, cfg.concepts, retain_texts, cfg.bank_size, cfg.retain_bank_size,
             seed=cfg.bank_seed, retain_used=used,
         )
         s.bank_built = bank.build(progress)
@@ -309,11 +325,12 @@ def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.
 
 
 def defender_step(s: Setup, step: int, concept: int, adv, optimizer, generator: torch.Generator) -> dict:
-    """One Adam step on L_u (ESD target, adversarial or clean prompt) + gamma * L_r."""
+    """One Adam step on L_u (ESD target, adversarial or clean prompt) + gamma * L_r; under torchrun
+    on the gradient averaged over the processes, each with its own draws and adversarial prompt."""
     cfg = s.cfg
     # On the host: the bank reads one entry per chosen prompt, and reading GPU indices back would
     # wait for the GPU once per prompt.
-    chosen = retain_indices(cfg.seed, step, len(s.retain_texts), cfg.retain_batch)
+    chosen = retain_indices(cfg.seed, retain_draw(step), len(s.retain_texts), cfg.retain_batch)
     d = s.source.defender_draw(concept, chosen, generator)
     target = esd_target(d.e_uncond, d.e_concept, cfg.negative_guidance)
 
@@ -335,47 +352,58 @@ def defender_step(s: Setup, step: int, concept: int, adv, optimizer, generator: 
     loss = total_loss(loss_u, loss_r, cfg.retain_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.average_gradients(s.trainable.values())
     optimizer.step()
     return {
         "loss": loss.item(), "unlearn_loss": loss_u.item(), "retain_loss": loss_r.item(), "t": int(d.t[0]),
     }
 
 
-def train(cfg: TrainConfig, progress: bool = True, after_iteration: Callable[[dict], None] | None = None) -> dict:
+def train(cfg: TrainConfig, progress: bool = True,
+          after_iteration: Callable[[dict], None] | None = None) -> dict | None:
     """Run AdvUnlearn as configured; returns the run summary also written to run.json.
-    `after_iteration` gets each iteration's log record (benchmarks step their profiler with it)."""
+    `after_iteration` gets each iteration's log record (benchmarks step their profiler with it).
+
+    Under torchrun the run is data-parallel: every rank attacks and draws on its own (its
+    generator seeded by the seed and its rank), the defender gradients are averaged before each
+    step, so every rank holds the same weights, and rank 0 writes every output and returns the
+    summary (the other ranks return None)."""
     cfg.validate()
     device = resolve_device(cfg.device)
+    distributed.start(device)
     # Decided once and saved with the config: a resumed run must rebuild the same optimiser state.
     # Layout and precision are decided for run.json to say what ran (a resumed run may change them).
     cfg = dataclasses.replace(cfg, optim=resolve_optim(cfg.optim, cfg.engine, device),
                               **resolve_layout_and_precision(cfg, device))
     with tf32_matmuls(cfg.tf32):
-        return _train(cfg, progress, after_iteration)
+        return _train(cfg, progress and distributed.is_main(), after_iteration)
 
 
-def _train(cfg: TrainConfig, progress: bool, after_iteration: Callable[[dict], None] | None) -> dict:
+def _train(cfg: TrainConfig, progress: bool, after_iteration: Callable[[dict], None] | None) -> dict | None:
+    main = distributed.is_main()
     out = Path(cfg.out)
-    start_checkpoint = check_output(out, cfg)
-    earlier = json.loads((out / "run.json").read_text()).get("trajectories") if start_checkpoint else None
+    # Decided by rank 0 alone: it writes the run.json and checkpoints the others would read.
+    start_checkpoint, earlier = distributed.on_main(lambda: resume_point(out, cfg))
     try:
         s = build_setup(cfg, progress, earlier)
     except KeyboardInterrupt:
         raise Interrupted(f"nothing was written to {out}, finished trajectory-bank entries are kept: "
                           "run the same command again to continue") from None
-    out.mkdir(parents=True, exist_ok=True)  # only now: bad input leaves no empty folder behind
+    if main:
+        out.mkdir(parents=True, exist_ok=True)  # only now: bad input leaves no empty folder behind
+    distributed.check_shared_folder(out, "--out")
     if cfg.attack != "none" and cfg.warmup >= cfg.iterations:
         notice(f"--warmup {cfg.warmup} >= --iterations {cfg.iterations}: no attack step will run, this is plain ESD; "
                "lower --warmup to train adversarially")
     optimizer = build_optimizer(cfg.optim, list(s.trainable.values()), cfg.lr)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(rank_seed(cfg.seed, distributed.rank()))
     latest_adv: dict[int, torch.Tensor] = {}
     start = 0
     if start_checkpoint is not None:
         start = restore_checkpoint(start_checkpoint, s, optimizer, generator, latest_adv)
-    log = IterationLog(out / "log.jsonl", keep_until_step=start)
-    summary = run_summary(cfg, s, status="running")
-    write_json_atomic(out / "run.json", summary)
+    log = IterationLog(out / "log.jsonl", keep_until_step=start) if main else None
+    if main:
+        write_json_atomic(out / "run.json", run_summary(cfg, s, status="running"))
 
     s.trained.train()
     table = token_table(s.te)
@@ -402,10 +430,13 @@ def _train(cfg: TrainConfig, progress: bool, after_iteration: Callable[[dict], N
             )
             if cfg.attack_restarts > 1 and candidates_end:
                 record["attack_loss_end_candidates"] = candidates_end
-            log.append(record)
             if after_iteration is not None:
                 after_iteration(record)
-            bar.set_postfix(loss=f"{record['loss']:.4g}", attack=f"{record['attack_loss_end'] or 0:.4g}")
+            every_rank = distributed.gather_to_main(record)
+            if every_rank is not None:
+                logged = iteration_record(every_rank)
+                log.append(logged)
+                bar.set_postfix(loss=f"{logged['loss']:.4g}", attack=f"{logged['attack_loss_end'] or 0:.4g}")
             bar.update(1)
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.iterations:
                 save_checkpoint(out, step + 1, s, optimizer, generator, latest_adv)
@@ -413,16 +444,40 @@ def _train(cfg: TrainConfig, progress: bool, after_iteration: Callable[[dict], N
         raise Interrupted(resume_hint(out)) from None
     bar.close()
 
+    costs = distributed.gather_to_main(dict(s.meter.total))
+    if not main:
+        return None
     write_final_outputs(out, s)
     records = log.records()
     if records:
         plot_losses(records, out / "loss.png")
     summary = run_summary(cfg, s, status="complete")
+    summary["unet_fwd_equiv_total"] = dict(sum((Counter(c) for c in costs), Counter()))
     summary["seconds"] = round(time.time() - began, 3)
     summary["final"] = {k: records[-1][k] for k in ("loss", "unlearn_loss", "retain_loss")} if records else None
     write_json_atomic(out / "run.json", summary)
     write_model_card(out)
     return summary
+
+
+def iteration_record(every_rank: list[dict]) -> dict:
+    """One iteration's log.jsonl line from every rank's record: with one process its record; with
+    several, the losses of the step taken (their mean over the ranks, as the gradient was averaged),
+    the slowest rank's seconds, the ranks' UNet costs summed, and each rank's own record."""
+    if len(every_rank) == 1:
+        return every_rank[0]
+
+    def mean(key):
+        values = [r[key] for r in every_rank if r.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    return {
+        "step": every_rank[0]["step"],
+        **{key: mean(key) for key in ("loss", "unlearn_loss", "retain_loss", "attack_loss_start", "attack_loss_end")},
+        "seconds": max(r["seconds"] for r in every_rank),
+        "unet_fwd_equiv": dict(sum((Counter(r["unet_fwd_equiv"]) for r in every_rank), Counter())),
+        "ranks": every_rank,
+    }
 
 
 def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
@@ -432,6 +487,7 @@ def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
     return {
         "status": status,
         "config": cfg.to_dict(),
+        "world_size": distributed.world_size(),
         "model_source": s.parts.source,
         "device": str(s.device),
         "trained_parameters": sorted(s.trainable),
@@ -470,6 +526,20 @@ def check_output(out: Path, cfg: TrainConfig) -> Path | None:
     return None
 
 
+def resume_point(out: Path, cfg: TrainConfig) -> tuple[Path | None, dict | None]:
+    """The checkpoint to continue from (None: a new run) and where its run took z_t from. A run
+    continues with as many processes as it had: each holds its own random state."""
+    checkpoint = check_output(out, cfg)
+    if checkpoint is None:
+        return None, None
+    earlier = json.loads((out / "run.json").read_text())
+    processes = earlier.get("world_size", 1)
+    if processes != distributed.world_size():
+        raise UserError(f"--resume: the run in {out} ran as {processes} process(es), this is {distributed.world_size()}: "
+                        f"continue it with as many (torchrun --nproc-per-node and --nnodes as it had)")
+    return checkpoint, earlier.get("trajectories")
+
+
 def run_status(out: Path) -> str | None:
     try:
         return json.loads((out / "run.json").read_text()).get("status")
@@ -497,6 +567,12 @@ def _write_trained(s: Setup, folder: Path) -> None:
 
 
 def save_checkpoint(out: Path, step: int, s: Setup, optimizer, generator, latest_adv) -> None:
+    """Written by rank 0: the weights and optimiser state (the same on every rank) and each rank's
+    random state and latest adversarial prompts."""
+    ranks = distributed.gather_to_main({"generator": generator.get_state(),
+                                        "latest_adv": {k: v.cpu() for k, v in latest_adv.items()}})
+    if ranks is None:
+        return
     root = out / "checkpoints"
     with atomic_dir(root / f"step-{step:06d}") as tmp:
         _write_trained(s, tmp / _trained_folder_name(s))
@@ -506,8 +582,7 @@ def save_checkpoint(out: Path, step: int, s: Setup, optimizer, generator, latest
                 "training_format": TRAINING_FORMAT,
                 "config": s.cfg.to_dict(),
                 "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
-                "latest_adv": {k: v.cpu() for k, v in latest_adv.items()},
+                "ranks": ranks,
             },
             tmp / STATE_FILE,
         )
@@ -539,8 +614,11 @@ def restore_checkpoint(folder: Path, s: Setup, optimizer, generator, latest_adv)
     weights = folder / name / ("model.safetensors" if name == "text_encoder" else "diffusion_pytorch_model.safetensors")
     load_module_weights(s.trained, weights)
     optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"])
-    latest_adv.update({int(k): v.to(s.device) for k, v in state["latest_adv"].items()})
+    # A checkpoint written before several processes were possible holds one process's state.
+    ranks = state.get("ranks") or [{"generator": state["generator"], "latest_adv": state["latest_adv"]}]
+    mine = ranks[distributed.rank()]
+    generator.set_state(mine["generator"])
+    latest_adv.update({int(k): v.to(s.device) for k, v in mine["latest_adv"].items()})
     return int(state["step"])
 
 
