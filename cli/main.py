@@ -155,9 +155,8 @@ def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, 
              attention, device):
     """Generate images with an encoder plugged into any SD v1.x model; seeds go to manifest.json.
     With the defaults, an attack report row's adversarial prompt, seed and guidance give its judged image."""
-    from advunlearn_fast.evaluation.generation import generate_images
-
     from advunlearn_fast.distributed import is_main
+    from advunlearn_fast.evaluation.generation import generate_images
 
     written = generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size,
                               device, model_config, sampler, attention)
