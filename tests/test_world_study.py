@@ -28,6 +28,15 @@ def test_differences_resample_both_models_together():
     assert (world_study.bootstrap(same, rng, lower) >= 0).all()
 
 
+def test_reference_engine_runs_on_the_first_seeds_and_is_compared_on_those():
+    models = list(world_study.MODELS)
+    assert world_study.models_for_seed(models, 0, 1) == models
+    assert "advunlearn_reference" not in world_study.models_for_seed(models, 1, 1)
+    outcomes = {0: {"advunlearn": {}, "advunlearn_reference": {}}, 1: {"advunlearn": {}}, 2: {"advunlearn": {}}}
+    assert world_study.seeds_of(outcomes, "advunlearn") == [0, 1, 2]
+    assert world_study.seeds_of(outcomes, "advunlearn", "advunlearn_reference") == [0]
+
+
 def _table(**means):
     return {name: {m: {"mean": v, "ci95": [v - 0.1, v + 0.1], "per_seed": [v]} for m, v in row.items()}
             for name, row in means.items()}
