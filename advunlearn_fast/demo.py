@@ -108,9 +108,7 @@ def run_demo(s: DemoSettings) -> dict:
     from advunlearn_fast.world.evaluate import concept_prompts
 
     judge = f"world:{attribute}={value}"
-    attack_prompts = out / "attacks" / "attack_prompts.txt"
-    attack_prompts.parent.mkdir(parents=True, exist_ok=True)
-    attack_prompts.write_text("\n".join(concept_prompts(value, ATTACK_PROMPTS)) + "\n", encoding="utf-8")
+    attack_prompts = write_attack_prompts(out / "attacks", concept_prompts(value, ATTACK_PROMPTS), s.seed)
     if not (out / "retain_prompts.txt").is_file():
         write_retain_prompts(out, concept_phrases(attribute, value), s.seed)
     stages = Stages(2 + len(MODELS) * (1 + len(ATTACK_LR)), s.progress)
@@ -190,6 +188,21 @@ def training_config(run: Path, attribute: str, value: str, name: str, s: DemoSet
     return TrainConfig(**TRAINING, **variant_settings(name), concepts=concept_phrases(attribute, value), out=str(run),
                        seed=s.seed, bank_seed=s.seed, device=s.device,
                        retain_prompts=str(run.parent / "retain_prompts.txt")).validate()
+
+
+def write_attack_prompts(folder: Path, prompts: list[str], seed: int) -> Path:
+    """The attack prompts as a .csv giving each prompt its own noise seed, as `clean_rates` does:
+    with one seed for all, every prompt of a run starts from the same noise, and its outcomes move
+    together (a noise that draws red unprompted breaks them all)."""
+    import csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "attack_prompts.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["prompt", "evaluation_seed"])
+        writer.writerows([prompt, seed * len(prompts) + i] for i, prompt in enumerate(prompts))
+    return path
 
 
 def write_retain_prompts(out: Path, concepts: list[str], seed: int) -> None:

@@ -92,9 +92,7 @@ def main(argv=None) -> dict:
     from advunlearn_fast.world.evaluate import concept_prompts
 
     judge = f"world:{attribute}={value}"
-    prompts = out / "attacks" / "attack_prompts.txt"
-    prompts.parent.mkdir(parents=True)
-    prompts.write_text("\n".join(concept_prompts(value, demo.ATTACK_PROMPTS)) + "\n")
+    prompts = demo.write_attack_prompts(out / "attacks", concept_prompts(value, demo.ATTACK_PROMPTS), args.seed)
 
     report = {"concept": value, "judge": judge, "load_average_before": os.getloadavg(), "cpus": os.cpu_count(),
               "platform": platform.platform(), "torch": torch.__version__, "base": measure(None, out, "base", str(prompts),

@@ -21,6 +21,7 @@ a reference run takes about 9 times a fast one), and is compared with the fast e
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -58,9 +59,7 @@ def measure_seed(out: Path, seed: int, attribute: str, value: str, models, promp
     """Per model: every prompt's outcome (0/1) for each metric, and the seconds it took."""
     s = demo.DemoSettings(concept=value, out=str(out), seed=seed, progress=progress, resume=True)
     out.mkdir(parents=True, exist_ok=True)
-    attack_prompts = out / "attacks" / "attack_prompts.txt"
-    attack_prompts.parent.mkdir(parents=True, exist_ok=True)
-    attack_prompts.write_text("\n".join(prompts) + "\n", encoding="utf-8")
+    attack_prompts = demo.write_attack_prompts(out / "attacks", prompts, seed)
     if not (out / "retain_prompts.txt").is_file():
         demo.write_retain_prompts(out, demo.concept_phrases(attribute, value), seed)
     judge = f"world:{attribute}={value}"
@@ -69,7 +68,7 @@ def measure_seed(out: Path, seed: int, attribute: str, value: str, models, promp
         tick = time.time()
         encoder, train_seconds = (None, 0.0) if name == "base" else demo.train_stage(out / name, attribute, value, name, s)
         label = f"seed {seed}, {demo.TITLES[name]}"
-        clean = demo.clean_rates(encoder, attribute, value, s, label=label)
+        clean = clean_rates(out / f"{name}-clean.json", encoder, attribute, value, s, label)
         row = {"concept_rate": clean["concept_hits"], "utility": clean["utility_hits"], "training_seconds": train_seconds}
         for method in demo.ATTACK_LR:
             report = demo.attack_stage(encoder, out / "attacks" / f"{name}-{method}", str(attack_prompts), judge, method,
@@ -79,6 +78,16 @@ def measure_seed(out: Path, seed: int, attribute: str, value: str, models, promp
         row["seconds"] = round(time.time() - tick, 1)
         outcomes[name] = row
     return outcomes
+
+
+def clean_rates(cache: Path, encoder, attribute: str, value: str, s: demo.DemoSettings, label: str) -> dict:
+    """The demo's clean rates, kept in `cache` so that a resumed study (or one whose seeds ran as
+    separate processes) does not generate them again."""
+    if cache.is_file():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    clean = demo.clean_rates(encoder, attribute, value, s, label=label)
+    write_json_atomic(cache, clean)
+    return clean
 
 
 def models_for_seed(models, index: int, reference_seeds: int) -> list[str]:
