@@ -207,3 +207,14 @@ def test_every_stage_is_announced_and_labels_its_progress(tmp_path, monkeypatch,
     assert "advunlearn: demo [11/11]" in err
     assert labels == [label for title in ("base model", "ESD", "AdvUnlearn")
                       for label in (title, f"{title}, soft-prompt attack", f"{title}, UnlearnDiffAtk")]
+
+
+def test_each_attack_prompt_starts_from_its_own_noise_and_seeds_differ_between_runs(tmp_path):
+    from advunlearn_fast.evaluation.generation import read_prompt_rows
+
+    prompts = ["a red circle", "a crimson circle", "a ruby square"]
+    first = read_prompt_rows(demo.write_attack_prompts(tmp_path / "a", prompts, seed=0), seed=99, guidance=None)
+    second = read_prompt_rows(demo.write_attack_prompts(tmp_path / "b", prompts, seed=1), seed=99, guidance=None)
+    assert [r.prompt for r in first] == prompts
+    assert len({r.seed for r in first}) == len(prompts)
+    assert not {r.seed for r in first} & {r.seed for r in second}
