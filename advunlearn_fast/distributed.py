@@ -78,9 +78,25 @@ def start(device: torch.device) -> None:
             dist.init_process_group("nccl", device_id=device)
         else:
             dist.init_process_group("gloo", timeout=WAIT)
-        atexit.register(dist.destroy_process_group)
+        atexit.register(_leave)
     gloo = dist.get_backend() == "gloo"
     _objects = dist.group.WORLD if gloo else dist.new_group(backend="gloo", timeout=WAIT)
+
+
+def finish() -> None:
+    """Leave the torchrun job together, after a command's work: each rank waits for the others
+    before the process group is torn down (a rank tearing gloo down while a peer was still in
+    its last exchange sometimes aborted at exit, after its work was done)."""
+    if dist.is_available() and dist.is_initialized():
+        barrier()
+        _leave()
+
+
+def _leave() -> None:
+    global _objects
+    if dist.is_initialized():
+        _objects = None
+        dist.destroy_process_group()
 
 
 def _group():

@@ -72,8 +72,12 @@ class EngineCommand(click.Command):
     --help and argument errors never import them (seconds of torch, diffusers, transformers)."""
 
     def invoke(self, ctx):
+        from advunlearn_fast.distributed import finish
+
         quiet_libraries()
-        return super().invoke(ctx)
+        result = super().invoke(ctx)
+        finish()
+        return result
 
 
 class AdvUnlearnGroup(click.Group):
