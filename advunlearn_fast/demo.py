@@ -190,10 +190,15 @@ def training_config(run: Path, attribute: str, value: str, name: str, s: DemoSet
                        retain_prompts=str(run.parent / "retain_prompts.txt")).validate()
 
 
+def prompt_seeds(seed: int, count: int) -> list[int]:
+    """One noise seed per prompt, disjoint between run seeds: with one seed for all, every prompt
+    of a run starts from the same noise, and its outcomes move together (a noise that draws red
+    unprompted breaks them all)."""
+    return [seed * count + i for i in range(count)]
+
+
 def write_attack_prompts(folder: Path, prompts: list[str], seed: int) -> Path:
-    """The attack prompts as a .csv giving each prompt its own noise seed, as `clean_rates` does:
-    with one seed for all, every prompt of a run starts from the same noise, and its outcomes move
-    together (a noise that draws red unprompted breaks them all)."""
+    """The attack prompts as a .csv giving each prompt its own noise seed (`prompt_seeds`)."""
     import csv
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -201,7 +206,7 @@ def write_attack_prompts(folder: Path, prompts: list[str], seed: int) -> Path:
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["prompt", "evaluation_seed"])
-        writer.writerows([prompt, seed * len(prompts) + i] for i, prompt in enumerate(prompts))
+        writer.writerows(zip(prompts, prompt_seeds(seed, len(prompts))))
     return path
 
 
@@ -263,7 +268,7 @@ def clean_rates(encoder: str | None, attribute: str, value: str, s: DemoSettings
     pipe = build_pipeline("world", encoder, resolve_device(s.device))
     limit_threads_for_small_model(pipe.unet, pipe.device)
     prompts = heldout_prompts(CLEAN_PROMPTS, s.seed)
-    seeds = [s.seed * len(prompts) + i for i in range(len(prompts))]  # one noise per prompt, as in `generate`
+    seeds = prompt_seeds(s.seed, len(prompts))
     images = generate(pipe, [p.prompt for p in prompts], seeds, [pipe.default_guidance] * len(prompts),
                       pipe.default_steps, batch_size=len(prompts))
     labels = default_judge().predict(images)
