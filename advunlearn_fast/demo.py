@@ -27,7 +27,8 @@ from advunlearn_fast.outputs import write_json_atomic
 
 MODELS = ("base", "esd", "advunlearn")
 TITLES = {"base": "base model", "esd": "ESD", "advunlearn": "AdvUnlearn", "advunlearn_reference": "AdvUnlearn (reference engine)",
-          "fast_at": "AdvUnlearn fast-AT"}
+          "fast_at": "AdvUnlearn fast-AT", "advunlearn_no_bank": "AdvUnlearn (fresh rollouts)",
+          "advunlearn_big_bank": "AdvUnlearn (4x bank)"}
 METHOD_TITLES = {"softprompt": "soft-prompt attack", "unlearndiffatk": "UnlearnDiffAtk"}
 DEMO_JSON = "demo.json"
 
@@ -174,10 +175,15 @@ def concept_phrases(attribute: str, value: str) -> list[str]:
 
 def variant_settings(name: str) -> dict:
     """What each trained model adds to TRAINING: ESD is the loop without attack; the AdvUnlearn
-    variants share ADVERSARIAL (fast engine, the reference engine, fast-AT's sign steps)."""
+    variants share ADVERSARIAL (fast engine, the reference engine, fast-AT's sign steps, and the
+    fast engine with fresh rollouts or a bank of 4 times as many trajectories: how much the bank
+    moves the outcome)."""
     if name == "esd":
         return {"attack": "none", "warmup": 0}
-    extra = {"advunlearn": {}, "advunlearn_reference": {"engine": "reference"}, "fast_at": {"attack": "fast-at"}}[name]
+    extra = {"advunlearn": {}, "advunlearn_reference": {"engine": "reference"}, "fast_at": {"attack": "fast-at"},
+             "advunlearn_no_bank": {"bank": False},
+             "advunlearn_big_bank": {"bank": True, "bank_size": 4 * TRAINING["bank_size"],
+                                     "retain_bank_size": 4 * TRAINING["retain_bank_size"]}}[name]
     return {**ADVERSARIAL, **extra}
 
 
@@ -185,7 +191,7 @@ def training_config(run: Path, attribute: str, value: str, name: str, s: DemoSet
     from advunlearn_fast.training.config import TrainConfig
 
     # The seed drives the run and its trajectory bank alike: seeds of a study differ in both.
-    return TrainConfig(**TRAINING, **variant_settings(name), concepts=concept_phrases(attribute, value), out=str(run),
+    return TrainConfig(**{**TRAINING, **variant_settings(name)}, concepts=concept_phrases(attribute, value), out=str(run),
                        seed=s.seed, bank_seed=s.seed, device=s.device,
                        retain_prompts=str(run.parent / "retain_prompts.txt")).validate()
 

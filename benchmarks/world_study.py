@@ -9,13 +9,18 @@ name the concept by its main word, its synonyms and its associations (world v2's
 
 Intervals: a two-level bootstrap. Each replicate draws seeds with replacement, then, within
 each drawn seed, that seed's prompts with replacement, and averages the per-seed rates; the
-2.5 and 97.5 percentiles of 4000 replicates are the interval. Differences between two models
-(the reference engine against the fast one) resample the same seeds and prompts for both.
-The reference engine trains on the first `--reference-seeds` seeds only (default 1: on the CPU
-a reference run takes about 9 times a fast one), and is compared with the fast engine on those.
+2.5 and 97.5 percentiles of 4000 replicates are the interval. Differences between two ways of
+running AdvUnlearn (the fast engine against the reference engine, with and without its
+trajectory bank) resample the same seeds and prompts for both.
+The runs without a bank train on the first `--reference-seeds` seeds only (default 1: on the
+CPU each takes about 9 times a banked run), and are compared with the others on those.
 
     python -m benchmarks.world_study --json benchmarks/results/world-study-DATE.json
     python -m benchmarks.world_study --quick            # one seed
+    # the bank's effect on outcomes: the reference engine and the fast one without a bank or
+    # with 4 times its trajectories, on every seed
+    python -m benchmarks.world_study --models base esd advunlearn advunlearn_reference fast_at \
+        advunlearn_no_bank advunlearn_big_bank --reference-seeds 3
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ from advunlearn_fast import demo
 from advunlearn_fast.libraries import quiet_libraries
 from advunlearn_fast.outputs import write_json_atomic
 
-MODELS = ("base", "esd", "advunlearn", "advunlearn_reference", "fast_at")
+MODELS = ("base", "esd", "advunlearn", "advunlearn_reference", "fast_at", "advunlearn_no_bank", "advunlearn_big_bank")
+DEFAULT_MODELS = MODELS[:5]
+# Without a bank every draw of z_t is a guided rollout: on the CPU about 9 times a banked run.
+FRESH_ROLLOUTS = ("advunlearn_reference", "advunlearn_no_bank")
+# Ways of running AdvUnlearn that sample the same distributions; their outcomes are compared
+# (the first minus the second) on the seeds both ran.
+COMPARED = (("advunlearn", "advunlearn_reference"), ("advunlearn_no_bank", "advunlearn_reference"),
+            ("advunlearn", "advunlearn_no_bank"), ("advunlearn_big_bank", "advunlearn_no_bank"))
 METRICS = ("concept_rate", "asr_unlearndiffatk", "asr_softprompt", "utility")
 REPLICATES = 4000
 
@@ -45,10 +57,12 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="one seed (the first of --seeds)")
     p.add_argument("--concept", default="red")
     p.add_argument("--attack-prompts", type=int, default=48)
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODELS,
+                   help="advunlearn_no_bank (fresh rollouts) and advunlearn_big_bank (4x the trajectories) measure "
+                        "the trajectory bank's effect on outcomes [default: %(default)s]")
     p.add_argument("--reference-seeds", type=int, default=1,
-                   help="train the reference engine on only this many of the seeds (the first ones): on the CPU "
-                        "it takes about 9 times as long as the fast engine per run")
+                   help="train the runs without a bank (the reference engine, advunlearn_no_bank) on only this many "
+                        "of the seeds (the first ones): on the CPU each takes about 9 times a banked run")
     p.add_argument("--out", default="runs/world-study", help="work folder (runs, attacks); resumable")
     p.add_argument("--json", default=None, help="where to write the results")
     p.add_argument("--quiet", action="store_true")
@@ -91,8 +105,8 @@ def clean_rates(cache: Path, encoder, attribute: str, value: str, s: demo.DemoSe
 
 
 def models_for_seed(models, index: int, reference_seeds: int) -> list[str]:
-    """The models trained for the index-th seed: the reference engine only on the first seeds."""
-    return [name for name in models if name != "advunlearn_reference" or index < reference_seeds]
+    """The models trained for the index-th seed: those without a bank only on the first seeds."""
+    return [name for name in models if name not in FRESH_ROLLOUTS or index < reference_seeds]
 
 
 def seeds_of(outcomes: dict[int, dict], *names: str) -> list[int]:
@@ -150,14 +164,17 @@ def claims(table: dict, outcomes: dict, rng: np.random.Generator) -> dict:
     if "base" in table and "advunlearn" in table:
         found["advunlearn_utility_within_0.05_of_base"] = mean("advunlearn", "utility") >= mean("base", "utility") - 0.05
     differences = {}
-    if "advunlearn" in table and "advunlearn_reference" in table:
+    for first, second in COMPARED:
+        both = seeds_of(outcomes, first, second)
+        if first not in table or second not in table or not both:
+            continue
+        pair = differences[f"{first}-{second}"] = {}
         for metric in METRICS:
-            both = seeds_of(outcomes, "advunlearn", "advunlearn_reference")
-            fast = [outcomes[s]["advunlearn"][metric] for s in both]
-            ref = [outcomes[s]["advunlearn_reference"][metric] for s in both]
-            interval = [round(float(q), 4) for q in np.percentile(bootstrap(fast, rng, ref), [2.5, 97.5])]
-            differences[metric] = {"fast_minus_reference_ci95": interval, "contains_0": interval[0] <= 0 <= interval[1]}
-        found["reference_engine_indistinguishable_from_fast"] = all(d["contains_0"] for d in differences.values())
+            a = [outcomes[s][first][metric] for s in both]
+            b = [outcomes[s][second][metric] for s in both]
+            interval = [round(float(q), 4) for q in np.percentile(bootstrap(a, rng, b), [2.5, 97.5])]
+            pair[metric] = {"seeds": both, "difference_ci95": interval, "contains_0": interval[0] <= 0 <= interval[1]}
+        found[f"{first}_indistinguishable_from_{second}"] = all(d["contains_0"] for d in pair.values())
     return {"holds": found, "engine_differences": differences}
 
 

@@ -28,10 +28,11 @@ def test_differences_resample_both_models_together():
     assert (world_study.bootstrap(same, rng, lower) >= 0).all()
 
 
-def test_reference_engine_runs_on_the_first_seeds_and_is_compared_on_those():
+def test_runs_without_a_bank_train_on_the_first_seeds_and_are_compared_on_those():
     models = list(world_study.MODELS)
     assert world_study.models_for_seed(models, 0, 1) == models
-    assert "advunlearn_reference" not in world_study.models_for_seed(models, 1, 1)
+    later = world_study.models_for_seed(models, 1, 1)
+    assert "advunlearn_reference" not in later and "advunlearn_no_bank" not in later and "advunlearn_big_bank" in later
     outcomes = {0: {"advunlearn": {}, "advunlearn_reference": {}}, 1: {"advunlearn": {}}, 2: {"advunlearn": {}}}
     assert world_study.seeds_of(outcomes, "advunlearn") == [0, 1, 2]
     assert world_study.seeds_of(outcomes, "advunlearn", "advunlearn_reference") == [0]
@@ -82,4 +83,33 @@ def test_one_seed_end_to_end(tmp_path, monkeypatch):
     assert config["seed"] == config["bank_seed"] == 3
     reference = json.loads((tmp_path / "work" / "seed-3" / "advunlearn_reference" / "run.json").read_text())["config"]
     assert reference["engine"] == "reference"
-    assert set(result["claims"]["engine_differences"]) == set(world_study.METRICS)
+    pair = result["claims"]["engine_differences"]["advunlearn-advunlearn_reference"]
+    assert set(pair) == set(world_study.METRICS) and pair["utility"]["seeds"] == [3]
+
+
+def test_bank_variants_differ_from_advunlearn_only_in_how_z_t_is_sampled(tmp_path):
+    s = demo.DemoSettings(concept="red", out=str(tmp_path), seed=1)
+    configs = {name: demo.training_config(tmp_path / name, "colour", "red", name, s).__dict__
+               for name in ("advunlearn", "advunlearn_no_bank", "advunlearn_big_bank")}
+    base = configs["advunlearn"]
+
+    def changed(name):
+        return {k: v for k, v in configs[name].items() if k != "out" and v != base[k]}
+
+    assert changed("advunlearn_no_bank") == {"bank": False}
+    assert changed("advunlearn_big_bank") == {"bank": True, "bank_size": 4 * base["bank_size"],
+                                              "retain_bank_size": 4 * base["retain_bank_size"]}
+
+
+def test_engine_comparisons_name_each_pair_and_its_seeds():
+    same, fewer = [[1, 0, 1, 0]] * 2, [[0, 0, 0, 0]] * 2
+    outcomes = {seed: {name: {m: (fewer if name == "advunlearn" else same)[seed] for m in world_study.METRICS}
+                       for name in ("advunlearn", "advunlearn_reference", "advunlearn_no_bank")} for seed in (0, 1)}
+    row = dict(concept_rate=0.0, asr_unlearndiffatk=0.5, asr_softprompt=0.5, utility=0.9)
+    table = _table(advunlearn=row, advunlearn_reference=row, advunlearn_no_bank=row)
+    found = world_study.claims(table, outcomes, np.random.default_rng(0))
+    assert set(found["engine_differences"]) == {"advunlearn-advunlearn_reference", "advunlearn_no_bank-advunlearn_reference",
+                                                "advunlearn-advunlearn_no_bank"}
+    assert found["holds"]["advunlearn_no_bank_indistinguishable_from_advunlearn_reference"]
+    assert not found["holds"]["advunlearn_indistinguishable_from_advunlearn_reference"]
+    assert found["engine_differences"]["advunlearn-advunlearn_no_bank"]["utility"]["difference_ci95"][1] < 0
