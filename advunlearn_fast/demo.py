@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from advunlearn_fast.errors import UserError, notice
-from advunlearn_fast.outputs import write_json_atomic
+from advunlearn_fast.outputs import check_output_path, write_json_atomic
 
 MODELS = ("base", "esd", "advunlearn")
 TITLES = {"base": "base model", "esd": "ESD", "advunlearn": "AdvUnlearn", "advunlearn_reference": "AdvUnlearn (reference engine)",
@@ -99,8 +99,7 @@ def concept_attribute(concept: str) -> tuple[str, str]:
 def run_demo(s: DemoSettings) -> dict:
     attribute, value = concept_attribute(s.concept)
     out = Path(s.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
+    check_output_path(s.out, "--out")
     if out.is_dir() and any(out.iterdir()) and not s.resume:
         raise UserError(f"--out {out} is not empty; pass --resume to continue a demo there or choose another folder")
     out.mkdir(parents=True, exist_ok=True)

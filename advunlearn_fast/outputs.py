@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +22,29 @@ from advunlearn_fast.errors import UserError
 # prefix when saving, and 4.x then silently re-initialises every weight. SD v1.x
 # checkpoints carry the prefix, and 5.x strips it on load, so writing it serves both.
 TEXT_MODEL_PREFIX = "text_model."
+
+
+def check_output_path(value: str | Path, flag: str, folder: bool = True) -> None:
+    """Refuse, before any work, an output path that cannot be written: otherwise the command
+    fails with an OS traceback after its work (eval and attack after generating every image).
+    Nothing is created: the nearest existing folder on the way is probed with a scratch file,
+    which also catches what permission bits do not show (read-only mounts, immutable folders)."""
+    if not str(value).strip():
+        raise UserError(f"{flag} is empty: name a {'folder' if folder else 'file'}")
+    path = Path(value).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {value} is a file, not a folder")
+    existing = path if path.is_dir() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {value}: {existing} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".advunlearn-write-test-")
+    except OSError as err:
+        raise UserError(f"{flag} {value}: cannot write in {existing} ({err.strerror})") from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 @contextmanager

@@ -88,6 +88,10 @@ class AdvUnlearnGroup(click.Group):
             return super().invoke(ctx)
         except UserError as err:
             raise BadInput(str(err)) from None
+        except OSError as err:  # the machine refusing mid-run (a full disk, a folder removed): one line
+            where = f"{err.filename}: " if err.filename else ""
+            click.echo(f"advunlearn: error: {where}{err.strerror or err}", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt as err:
             click.echo(f"advunlearn: interrupted{'; ' + str(err) if str(err) else ''}", err=True)
             ctx.exit(130)

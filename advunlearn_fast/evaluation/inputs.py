@@ -11,6 +11,7 @@ from pathlib import Path
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.models.loading import check_model_config, check_model_spec
 from advunlearn_fast.models.statedicts import STATE_DICT_SUFFIXES, file_kind
+from advunlearn_fast.outputs import check_output_path
 
 ENCODER_EXPECTED = "a text-encoder folder, a train run folder, or a .pt/.safetensors state dict"
 
@@ -46,8 +47,7 @@ def encoder_path(spec: str) -> Path:
 
 
 def check_out(out: str | Path) -> None:
-    if Path(out).expanduser().exists() and not Path(out).expanduser().is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
+    check_output_path(out, "--out")
 
 
 def check_folder(flag: str, value: str | None) -> None:

@@ -28,7 +28,7 @@ from advunlearn_fast.export.authors import authors_state_dict
 from advunlearn_fast.export.compvis import TEXT_ENCODER_PREFIX, text_encoder_to_compvis, unet_to_compvis, vae_to_compvis
 from advunlearn_fast.models.loading import ModelParts, load_model
 from advunlearn_fast.models.statedicts import read_state_dict
-from advunlearn_fast.outputs import atomic_dir, atomic_file, write_text_encoder, write_tokenizer
+from advunlearn_fast.outputs import atomic_dir, atomic_file, check_output_path, write_text_encoder, write_tokenizer
 
 FORMATS = ("diffusers", "single-file", "authors-pt")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -57,6 +57,7 @@ class ExportSettings:
         suffixes = OUT_SUFFIXES.get(self.format)
         if suffixes and out.suffix.lower() not in suffixes:
             raise UserError(f"--out {self.out}: {self.format} exports are {' or '.join(suffixes)} files")
+        check_output_path(self.out, "--out", folder=False)
         if self.format != "authors-pt" and self.model in NO_VAE_MODELS:
             raise self.needs_vae()
         return self

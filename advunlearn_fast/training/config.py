@@ -106,8 +106,11 @@ class TrainConfig:
                 raise UserError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.image_size is not None and self.image_size <= 0:
             raise UserError(f"--image-size must be a positive integer, got {self.image_size}")
-        if Path(self.out).exists() and not Path(self.out).is_dir():
-            raise UserError(f"--out {self.out} is a file, not a folder")
+        from advunlearn_fast.outputs import check_output_path  # imports torch: not at --help time
+
+        check_output_path(self.out, "--out")
+        if self.engine == "fast" and self.bank is not False:
+            check_output_path(self.bank_dir, "--bank-dir")
         return self
 
     def to_dict(self) -> dict:
