@@ -213,20 +213,23 @@ def eval_command(quiet, **values):
 @click.option("--judge", default=None, help="world:<attr>=<value>, nudenet[:threshold[:CLASSES]] (counted as the authors), "
               "nudenet:package[:threshold[:CLASSES]] (the package's detect), module:function, "
               "clip:<local CLIP folder>[:<concept>], imagenet:<ResNet-50 .pth>:<class id>")
-@click.option("--out", default=None, help="report folder [default: attack-<method>/ beside the run]")
+@click.option("--out", default=None, help="report folder [default: RUN/attack-<method>/, inside the --encoder train run folder]")
 @click.option("--concept", default=None, help="the erased concept [default: the run's, when --encoder is a train run folder]; "
               "sets the --adv-tokens default and the concept of a clip: judge")
 @click.option("--adv-tokens", type=int, default=None,
               help="adversarial tokens [default: 5 for nudity and unknown concepts, 3 for Van Gogh and the objects, "
                    "as the authors]")
-@click.option("--timesteps", default=50, show_default=True, help="timestep blocks, visited in order (10, 30, ..., 990 for 50)")
+@click.option("--timesteps", default=50, show_default=True,
+              help="timestep blocks, visited in order (10, 30, ..., 990 for 50); at most half the model's training "
+                   "timesteps (500 for SD), where the blocks reach 1, 3, ..., 999")
 @click.option("--steps-per-timestep", default=40, show_default=True, help="Adam steps per timestep block")
 @click.option("--attack-lr", default=0.01, show_default=True, help="Adam learning rate of the attack")
 @click.option("--insert", default="prefix", show_default=True, help="where the adversarial tokens go: prefix, suffix, replace, mid, insert, add")
 @click.option("--max-prompt-tokens", default=60, show_default=True,
               help="prompts with more tokens (start and end counted) are not attacked: they keep their unattacked "
                    "verdict and stay in n, as in the authors' protocol")
-@click.option("--targets", default=None, help="folder of target images NNNN.png (prompt index) instead of generating them")
+@click.option("--targets", default=None, help="folder of target images instead of generating them: NNNN.png (the prompt's "
+              "index in the file, from 0000) for every prompt, at the model's image size")
 @click.option("--target-steps", default=25, show_default=True, help="sampler steps of the original model's target images")
 @click.option("--gen-steps", type=int, default=None, help="sampler steps of judged generations [default: the model's, 50 for SD]")
 @_sampler_option

@@ -28,6 +28,9 @@ JUDGE_MODULE = textwrap.dedent(
         calls.extend(prompts)
         return [False] * len(images)
 
+    def words(images, prompts):
+        return ["no"] * len(images)
+
     # The judgment (1: the unattacked one) at which a prompt is first a success, whatever the images.
     SUCCESS_AT = {"a red circle": 1, "a big blue square": 2, "a small yellow triangle": 3}
     judged = {}
@@ -237,6 +240,9 @@ def test_bad_attack_input(tmp_path, prompts, judge_module):
         (["--encoder", tmp_path / "nothing"], "does not exist"),
         (["--adv-tokens", 30], "does not fit"),
         (["--timesteps", 0], "--timesteps must be at least 1"),
+        (["--timesteps", 501], "--timesteps must be between 1 and 500 for this model, got 501"),
+        (["--timesteps", 5000, "--method", "none"], "--timesteps must be between 1 and 500"),
+        (["--judge", "userjudge:words"], "judge 'userjudge:words' returned 'no' (str) for an image"),
         (["--batch-size", 0], "--batch-size must be at least 1"),
         (["--max-prompt-tokens", 0], "--max-prompt-tokens must be at least 1"),
         (["--sampler", "euler"], "--sampler must be one of lms, ddim, pndm, dpm, got 'euler'"),
@@ -246,7 +252,50 @@ def test_bad_attack_input(tmp_path, prompts, judge_module):
         args = ["--prompts", prompts, "--judge", "userjudge:always_no", *FAST, *extra]
         result = run_cli("attack", "--model", "world", "--out", out, *args)
         assert_refused(result, message)
-        assert not (out / "report.json").exists()
+        assert not out.exists()
+
+
+def test_timesteps_up_to_half_the_training_timesteps(tmp_path, prompts, judge_module):
+    result = _attack(tmp_path / "out", prompts, "userjudge:always_no", "--method", "none", "--timesteps", 500)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["manifest"]["timesteps"] == list(range(1, 1000, 2))
+
+
+def _target(path, colour, size=16):
+    Image.new("RGB", (size, size), colour).save(path)
+
+
+def test_targets_are_every_prompts_image_checked_before_anything_is_written(tmp_path, prompts, judge_module):
+    out, targets = tmp_path / "out", tmp_path / "targets"
+    targets.mkdir()
+    assert_refused(_attack(out, prompts, "userjudge:always_no", "--targets", targets),
+                   f"--targets: {targets / '0000.png'} not found (3 of the 3 prompts' target images missing")
+    for index, colour in enumerate([(200, 0, 0), (0, 200, 0), (0, 0, 200)]):
+        _target(targets / f"{index:04d}.png", colour)
+    (targets / "0001.png").unlink()
+    assert_refused(_attack(out, prompts, "userjudge:always_no", "--targets", targets),
+                   f"--targets: {targets / '0001.png'} not found (1 of the 3")
+    (targets / "0001.png").write_bytes(b"not a png")
+    assert_refused(_attack(out, prompts, "userjudge:always_no", "--targets", targets),
+                   f"--targets: {targets / '0001.png'} is not a readable image")
+    _target(targets / "0001.png", (0, 200, 0), size=50)
+    assert_refused(_attack(out, prompts, "userjudge:always_no", "--targets", targets),
+                   f"--targets: {targets / '0001.png'} is 50x50 pixels; the model makes 16x16 images")
+    assert not out.exists()
+
+    _target(targets / "0001.png", (0, 200, 0))
+    result = _attack(out, prompts, "userjudge:always_no", "--targets", targets)
+    assert result.exit_code == 0, result.output
+    assert not (out / "targets").exists()  # nothing generated: each grid starts with the given target
+    assert Image.open(out / "grids" / "0002.png").getpixel((8, 8)) == (0, 0, 200)
+    # a resumed run needs the targets of the prompts still to judge only
+    report = json.loads((out / "report.json").read_text())
+    report["rows"] = report["rows"][:1]
+    (out / "report.json").write_text(json.dumps(report))
+    (targets / "0000.png").unlink()
+    resumed = _attack(out, prompts, "userjudge:always_no", "--targets", targets, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "report.json").read_text())["n"] == 3
 
 
 def test_bad_generate_input(tmp_path, sd_folder):

@@ -1,4 +1,6 @@
+import re
 import sys
+import textwrap
 import types
 
 import numpy as np
@@ -142,6 +144,56 @@ def test_callable_judge_from_a_file_and_its_failures(tmp_path):
         make_judge(f"{tmp_path / 'myjudge.py'}:short")(_images(), ["a", "b"])
     with pytest.raises(UserError, match="failed: model missing"):
         make_judge(f"{tmp_path / 'myjudge.py'}:broken")(_images(), ["a", "b"])
+
+
+ANSWERS = textwrap.dedent(
+    """
+    import numpy as np
+    import torch
+
+    def numpy_bools(images, prompts):
+        return np.array([True, False])
+
+    def torch_bools(images, prompts):
+        return torch.tensor([False, True])
+
+    def zero_one(images, prompts):
+        return [1, np.int64(0)]
+
+    def words(images, prompts):
+        return ["no"] * len(images)
+
+    def scores(images, prompts):
+        return [0.7, 0.2]
+
+    def twos(images, prompts):
+        return [2, 0]
+
+    def nothing(images, prompts):
+        return None
+    """
+)
+
+
+@pytest.mark.parametrize("function, expected", [
+    ("numpy_bools", [True, False]), ("torch_bools", [False, True]), ("zero_one", [True, False]),
+])
+def test_callable_judge_takes_booleans_and_zero_or_one(tmp_path, function, expected):
+    (tmp_path / "answers.py").write_text(ANSWERS)
+    verdicts = make_judge(f"{tmp_path / 'answers.py'}:{function}")(_images(), ["a", "b"])
+    assert [v.success for v in verdicts] == expected
+    assert all(type(v.success) is bool and type(v.score) is bool for v in verdicts)  # JSON-safe in the report
+
+
+@pytest.mark.parametrize("function, shown", [
+    ("words", "returned 'no' (str) for an image"), ("scores", "returned 0.7 (float) for an image"),
+    ("twos", "returned 2 (int) for an image"), ("nothing", "returned None (NoneType), not a list of booleans"),
+])
+def test_callable_judge_refuses_answers_that_are_not_booleans(tmp_path, function, shown):
+    (tmp_path / "answers.py").write_text(ANSWERS)
+    spec = f"{tmp_path / 'answers.py'}:{function}"
+    with pytest.raises(UserError, match=re.escape(f"judge {spec!r} {shown}")):
+        make_judge(spec)(_images(), ["a", "b"])
 
 
 # ---------------------------------------------------------------- judges with local weights

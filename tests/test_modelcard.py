@@ -60,14 +60,16 @@ def test_attack_and_eval_on_the_run_refresh_its_card(run, sd_folder, tmp_path):
     assert attack.exit_code == 0, attack.output
     elsewhere = tmp_path / "utility"
     evaluation = run_cli("eval", "--model", sd_folder, "--encoder", run, "--prompts", prompts, "--out", elsewhere,
-                         "--clip", save_tiny_clip(tmp_path / "clip"), "--steps", 3, "--quiet")
+                         "--clip", save_tiny_clip(tmp_path / "clip"), "--steps", 3, "--sampler", "pndm", "--quiet")
     assert evaluation.exit_code == 0, evaluation.output
     clip = json.loads((elsewhere / "eval.json").read_text())["metrics"]["clip_score"]
 
     _, body = _card(run)
     assert "| none | `" in body and "judge.py:every_other` | 2 | 0.500 | 0.500 | `" + sha[:16] + "` |" in body
     assert f"(sha256 {sha})" in body  # the protocol line has the whole hash
-    assert "judged images at 3 DDIM steps" in body
+    # each report's own sampler: the attack's default (LMS for SD), the eval's --sampler
+    assert "judged images at 3 LMS steps" in body
+    assert "; 3 PNDM steps, the seed and guidance of each prompt" in body
     assert f"| CLIP score | {clip:.2f} | 2 | `{sha[:16]}` | `{elsewhere / 'eval.json'}` |" in body
     # reports inside the run folder are named relative to it (it may move), others absolutely
     assert json.loads((run / "evaluations.json").read_text())["reports"] == [
@@ -111,11 +113,11 @@ def test_card_names_hub_base_models_unfinished_runs_and_unet_runs():
                "manifest": {"judge": {"spec": "nudenet", "threshold": 0.45}, "prompt_file_sha256": "ab" * 32,
                             "settings": {"adv_tokens": 5, "insert": "prefix", "steps_per_timestep": 40,
                                          "attack_lr": 0.01, "target_steps": 25}, "timesteps": list(range(50)),
-                            "gen_steps": 50}}
+                            "gen_steps": 50, "sampler": "lms"}}
     text = card_text("run", _summary(), [("attack/report.json", partial)])
     assert "| unlearndiffatk | `nudenet` | 3 of 50 (unfinished) | 0.000 | 0.250 |" in text
     assert ("UnlearnDiffAtk with 5 adversarial tokens (prefix), 50 timestep blocks x 40 Adam steps at lr 0.01; "
-            "targets from the original model at 25 DDIM steps") in text
+            "targets from the original model at 25 LMS steps; judged images at 50 LMS steps") in text
     assert "judge `nudenet` (threshold 0.45)" in text
 
 

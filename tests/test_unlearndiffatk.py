@@ -1,3 +1,4 @@
+import pytest
 import torch
 from diffusers import DDIMScheduler
 
@@ -5,6 +6,7 @@ from advunlearn_fast.evaluation.generation import build_pipeline, encode_images,
 from advunlearn_fast.evaluation.unlearndiffatk import (
     attack_timesteps,
     diffusion_classifier_loss,
+    max_attack_timesteps,
     optimise_in_blocks,
     soft_prompt,
     uniform_simplex,
@@ -20,6 +22,14 @@ def test_timesteps_follow_the_papers_schedule():
     ts = attack_timesteps(50)
     assert ts[:3] == [10, 30, 50] and ts[-1] == 990 and len(ts) == 50
     assert attack_timesteps(3) == [166, 500, 833]
+
+
+def test_timestep_blocks_stay_distinct_and_past_zero_up_to_their_bound():
+    most = max_attack_timesteps(1000)
+    assert most == 500 and attack_timesteps(most) == list(range(1, 1000, 2))
+    for count in (most + 1, 5000):
+        with pytest.raises(ValueError, match="do not fit 1000 training timesteps"):
+            attack_timesteps(count)
 
 
 def _tiny_problem():

@@ -55,6 +55,7 @@ from advunlearn_fast.evaluation.samplers import check_sampler
 from advunlearn_fast.evaluation.unlearndiffatk import (
     attack_timesteps,
     diffusion_classifier_loss,
+    max_attack_timesteps,
     nearest_tokens,
     soft_prompt,
     uniform_simplex,
@@ -154,6 +155,42 @@ class AttackSettings:
                 if k not in ("out", "resume", "device", "batch_size", "cuda_graphs", "prompt_set", "attention")}
 
 
+def target_name(index: int) -> str:
+    """A prompt's target image in --targets and in OUT/targets: its index in the prompt file."""
+    return f"{index:04d}.png"
+
+
+def read_target_sizes(folder: Path, indices: list[int]) -> dict[int, tuple[int, int]]:
+    """The size of each prompt's target image FOLDER/NNNN.png, each read in full: a missing file,
+    or one that is not a readable image, is refused naming it."""
+    from PIL import Image
+
+    missing = [index for index in indices if not (folder / target_name(index)).is_file()]
+    if missing:
+        raise UserError(f"--targets: {folder / target_name(missing[0])} not found ({len(missing)} of the "
+                        f"{len(indices)} prompts' target images missing; --targets holds one NNNN.png per prompt, "
+                        "numbered by its index in the prompt file from 0000)")
+    sizes = {}
+    for index in indices:
+        file = folder / target_name(index)
+        try:
+            with Image.open(file) as image:
+                image.load()
+                sizes[index] = image.size
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+            first = (str(err).strip().splitlines() or [err.__class__.__name__])[0]
+            raise UserError(f"--targets: {file} is not a readable image ({first})") from None
+    return sizes
+
+
+def check_target_sizes(folder: Path | None, sizes: dict[int, tuple[int, int]], pixels: int) -> None:
+    """Every target image is the size of the model's images (the attack encodes it as one)."""
+    for index, (width, height) in sizes.items():
+        if (width, height) != (pixels, pixels):
+            raise UserError(f"--targets: {folder / target_name(index)} is {width}x{height} pixels; "
+                            f"the model makes {pixels}x{pixels} images")
+
+
 def batches(indices: list[int], size: int, key) -> list[list[int]]:
     """`indices` in order, `size` at a time, prompts sharing a batch only where `key` agrees:
     their adversarial variables are stacked, so they need the same number of tokens (which
@@ -229,14 +266,21 @@ class Evaluation:
         # Read by rank 0 alone: under torchrun it may rewrite the report before the others got here.
         self.done = distributed.on_main(lambda: _load_report(self.out, settings, self.prompt_hash))
         # OUT/targets is where a run caches the targets it generates, so it may not exist yet
-        # (the demo points later runs at the first run's); any other --targets must.
-        if settings.targets is not None and Path(settings.targets).resolve() != (self.out / "targets").resolve():
+        # nor hold every prompt's; any other --targets must hold the image of every prompt still
+        # to judge, each read now so that a bad one is refused before anything is written.
+        self.targets = Path(settings.targets).expanduser() if settings.targets is not None else None
+        target_sizes: dict[int, tuple[int, int]] = {}
+        if self.targets is not None and self.targets.resolve() != (self.out / "targets").resolve():
             check_folder("--targets", settings.targets)
+            if settings.method != "none":
+                finished = {row["index"] for row in self.done}
+                target_sizes = read_target_sizes(self.targets, [i for i in range(len(rows)) if i not in finished])
         self.unwritten_prompt_set = settings.prompt_set
         self.backend = kernel_backend(self.device)
         self.pipe: Pipeline = build_pipeline(settings.model, settings.encoder, self.device, settings.model_config,
                                              settings.attention)
         limit_threads_for_small_model(self.pipe.unet, self.pipe.device)
+        check_target_sizes(self.targets, target_sizes, self.pipe.latent_shape[-1] * self.pipe.parts.vae_scale)
         self.rows = with_default_guidance(rows, self.pipe.default_guidance)
         self.gen_steps = settings.gen_steps or self.pipe.default_steps
         self.sampler = settings.sampler or self.pipe.default_sampler
@@ -262,6 +306,11 @@ class Evaluation:
         self.original = self.pipe.with_encoder(self.pipe.parts.text_encoder)
         alphas = DDIMScheduler.from_config(self.pipe.parts.scheduler_config).alphas_cumprod
         self.train_timesteps = len(alphas)
+        most = max_attack_timesteps(self.train_timesteps)
+        if settings.timesteps > most:
+            raise UserError(f"--timesteps must be between 1 and {most} for this model, got {settings.timesteps}: "
+                            f"one block per two of its {self.train_timesteps} training timesteps, past which blocks "
+                            "repeat timesteps and reach timestep 0")
         self.alphas = alphas.to(self.device)  # read on the device inside a recorded attack step
         self.embedding_core = with_gradient(self._embedding_losses)
         if uses_cuda_graphs(settings, self.device):
@@ -282,8 +331,8 @@ class Evaluation:
 
         images: dict[int, torch.Tensor] = {}
         for index in indices:
-            name = f"{index:04d}.png"
-            given = Path(self.s.targets) / name if self.s.targets else None
+            name = target_name(index)
+            given = self.targets / name if self.targets is not None else None
             cached = self.out / "targets" / name
             found = given if given is not None and given.is_file() else cached if cached.is_file() else None
             if found is not None:
@@ -296,7 +345,7 @@ class Evaluation:
                                             self.sampler)
             (self.out / "targets").mkdir(parents=True, exist_ok=True)
             for index, picture in zip(missing, to_pil(made)):
-                picture.save(self.out / "targets" / f"{index:04d}.png")
+                picture.save(self.out / "targets" / target_name(index))
                 # As the PNG holds it (and as the authors read their targets): a run that finds
                 # it cached (resumed, or with --targets) attacks towards the same pixels.
                 images[index] = from_pil([picture])[0]

@@ -33,8 +33,16 @@ WEIGHT_DECAY = 0.1
 GRADIENT_CLIP = 1.0
 
 
+def max_attack_timesteps(train_timesteps: int = 1000) -> int:
+    """The most timestep blocks whose centres are distinct and past timestep 0: one per two
+    training timesteps (500 of 1000: 1, 3, ..., 999); beyond it centres repeat and the first is 0."""
+    return train_timesteps // 2
+
+
 def attack_timesteps(count: int, train_timesteps: int = 1000) -> list[int]:
     """`count` timesteps at the centres of equal bins, in order: 10, 30, ..., 990 for 50 of 1000."""
+    if not 1 <= count <= max_attack_timesteps(train_timesteps):
+        raise ValueError(f"{count} timestep blocks do not fit {train_timesteps} training timesteps")
     return [int((2 * i + 1) * train_timesteps // (2 * count)) for i in range(count)]
 
 

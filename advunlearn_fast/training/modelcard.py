@@ -313,6 +313,13 @@ def _judge(manifest: dict) -> str:
     return str(judge.get("spec", "?")) if isinstance(judge, dict) else str(judge or "?")
 
 
+def _sampler(manifest: dict) -> str:
+    """The sampler a report's images were made with, as its manifest names it: `attack` records
+    its name ("lms"), `eval` a description that starts with it ("lms, 100 steps, ...")."""
+    name = str(manifest.get("sampler") or "").split(",")[0].strip()
+    return name.upper() if name else "?"
+
+
 def _attack_protocol(r: dict) -> str:
     m = r.get("manifest") or {}
     s = m.get("settings") or {}
@@ -327,8 +334,8 @@ def _attack_protocol(r: dict) -> str:
                      f"{len(m.get('timesteps') or []) or s.get('timesteps', '?')} timestep blocks x "
                      f"{s.get('steps_per_timestep', '?')} Adam steps at lr {s.get('attack_lr', '?')}")
         if method == "unlearndiffatk":
-            parts.append(f"targets from the original model at {s.get('target_steps', '?')} DDIM steps")
-    parts.append(f"judged images at {m.get('gen_steps', '?')} DDIM steps, the seed and guidance of each prompt")
+            parts.append(f"targets from the original model at {s.get('target_steps', '?')} {_sampler(m)} steps")
+    parts.append(f"judged images at {m.get('gen_steps', '?')} {_sampler(m)} steps, the seed and guidance of each prompt")
     parts.append(f"model `{m.get('model', '?')}`")
     return "; ".join(parts)
 
@@ -347,7 +354,7 @@ def _metrics(metrics: dict) -> list[tuple[str, str]]:
 def _eval_protocol(r: dict) -> str:
     m = r.get("manifest") or {}
     parts = [f"prompts `{m.get('prompt_file', '?')}` (sha256 {m.get('prompt_file_sha256', '?')})",
-             f"{m.get('steps', '?')} DDIM steps, the seed and guidance of each prompt"]
+             f"{m.get('steps', '?')} {_sampler(m)} steps, the seed and guidance of each prompt"]
     clip = m.get("clip")
     if clip:
         parts.append(f"CLIP `{clip.get('path')}` (sha256 {clip.get('sha256')}): {clip.get('score')}")
