@@ -3,10 +3,16 @@ CPU thread policy for small models."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from advunlearn_fast import distributed
 from advunlearn_fast.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+# What --device takes, in every command. Read by the training config, which the CLI's --help
+# imports: nothing here imports torch at load.
+DEVICES = ("auto", "cpu", "cuda")
 
 # Below this many UNet parameters a CPU op is too small to share: the intra-op thread pool's
 # synchronisation then dominates, and with more threads than free cores (two jobs on two cores)
@@ -14,8 +20,20 @@ from advunlearn_fast.errors import UserError
 SMALL_MODEL_PARAMETERS = 20_000_000
 
 
+def check_device(name: str) -> None:
+    """Refuse a --device other than auto, cpu or cuda (a device string torch would take, such as
+    cuda:1 or meta, is refused too: under torchrun each process picks its own GPU)."""
+    if name not in DEVICES:
+        raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
+
+
 def resolve_device(name: str) -> torch.device:
     """The device of `--device`; under torchrun a CUDA device is this process's own GPU."""
+    import torch
+
+    from advunlearn_fast import distributed
+
+    check_device(name)
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but CUDA is not available; use --device cpu")
     if name == "auto":
@@ -32,5 +50,7 @@ def kernel_backend(device: torch.device) -> str:
 
 def limit_threads_for_small_model(unet: torch.nn.Module, device: torch.device) -> None:
     """One intra-op thread when a small UNet runs on a CPU."""
+    import torch
+
     if device.type == "cpu" and sum(p.numel() for p in unet.parameters()) < SMALL_MODEL_PARAMETERS:
         torch.set_num_threads(1)

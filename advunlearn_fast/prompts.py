@@ -121,20 +121,26 @@ def filter_retain_prompts(prompts: list[str], concepts: list[str]) -> list[str]:
     return [p for p in prompts if not (_words(p) & banned)]
 
 
+def read_prompt_text(path: Path) -> str:
+    """A prompt file's text; the byte-order mark some editors (Excel's "CSV UTF-8") put first is
+    not part of it."""
+    return path.read_text(encoding="utf-8-sig")
+
+
 def read_prompt_file(path: str | Path, what: str = "prompt file") -> list[str]:
     """Prompts from a .txt (one per line) or a .csv with a `prompt` column."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_prompt_text(path)
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{what} {path} cannot be read: {err}") from None
     if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
-        if not rows or "prompt" not in rows[0]:
+        reader = csv.DictReader(text.splitlines())
+        if reader.fieldnames is not None and "prompt" not in reader.fieldnames:
             raise UserError(f"{what} {path} has no 'prompt' column")
-        prompts = [(r["prompt"] or "").strip() for r in rows]
+        prompts = [(r["prompt"] or "").strip() for r in reader]
     else:
         prompts = [line.strip() for line in text.splitlines()]
     prompts = [p for p in prompts if p]

@@ -151,23 +151,24 @@ def _sampler_option(func):
 @click.option("--encoder", default=None, help="text encoder to plug in: diffusers folder, train run folder or .pt state dict")
 @click.option("--prompt", "prompt_text", default=None, help="one prompt")
 @click.option("--prompts", "prompt_file", default=None, help=".txt (one per line) or .csv (prompt, evaluation_seed, evaluation_guidance)")
-@click.option("--out", required=True, help="folder for the PNGs and manifest.json")
+@click.option("--out", required=True, help="folder for the PNGs and manifest.json (not one an earlier generate wrote to)")
 @click.option("--seed", default=0, show_default=True, help="seed of prompts without their own")
 @click.option("--guidance", type=float, default=None, help="classifier-free guidance [default: the model's, 7.5 for SD]")
 @click.option("--steps", type=int, default=None, help="sampler steps [default: the model's, 50 for SD]")
 @_sampler_option
 @click.option("--batch-size", default=8, show_default=True, help="prompts per UNet call")
+@click.option("--quiet", is_flag=True, help="no progress bar")
 @_attention_option
 @_device_option
 def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, guidance, steps, sampler, batch_size,
-             attention, device):
+             quiet, attention, device):
     """Generate images with an encoder plugged into any SD v1.x model; seeds go to manifest.json.
     With the defaults, an attack report row's adversarial prompt, seed and guidance give its judged image."""
     from advunlearn_fast.distributed import is_main
     from advunlearn_fast.evaluation.generation import generate_images
 
     written = generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size,
-                              device, model_config, sampler, attention)
+                              device, model_config, sampler, attention, progress=not quiet)
     if is_main():
         click.echo(f"done: {len(written)} images in {out}")
 
@@ -177,7 +178,7 @@ def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, 
 @click.option("--model-config", default=None, help="diffusers folder with the configs of a single-file --model")
 @click.option("--encoder", default=None, help="text encoder to plug in: diffusers folder, train run folder or .pt state dict")
 @click.option("--prompts", required=True, help=".txt (one per line) or .csv (prompt, evaluation_seed, evaluation_guidance)")
-@click.option("--out", required=True, help="folder for eval.json and images/")
+@click.option("--out", required=True, help="folder for eval.json and images/ (not one an earlier eval wrote to)")
 @click.option("--clip", default=None, help="local CLIP model folder for the CLIP score (e.g. a copy of openai/clip-vit-base-patch32)")
 @click.option("--real", default=None, help="folder of real images: FID of the generated images against them (needs --inception)")
 @click.option("--inception", default=None, help="local FID Inception weights, pt_inception-2015-12-05-6726825d.pth")

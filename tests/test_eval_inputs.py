@@ -233,3 +233,169 @@ def test_truncated_metric_and_judge_weights(given):
     attack = ["attack", "--model", "world", "--prompts", t / "prompts.txt", "--out", t / "o", *ATTACK_FAST]
     _assert_truncated(run_cli(*attack, "--judge", f"imagenet:{resnet}:497"), resnet)
     assert not (t / "o").exists()
+
+
+# ---------------------------------------------------------------- options and files the three commands share
+
+
+def _three_commands(t, out):
+    """generate, eval and attack on the concept world, cheap, writing to `out`."""
+    return [
+        ["generate", "--model", "world", "--prompts", t / "prompts.txt", "--steps", 1, "--out", out],
+        ["eval", "--model", "world", "--prompts", t / "prompts.txt", "--steps", 1, "--out", out, "--quiet"],
+        ["attack", "--model", "world", "--prompts", t / "prompts.txt", "--judge", f"{t / 'judge.py'}:never",
+         "--method", "none", "--gen-steps", 1, "--out", out, "--quiet"],
+    ]
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:0", "meta"])
+def test_device_is_checked_as_train_checks_it(given, device):
+    message = f"--device must be one of auto, cpu, cuda, got {device!r}"
+    for args in _three_commands(given, given / "out") + [["train", "--model", "world", "--concept", "red",
+                                                          "--out", given / "out"]]:
+        assert_refused(run_cli(*args, "--device", device), message)
+        assert not (given / "out").exists(), args
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seed", -1], "--seed must be a whole number from 0 to 9223372036854775807"),
+    (["--seed", 2**63], "--seed must be a whole number from 0 to 9223372036854775807"),
+    (["--guidance", "nan"], "--guidance must be a finite number >= 0, got nan"),
+    (["--guidance", "inf"], "--guidance must be a finite number >= 0, got inf"),
+    (["--guidance", -3], "--guidance must be a finite number >= 0, got -3"),
+])
+def test_seeds_and_guidance_out_of_range_are_refused(given, extra, message):
+    for args in _three_commands(given, given / "out"):
+        assert_refused(run_cli(*args, *extra), message)
+        assert not (given / "out").exists(), args
+
+
+@pytest.mark.parametrize("row, message", [
+    ("a red circle,99999999999999999999,7.5", "csv:2: evaluation_seed must be a whole number from 0 to"),
+    ("a red circle,-4,7.5", "csv:2: evaluation_seed must be a whole number from 0 to"),
+    ("a red circle,1.5,7.5", "csv:2: evaluation_seed must be a whole number, got '1.5'"),
+    ("a red circle,1,nan", "csv:2: evaluation_guidance must be a finite number >= 0, got nan"),
+    ("a red circle,1,-5", "csv:2: evaluation_guidance must be a finite number >= 0, got -5"),
+    ("a red circle,1,7.5,inf", "csv:2: sd_guidance_scale must be a finite number >= 0, got inf"),
+])
+def test_a_prompt_files_seed_and_guidance_are_checked(given, row, message):
+    csv = given / "rows.csv"
+    csv.write_text(f"prompt,evaluation_seed,evaluation_guidance,sd_guidance_scale\n{row}\n")
+    for args in _three_commands(given, given / "out"):
+        args[args.index("--prompts") + 1] = csv
+        assert_refused(run_cli(*args), message)
+        assert not (given / "out").exists(), args
+
+
+def test_a_whole_seed_written_as_a_float_and_a_byte_order_mark_are_read(given):
+    csv = given / "excel.csv"
+    csv.write_bytes("\ufeffprompt,evaluation_seed,evaluation_guidance\na red circle,3.0,2\n".encode("utf-8"))
+    result = run_cli("generate", "--model", "world", "--prompts", csv, "--steps", 1, "--out", given / "out")
+    assert result.exit_code == 0, result.output
+    images = json.loads((given / "out" / "manifest.json").read_text())["images"]
+    assert [(i["prompt"], i["seed"], i["guidance"]) for i in images] == [("a red circle", 3, 2.0)]
+
+
+def test_attack_lr_must_be_finite_and_positive(given):
+    attack = _three_commands(given, given / "out")[2]
+    for lr in ("nan", "inf", "0", "-1"):
+        assert_refused(run_cli(*attack, "--attack-lr", lr), f"--attack-lr must be a finite number > 0, got {float(lr)}")
+    assert not (given / "out").exists()
+
+
+def test_a_csv_with_a_header_and_no_rows_has_no_prompts(given):
+    (given / "header.csv").write_text("prompt,evaluation_seed\n")
+    for args in _three_commands(given, given / "out"):
+        args[args.index("--prompts") + 1] = given / "header.csv"
+        assert_refused(run_cli(*args), "header.csv holds no prompts")
+
+
+def _on_model(args, model, t):
+    """The command on `model`, a latent SD folder (eval then measures the CLIP score)."""
+    args[args.index("--model") + 1] = model
+    return args + (["--clip", save_tiny_clip(t / "clip")] if args[0] == "eval" else [])
+
+
+def test_a_latent_model_without_its_vae_is_refused(sd_folder, given):
+    model = given / "novae"
+    shutil.copytree(sd_folder, model)
+    shutil.rmtree(model / "vae")
+    for args in _three_commands(given, given / "out"):
+        args = _on_model(args, model, given)
+        assert_refused(run_cli(*args), f"--model {model} has no vae/, but its UNet works in a latent space of 4 channels")
+        assert not (given / "out").exists(), args
+
+
+def test_an_encoder_of_another_architecture_is_refused(sd_folder, given):
+    """Two layers where the model's text encoder has 12, at its width: what export refuses."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = json.loads((sd_folder / "text_encoder" / "config.json").read_text())
+    CLIPTextModel(CLIPTextConfig(vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
+                                 intermediate_size=config["intermediate_size"], num_hidden_layers=2,
+                                 num_attention_heads=config["num_attention_heads"],
+                                 max_position_embeddings=config["max_position_embeddings"])).save_pretrained(given / "enc")
+    for args in _three_commands(given, given / "out"):
+        args = _on_model(args, sd_folder, given)
+        assert_refused(run_cli(*args, "--encoder", given / "enc"),
+                       "does not have the model's text-encoder architecture (2 layers, the model's has 12)")
+        assert not (given / "out").exists(), args
+
+
+def test_an_out_folder_with_an_earlier_run_is_refused_and_left_as_it_was(given):
+    """generate and eval, as attack with its report.json: never mixed with, nor written over, what
+    an earlier run left; a folder of other files is used."""
+    out = given / "out"
+    out.mkdir()
+    (out / "notes.md").write_text("mine")
+    for args, held in zip(_three_commands(given, out)[:2], ("manifest.json and 2 images (0000.png, ...)",
+                                                              "eval.json and 2 images (images/0000.png, ...)")):
+        first = run_cli(*args)
+        assert first.exit_code == 0, first.output
+        before = _snapshot(out)
+        command = args[0]
+        assert_refused(run_cli(*args), f"--out {out} already holds an earlier {command} run's {held}")
+        assert _snapshot(out) == before
+
+
+def test_an_earlier_generate_with_more_images_is_never_mixed_in(given):
+    (given / "six.txt").write_text("".join(f"a red circle {i}\n" for i in range(6)))
+    first = run_cli("generate", "--model", "world", "--prompts", given / "six.txt", "--steps", 1, "--out", given / "g")
+    assert first.exit_code == 0, first.output
+    (given / "g" / "manifest.json").unlink()  # an interrupted run leaves images without a manifest
+    result = run_cli("generate", "--model", "world", "--prompts", given / "prompts.txt", "--steps", 1, "--out", given / "g")
+    assert_refused(result, "already holds an earlier generate run's 6 images (0000.png, ...)")
+
+
+def test_a_pickle_checkpoint_is_refused_for_safety(sd_folder, given):
+    torch.save({"state_dict": {"x": given}}, given / "model.ckpt")  # a Path: a class weights-only loading refuses
+    (given / "noise.ckpt").write_bytes(bytes(range(256)) * 20)
+    for name in ("model.ckpt", "noise.ckpt"):
+        result = run_cli("generate", "--model", given / name, "--model-config", sd_folder, "--prompt", "a cat",
+                         "--out", given / "out")
+        assert_refused(result, f"was refused: it holds objects other than weights (or is no torch checkpoint at all), "
+                               "which weights-only loading refuses for safety")
+
+
+def test_clip_that_is_not_a_clip_model(sd_folder, given):
+    evaluate = _three_commands(given, given / "out")[1]
+    assert_refused(run_cli(*evaluate, "--clip", sd_folder / "text_encoder"),
+                   f"--clip {sd_folder / 'text_encoder'} holds a clip_text_model (config.json), not a CLIP model")
+    assert_refused(run_cli(*evaluate, "--clip", sd_folder), f"--clip {sd_folder} has no config.json")
+
+
+def test_model_config_is_only_for_a_single_file_model(sd_folder, given):
+    for args in _three_commands(given, given / "out"):
+        assert_refused(run_cli(*args, "--model-config", sd_folder),
+                       "--model-config is for a single-file --model (.safetensors/.ckpt checkpoint); --model world")
+        assert_refused(run_cli(*args, "--model-config", given / "nope"), f"--model-config {given / 'nope'} does not exist")
+    assert_refused(run_cli("train", "--model", "tiny", "--concept", "x", "--model-config", sd_folder),
+                   "--model-config is for a single-file --model")
+
+
+def test_generate_shows_progress_unless_quiet(given):
+    generate = _three_commands(given, given / "a")[0]
+    shown = run_cli(*generate)
+    assert shown.exit_code == 0 and "images: 100%" in shown.output, shown.output
+    quiet = run_cli(*_three_commands(given, given / "b")[0], "--quiet")
+    assert quiet.exit_code == 0 and "images:" not in quiet.output, quiet.output

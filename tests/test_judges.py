@@ -243,7 +243,7 @@ def test_clip_judge_needs_its_folder_and_a_concept(tmp_path, controlled_clip):
     with pytest.raises(UserError, match=f"needs a concept text: pass --judge clip:{controlled_clip}:<concept text>"):
         make_judge(f"clip:{controlled_clip}")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="cannot load a CLIP model and processor"):
+    with pytest.raises(UserError, match="empty has no config.json: not a CLIP model folder"):
         make_judge(f"clip:{tmp_path / 'empty'}:church")
 
 

@@ -74,7 +74,7 @@ def test_fid_inception_loads_the_standard_layout(tmp_path):
     with pytest.raises(UserError, match="is not the FID Inception weights .* missing"):
         load_fid_inception(tmp_path / "cut.pth", "--inception cut.pth")
     torch.save({"model": object()}, tmp_path / "pickle.pth")
-    with pytest.raises(UserError, match="--inception pickle.pth holds pickled objects besides tensors"):
+    with pytest.raises(UserError, match="--inception pickle.pth holds objects other than weights"):
         load_fid_inception(tmp_path / "pickle.pth", "--inception pickle.pth")
 
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import json
+
 import torch
 
+from advunlearn_fast.errors import UserError
 from advunlearn_fast.models.statedicts import load_error
 
 
@@ -59,9 +62,26 @@ def load_clip(folder: str | Path, what: str) -> LocalCLIP:
     came from in errors."""
     from transformers import CLIPModel, CLIPProcessor
 
+    check_clip_folder(Path(folder), what)
     try:
         model = CLIPModel.from_pretrained(folder, local_files_only=True)
         processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
     except Exception as err:
         raise load_error(f"a CLIP model and processor ({what})", folder, err) from None
     return LocalCLIP(model.eval().requires_grad_(False), processor, str(folder))
+
+
+def check_clip_folder(folder: Path, what: str) -> None:
+    """Refuse a folder whose config.json is not a whole CLIP model's (a text encoder alone, an SD
+    folder): transformers would otherwise fail on it in words about mismatched sizes."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise UserError(f"{what} {folder} has no config.json: not a CLIP model folder (CLIPModel.save_pretrained "
+                        "and CLIPProcessor.save_pretrained write one)")
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as err:
+        raise load_error(f"a CLIP model ({what})", config, err) from None
+    if model_type != "clip":
+        raise UserError(f"{what} {folder} holds a {model_type or 'model of unknown type'} (config.json), not a "
+                        "CLIP model with image and text towers: pass a folder CLIPModel.save_pretrained wrote")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,15 +21,21 @@ import torch
 from advunlearn_fast import distributed
 from advunlearn_fast.device import limit_threads_for_small_model
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.evaluation.inputs import ENCODER_EXPECTED, check_model_paths, check_out, encoder_path
+from advunlearn_fast.evaluation.inputs import (
+    ENCODER_EXPECTED,
+    check_model_paths,
+    check_no_earlier_run,
+    check_out,
+    encoder_path,
+)
 from advunlearn_fast.evaluation.samplers import build_scheduler, check_sampler, sample
 from advunlearn_fast.models.attention import check_attention, set_unet_attention
 from advunlearn_fast.models.diffusion import draw_noise
 from advunlearn_fast.models.loading import ModelParts, load_model
 from advunlearn_fast.models.statedicts import clip_text_state, load_error, read_state_dict
-from advunlearn_fast.models.text_encoding import encode_ids, token_table, tokenize
+from advunlearn_fast.models.text_encoding import encode_ids, tokenize
 from advunlearn_fast.outputs import TEXT_MODEL_PREFIX, write_json_atomic
-from advunlearn_fast.prompts import read_prompt_file
+from advunlearn_fast.prompts import read_prompt_file, read_prompt_text
 
 # The authors' sampling for SD (EVALUATION.md): LMS, guidance 7.5 (targets, and prompts without
 # their own), 50 steps for judged images, 100 for utility images. A model folder may carry
@@ -38,6 +45,10 @@ SD_STEPS = 50
 SD_UTILITY_STEPS = 100
 SD_SAMPLER = "lms"
 WORLD_SAMPLER = "ddim"
+# torch.Generator.manual_seed takes a 64-bit seed; seeds here are its non-negative ones.
+MAX_SEED = 2**63 - 1
+# What `generate` writes into --out, and so what an earlier run there has left.
+MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -94,13 +105,17 @@ def load_vae(parts: ModelParts):
     """The model's VAE, or None for a pixel-space model: the one loaded with the model (a
     single-file checkpoint, tiny), else the model folder's vae/, read only now since training
     never needs it."""
-    if parts.vae_scale == 1:
-        return None
     if parts.vae is not None:
         return parts.vae
     if parts.source == "sd-v1-random":
         return sd_v1_random_vae()
     folder = Path(parts.source) / "vae"
+    if parts.vae_scale == 1 and not folder.is_dir():
+        if parts.latent_channels == IMAGE_CHANNELS:
+            return None  # a pixel-space model (the concept world): its samples are the images
+        raise UserError(f"--model {parts.source} has no vae/, but its UNet works in a latent space of "
+                        f"{parts.latent_channels} channels: its images need the model's VAE; pass a diffusers "
+                        "folder with vae/ or a single-file checkpoint")
     if not folder.is_dir():
         raise UserError(f"{parts.source}: images need the model's VAE; pass --model as a diffusers folder with vae/ "
                         "or as a single-file checkpoint")
@@ -110,6 +125,10 @@ def load_vae(parts: ModelParts):
         return AutoencoderKL.from_pretrained(folder)
     except Exception as err:
         raise load_error("the VAE", folder, err) from None
+
+
+# A UNet that takes as many channels as an RGB image works on pixels, without a VAE.
+IMAGE_CHANNELS = 3
 
 
 def sd_v1_random_vae(seed: int = 0):
@@ -200,9 +219,26 @@ def _check_width(width: int, parts: ModelParts, spec: str) -> None:
 
 
 def check_encoder_fits(te, parts: ModelParts, spec: str) -> None:
+    """The encoder is the model's own text encoder with other weights: the width its UNet attends
+    to, then the model's text encoder's tensors, shape for shape (layers, vocabulary, widths)."""
     _check_width(int(te.config.hidden_size), parts, spec)
-    if token_table(te).shape[0] < len(parts.tokenizer):
-        raise UserError(f"--encoder {spec} knows {token_table(te).shape[0]} tokens, the model's tokenizer has {len(parts.tokenizer)}")
+    ours, model = _bare(te.state_dict()), _bare(parts.text_encoder.state_dict())
+    if set(ours) != set(model):
+        layers = [len({k.split(".")[2] for k in state if k.startswith("encoder.layers.")}) for state in (ours, model)]
+        raise UserError(f"--encoder {spec} does not have the model's text-encoder architecture "
+                        f"({layers[0]} layers, the model's has {layers[1]})")
+    table = "embeddings.token_embedding.weight"
+    if ours[table].shape != model[table].shape:
+        raise UserError(f"--encoder {spec} knows {ours[table].shape[0]} tokens, the model's text encoder "
+                        f"{model[table].shape[0]}: it was trained for a different model")
+    wrong = next((k for k in ours if ours[k].shape != model[k].shape), None)
+    if wrong is not None:
+        raise UserError(f"--encoder {spec}: {wrong} has shape {tuple(ours[wrong].shape)}, "
+                        f"the model's has {tuple(model[wrong].shape)}")
+
+
+def _bare(state: dict) -> dict:
+    return {k.removeprefix(TEXT_MODEL_PREFIX): v for k, v in state.items() if not k.endswith("position_ids")}
 
 
 # ---------------------------------------------------------------- sampling
@@ -317,7 +353,7 @@ def read_prompt_rows(path: str | Path, seed: int, guidance: float | None, text: 
     path = Path(path)
     if text is None:
         read_prompt_file(path)  # existence, encoding, emptiness: one wording everywhere
-        text = path.read_text(encoding="utf-8")
+        text = read_prompt_text(path)
     if path.suffix.lower() != ".csv":
         return [PromptRow(line.strip(), seed, guidance) for line in text.splitlines() if line.strip()]
     rows = []
@@ -327,21 +363,58 @@ def read_prompt_rows(path: str | Path, seed: int, guidance: float | None, text: 
             continue
         own_seed, own_guidance, target_guidance = ((record.get(column) or "").strip() for column in
                                                    ("evaluation_seed", "evaluation_guidance", "sd_guidance_scale"))
-        try:
-            rows.append(PromptRow(prompt, int(float(own_seed)) if own_seed else seed,
-                                  float(own_guidance) if own_guidance else guidance,
-                                  float(target_guidance) if target_guidance else None))
-        except ValueError:
-            raise UserError(f"{path}:{line}: evaluation_seed, evaluation_guidance and sd_guidance_scale "
-                            "must be numbers") from None
+        where = f"{path}:{line}:"
+        rows.append(PromptRow(prompt, parse_seed(own_seed, f"{where} evaluation_seed") if own_seed else seed,
+                              parse_guidance(own_guidance, f"{where} evaluation_guidance") if own_guidance else guidance,
+                              parse_guidance(target_guidance, f"{where} sd_guidance_scale") if target_guidance else None))
     return rows
+
+
+def check_seed(seed: int, what: str = "--seed") -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{what} must be a whole number from 0 to {MAX_SEED} (2**63-1), got {seed}")
+    return seed
+
+
+def check_guidance(guidance: float | None, what: str = "--guidance") -> float | None:
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise UserError(f"{what} must be a finite number >= 0, got {guidance}")
+    return guidance
+
+
+def parse_seed(text: str, what: str) -> int:
+    """A seed written in a prompt file: a whole number, which a csv may write as 3.0; 1.5 is refused,
+    never cut to 1."""
+    try:
+        return check_seed(int(text), what)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        raise UserError(f"{what} must be a whole number, got {text!r}") from None
+    if not number.is_integer():
+        raise UserError(f"{what} must be a whole number, got {text!r}")
+    return check_seed(int(number), what)
+
+
+def parse_guidance(text: str, what: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise UserError(f"{what} must be a number, got {text!r}") from None
+    return check_guidance(number, what)
 
 
 def with_default_guidance(rows: list[PromptRow], guidance: float) -> list[PromptRow]:
     return [r if r.guidance is not None else replace(r, guidance=guidance) for r in rows]
 
 
-def check_generation_args(steps: int | None, batch_size: int, sampler: str | None = None) -> None:
+def check_generation_args(seed: int, guidance: float | None, steps: int | None, batch_size: int,
+                          sampler: str | None = None) -> None:
+    """The options `generate` and `eval` share, in the order they list them."""
+    check_seed(seed)
+    check_guidance(guidance)
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}")
     if batch_size < 1:
@@ -355,9 +428,12 @@ def sampler_description(sampler: str, steps: int) -> str:
 
 
 def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidance, steps, batch_size, device,
-                    model_config=None, sampler=None, attention="sdpa") -> list[Path]:
+                    model_config=None, sampler=None, attention="sdpa", progress: bool = True) -> list[Path]:
     """`advunlearn generate`: OUT/NNNN.png per prompt and OUT/manifest.json with seeds. Under
-    torchrun each rank generates its share of the batches; rank 0 writes the manifest last."""
+    torchrun each rank generates its share of the batches; rank 0 writes the manifest last.
+    An --out that holds an earlier run's images or manifest is refused (never mixed with them)."""
+    from tqdm.auto import tqdm
+
     from advunlearn_fast.device import resolve_device
 
     if (prompt_text is None) == (prompt_file is None):
@@ -367,7 +443,8 @@ def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidanc
         raise UserError("--prompt is empty")
     rows = [PromptRow(prompt_text.strip(), seed, guidance)] if prompt_text is not None else read_prompt_rows(prompt_file, seed, guidance)
     check_out(out)
-    check_generation_args(steps, batch_size, sampler)
+    check_no_earlier_run(out, "generate", (MANIFEST,), ".")
+    check_generation_args(seed, guidance, steps, batch_size, sampler)
     pipe = build_pipeline(model, encoder, resolve_device(device), model_config, attention)
     distributed.start(pipe.device)
     limit_threads_for_small_model(pipe.unet, pipe.device)
@@ -379,16 +456,19 @@ def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidanc
     distributed.check_shared_folder(out, "--out")
     written = [out / f"{index:04d}.png" for index in range(len(rows))]
 
-    def generate_and_write(part: list[int]) -> None:
+    def generate_and_write(part: list[int]) -> int:
         images = generate_batch(pipe, [rows[i].prompt for i in part], [rows[i].seed for i in part], rows[part[0]].guidance,
                                 steps, sampler)
         for i, picture in zip(part, to_pil(images)):
             picture.save(written[i])
+        return len(part)
 
-    for _ in distributed.sharded(generation_batches([r.guidance for r in rows], batch_size), generate_and_write):
-        pass
+    bar = tqdm(total=len(rows), desc="images", disable=not (progress and distributed.is_main()))
+    for finished in distributed.sharded(generation_batches([r.guidance for r in rows], batch_size), generate_and_write):
+        bar.update(sum(finished))
+    bar.close()
     if distributed.is_main():
-        write_json_atomic(out / "manifest.json", {
+        write_json_atomic(out / MANIFEST, {
             "model": pipe.parts.source, "encoder": encoder, "steps": steps, "sampler": sampler_description(sampler, steps),
             "attention": attention, "world_size": distributed.world_size(),
             "images": [{"file": p.name, "prompt": r.prompt, "seed": r.seed, "guidance": r.guidance}

@@ -6,6 +6,7 @@ prompts, --out and the rest), so that of two mistakes the first option is the on
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from advunlearn_fast.errors import UserError
@@ -21,7 +22,7 @@ def check_model_paths(model: str | None, model_config: str | None, encoder: str 
     the right kind (what they hold is checked when they load)."""
     if model is not None:
         check_model_spec(model)
-    check_model_config(model_config)
+    check_model_config(model_config, model)
     if encoder is not None:
         encoder_path(encoder)
 
@@ -48,6 +49,24 @@ def encoder_path(spec: str) -> Path:
 
 def check_out(out: str | Path) -> None:
     check_output_path(out, "--out")
+
+
+def check_no_earlier_run(out: str | Path, command: str, files: tuple[str, ...], images: str) -> None:
+    """Refuse an --out that holds what an earlier `command` run wrote there (`files`, or numbered
+    images NNNN.png in its `images` subfolder): the new run's files would mix with the stale
+    ones, or replace results (as `attack` refuses a folder with a report.json)."""
+    folder = Path(out).expanduser()
+    found = [name for name in files if (folder / name).exists()]
+    pictures = folder / images
+    if pictures.is_dir():
+        numbered = sorted(p.name for p in pictures.iterdir() if re.fullmatch(r"\d{4,}\.png", p.name))
+        if numbered:
+            where = "" if images == "." else f"{images}/"
+            found.append(f"{len(numbered)} images ({where}{numbered[0]}, ...)" if len(numbered) > 1
+                         else f"{where}{numbered[0]}")
+    if found:
+        raise UserError(f"--out {out} already holds an earlier {command} run's {' and '.join(found)}; "
+                        "choose another folder, or remove them first")
 
 
 def check_folder(flag: str, value: str | None) -> None:

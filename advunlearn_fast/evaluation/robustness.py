@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shlex
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +40,8 @@ from advunlearn_fast.errors import UserError
 from advunlearn_fast.evaluation.generation import (
     Pipeline,
     build_pipeline,
+    check_guidance,
+    check_seed,
     encode_images,
     from_pil,
     generate_from_conditions,
@@ -142,8 +145,10 @@ class AttackSettings:
                 raise UserError(f"{flag} must be at least 1, got {value}")
         if self.gen_steps is not None and self.gen_steps < 1:
             raise UserError(f"--gen-steps must be at least 1, got {self.gen_steps}")
-        if self.attack_lr <= 0:
-            raise UserError(f"--attack-lr must be positive, got {self.attack_lr}")
+        if not (math.isfinite(self.attack_lr) and self.attack_lr > 0):
+            raise UserError(f"--attack-lr must be a finite number > 0, got {self.attack_lr}")
+        check_guidance(self.guidance)
+        check_seed(self.seed)
         if self.sampler is not None:
             check_sampler(self.sampler)
         return self

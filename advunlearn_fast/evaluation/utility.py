@@ -13,7 +13,8 @@ whose inputs are given:
   exactly one value of, whether the world's judge sees that value in the image.
 Paths are checked in the order of the command's options and the metric networks loaded before
 the model, and the real images read before any generation, so bad input fails first and leaves
-nothing written. Images are generated, written and measured a batch at a time: memory does not
+nothing written; an --out that holds an earlier eval's eval.json or images is refused, never mixed
+with or overwritten. Images are generated, written and measured a batch at a time: memory does not
 grow with the number of prompts.
 """
 
@@ -48,7 +49,7 @@ from advunlearn_fast.evaluation.generation import (
     to_uint8,
     with_default_guidance,
 )
-from advunlearn_fast.evaluation.inputs import check_model_paths, check_out
+from advunlearn_fast.evaluation.inputs import check_model_paths, check_no_earlier_run, check_out
 from advunlearn_fast.evaluation.manifest import file_sha256, path_sha256, versions
 from advunlearn_fast.evaluation.metrics import clip_scores, fid
 from advunlearn_fast.models.attention import check_attention
@@ -111,7 +112,7 @@ def check_inputs(s: EvalSettings, world: bool) -> list[Path]:
         if not Path(s.inception).expanduser().is_file():
             raise UserError(f"--inception {s.inception} is not a file on local disk: pass the FID Inception weights "
                             f"({WEIGHTS_FILE})")
-    check_generation_args(s.steps, s.batch_size, s.sampler)
+    check_generation_args(s.seed, s.guidance, s.steps, s.batch_size, s.sampler)
     return real_files
 
 
@@ -182,6 +183,7 @@ def run_eval(s: EvalSettings, progress: bool = True) -> dict | None:
     check_model_paths(s.model, s.model_config, s.encoder)
     rows = read_prompt_rows(s.prompts, s.seed, s.guidance)
     check_out(s.out)
+    check_no_earlier_run(s.out, "eval", (EVAL_FILE,), "images")
     world = world_folder(s.model) is not None
     real_files = check_inputs(s, world)
     if real_files and len(rows) < 2:

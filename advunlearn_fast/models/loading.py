@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.models.statedicts import load_error, weights_damage
+from advunlearn_fast.models.statedicts import WEIGHTS_ONLY_REFUSAL, load_error, refused_by_weights_only, weights_damage
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 BUILT_IN_MODELS = ("tiny", "sd-v1-random", "world")
@@ -93,22 +94,20 @@ def load_single_file(path: Path, config_dir: str | None) -> ModelParts:
     """An original-format SD v1.x checkpoint through diffusers' single-file loader."""
     from diffusers import StableDiffusionPipeline
 
-    check_model_config(config_dir)
     damage = weights_damage(path)
     if damage is not None:
         raise UserError(f"--model {path} is truncated or corrupt ({damage})")
     try:
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(path), config=config_dir, local_files_only=config_dir is not None or _offline(),
-            safety_checker=None, requires_safety_checker=False,
-        )
+        with warnings.catch_warnings():  # torch's note on the pickle protocol of a file it then refuses
+            warnings.simplefilter("ignore")
+            pipe = StableDiffusionPipeline.from_single_file(
+                str(path), config=config_dir, local_files_only=config_dir is not None or _offline(),
+                safety_checker=None, requires_safety_checker=False,
+            )
     except Exception as err:
-        text = str(err)
-        if "weights_only" in text or "Unpickl" in err.__class__.__name__ or "pickle" in text.lower():
-            raise UserError(
-                f"{path} was refused: it holds pickled objects that weights-only loading will not "
-                "run; convert it to .safetensors or use a trusted diffusers folder"
-            ) from None
+        if refused_by_weights_only(err):
+            raise UserError(f"--model {path} was refused: it {WEIGHTS_ONLY_REFUSAL}; convert it to .safetensors "
+                            "or use a trusted diffusers folder") from None
         if config_dir is None:
             raise UserError(
                 f"cannot load {path} without its configs: pass --model-config DIR, a local SD v1.x "
@@ -121,9 +120,19 @@ def load_single_file(path: Path, config_dir: str | None) -> ModelParts:
     )
 
 
-def check_model_config(config_dir: str | None) -> None:
-    if config_dir is not None and not (Path(config_dir).expanduser() / "unet").is_dir():
+def check_model_config(config_dir: str | None, model: str | None) -> None:
+    """--model-config names a diffusers folder, and only beside a single-file --model: any other
+    model carries its own configs, and would silently ignore it."""
+    if config_dir is None:
+        return
+    folder = Path(config_dir).expanduser()
+    if not folder.exists():
+        raise UserError(f"--model-config {config_dir} does not exist")
+    if not (folder / "unet").is_dir():
         raise UserError(f"--model-config {config_dir} is not a diffusers Stable Diffusion folder (no unet/)")
+    if model is not None and (model in BUILT_IN_MODELS or not Path(model).expanduser().is_file()):
+        raise UserError(f"--model-config is for a single-file --model (.safetensors/.ckpt checkpoint); --model {model} "
+                        "carries its own configs")
 
 
 def _offline() -> bool:
@@ -148,6 +157,8 @@ def load_hub_model(repo_id: str) -> ModelParts:
 
 def load_model(spec: str, config_dir: str | None = None, seed: int = 0) -> ModelParts:
     """Everything training needs from `spec`; every failure is one clear UserError."""
+    check_model_spec(spec)
+    check_model_config(config_dir, spec)
     if spec == "tiny":
         from advunlearn_fast.models.tiny import build_tiny_model
 
@@ -165,7 +176,6 @@ def load_model(spec: str, config_dir: str | None = None, seed: int = 0) -> Model
         )
     if spec == "world":
         return load_model_folder(WORLD_MODEL_DIR)
-    check_model_spec(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
         return load_model_folder(path)

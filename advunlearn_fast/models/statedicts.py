@@ -84,6 +84,21 @@ def weights_damage(path: Path) -> str | None:
     return None
 
 
+# Why a pickle file was not read: torch's weights-only unpickler, which runs no code, stopped on it.
+WEIGHTS_ONLY_REFUSAL = ("holds objects other than weights (or is no torch checkpoint at all), which weights-only "
+                        "loading refuses for safety")
+
+
+def refused_by_weights_only(err: BaseException) -> bool:
+    """Whether torch's weights-only unpickler refused the file behind `err`, or behind the error
+    a library raised in its place (diffusers' single-file loader re-raises it)."""
+    while err is not None:
+        if "weights only load failed" in str(err).lower():
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def load_error(what: str, path: str | Path, err: Exception) -> UserError:
     """The error for `what` at `path` (a file, or a folder) that a library failed to load: a
     damaged weights file by name and what is wrong with it, else the library's first line."""
@@ -116,9 +131,8 @@ def read_state_dict(path: str | Path, what: str, expected: str = STATE_DICT) -> 
         kind = file_kind(path)
         if kind in ("an empty file", "a text file"):
             raise UserError(f"{what} is {kind}; expected {expected}") from None
-        if "weights only load failed" in str(err).lower():
-            raise UserError(f"{what} holds pickled objects besides tensors, which weights-only loading will not run: "
-                            "save a plain state dict of tensors") from None
+        if refused_by_weights_only(err):
+            raise UserError(f"{what} {WEIGHTS_ONLY_REFUSAL}: save a plain state dict of tensors") from None
         raise UserError(f"{what}: cannot read the state dict: {_first_line(err)}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]

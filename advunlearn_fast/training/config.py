@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from advunlearn_fast.device import check_device
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.models.attention import ATTENTION_BACKENDS
 from advunlearn_fast.prompts import INSERT_MODES
@@ -23,7 +24,6 @@ ATTACKS = ("pgd", "fast-at", "none")
 ATTACK_INITS = ("random", "latest")
 COMPONENTS = ("all", "attn", "mlp")
 TRAIN_TARGETS = ("text-encoder", "unet-xattn", "unet-noxattn")
-DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("fast", "reference")
 OPTIMS = ("adam", "adam8bit")
 
@@ -83,7 +83,7 @@ class TrainConfig:
         _choice("attack", self.attack, ATTACKS)
         _choice("insert", self.insert, INSERT_MODES)
         _choice("attack-init", self.attack_init, ATTACK_INITS)
-        _choice("device", self.device, DEVICES)
+        check_device(self.device)
         _choice("engine", self.engine, ENGINES)
         if self.optim is not None:
             _choice("optim", self.optim, OPTIMS)
