@@ -373,7 +373,7 @@ def test_a_pickle_checkpoint_is_refused_for_safety(sd_folder, given):
     for name in ("model.ckpt", "noise.ckpt"):
         result = run_cli("generate", "--model", given / name, "--model-config", sd_folder, "--prompt", "a cat",
                          "--out", given / "out")
-        assert_refused(result, f"was refused: it holds objects other than weights (or is no torch checkpoint at all), "
+        assert_refused(result, "was refused: it holds objects other than weights (or is no torch checkpoint at all), "
                                "which weights-only loading refuses for safety")
 
 

@@ -8,10 +8,9 @@ Loading passes local_files_only, so a name that is not a folder is never looked 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import json
 
 import torch
 
