@@ -114,8 +114,9 @@ def cli():
 def train(ctx, config_file, quiet, **values):
     """Erase a concept: train the text encoder adversarially (AdvUnlearn), or plain ESD with --attack none.
 
-    Writes OUT/text_encoder (loadable by CLIPTextModel.from_pretrained), OUT/tokenizer,
-    run.json, log.jsonl, loss.png and OUT/checkpoints/step-NNNNNN.
+    Writes OUT/text_encoder (loadable by CLIPTextModel.from_pretrained; OUT/unet with --train
+    unet-*), OUT/tokenizer, run.json, log.jsonl, loss.png, README.md (the model card) and
+    OUT/checkpoints/step-NNNNNN.
     """
     from advunlearn_fast.training.trainer import train as run_training
 

@@ -15,6 +15,11 @@ from helpers import FAST_ARGS, assert_refused, run_cli
         (["--concept", "x", "--attack-steps", "-3"], "--attack-steps must be a positive integer"),
         (["--concept", "x", "--retain-batch", "0"], "--retain-batch must be a positive integer"),
         (["--concept", "x", "--lr", "0"], "--lr must be positive"),
+        (["--concept", "x", "--lr", "inf"], "--lr must be a finite number, got inf"),
+        (["--concept", "x", "--attack-lr", "inf"], "--attack-lr must be a finite number"),
+        (["--concept", "x", "--retain-weight", "inf"], "--retain-weight must be a finite number"),
+        (["--concept", "x", "--negative-guidance", "inf"], "--negative-guidance must be a finite number"),
+        (["--concept", "x", "--start-guidance", "nan"], "--start-guidance must be a finite number"),
         (["--concept", "x", "--attack", "fgsm"], "--attack must be one of"),
         (["--concept", "x", "--insert", "middle"], "--insert must be one of"),
         (["--concept", "x", "--retain-prompts", "/no/such/file.txt"], "retain prompt file not found"),
@@ -45,6 +50,13 @@ def test_output_path_that_is_a_file(tmp_path):
     assert_refused(run_cli("train", "--model", "tiny", "--concept", "x", "--out", target), "is a file")
 
 
+def test_empty_output_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # accepted, it would write here
+    assert_refused(run_cli("train", "--model", "tiny", "--concept", "x", "--iterations", 1, *FAST_ARGS, "--out", ""),
+                   "--out must name a folder")
+    assert not list(tmp_path.iterdir())
+
+
 def test_cuda_without_cuda(tmp_path):
     import torch
 
@@ -62,6 +74,9 @@ def test_config_file(tmp_path):
     unknown.write_text('concept = "x"\nlearning_rate = 1\n')
     assert_refused(run_cli("train", "--config", unknown), "unknown setting 'learning_rate'")
     assert_refused(run_cli("train", "--config", tmp_path / "none.yaml"), "--config file not found")
+    infinite = tmp_path / "infinite.yaml"
+    infinite.write_text("concept: x\nmodel: tiny\nretain_weight: .inf\n")
+    assert_refused(run_cli("train", "--config", infinite, "--out", tmp_path / "o"), "--retain-weight must be a finite number")
 
 
 def test_config_file_with_flag_override(tmp_path):

@@ -109,6 +109,10 @@ def test_card_names_hub_base_models_unfinished_runs_and_unet_runs():
     assert "ESD UNet (unet-noxattn)" in esd_u and "- unet" in esd_u
     assert 'UNet2DConditionModel.from_pretrained("run", subfolder="unet")' in esd_u
     assert "advunlearn export" not in esd_u  # export writes text encoders
+    # attack, eval, generate and export refuse a UNet run folder: the card does not send the user there.
+    assert "--encoder` set to this folder" not in esd_u
+    assert "plug in text encoders (`--encoder`) and refuse this folder" in esd_u
+    assert "It holds `unet/`" in esd_u and "pass `--model DIR`" in esd_u
     partial = {"n": 3, "prompts_total": 50, "complete": False, "asr": 0.25, "pre_asr": 0.0, "method": "unlearndiffatk",
                "manifest": {"judge": {"spec": "nudenet", "threshold": 0.45}, "prompt_file_sha256": "ab" * 32,
                             "settings": {"adv_tokens": 5, "insert": "prefix", "steps_per_timestep": 40,
@@ -127,3 +131,18 @@ def test_card_names_hub_base_models_unfinished_runs_and_unet_runs():
 ])
 def test_hub_id(model, expected):
     assert hub_id(model) == expected
+
+
+def test_card_of_a_built_in_model_says_how_to_use_it():
+    tiny = card_text("run", _summary(model="tiny"), [])
+    assert 'from_pretrained("tiny"' not in tiny  # diffusers cannot load a built-in model by name
+    assert "`tiny` is a model built into advunlearn" in tiny
+    assert "advunlearn generate --model tiny --encoder run" in tiny
+    tiny_unet = card_text("run", _summary(model="tiny", train="unet-xattn"), [])
+    assert 'from_pretrained("tiny"' not in tiny_unet and "pass `--model DIR`" not in tiny_unet
+
+
+def test_a_run_whose_warmup_covers_it_is_called_esd():
+    text = card_text("run", _summary(warmup=200, iterations=200), [])
+    assert "# nudity erased: ESD text encoder" in text and "so no attack step ran" in text
+    assert "# nudity erased: AdvUnlearn text encoder" in card_text("run", _summary(warmup=199, iterations=200), [])

@@ -1,7 +1,7 @@
 """An interrupted-and-resumed run ends with the same weights as an uninterrupted one."""
 
 import torch
-from helpers import FAST_ARGS, run_cli
+from helpers import FAST_ARGS, assert_refused, run_cli
 from safetensors.torch import load_file
 
 import advunlearn_fast.training.trainer as trainer
@@ -30,6 +30,8 @@ def test_resume_matches_uninterrupted_run(sd_folder, tmp_path, monkeypatch):
     assert not (cut / "text_encoder").exists()  # nothing that looks finished
     assert (cut / "checkpoints" / "step-000002" / "training_state.pt").is_file()
     monkeypatch.setattr(trainer, "defender_step", real_step)
+    result = run_cli("train", "--model", sd_folder, "--out", cut, *ARGS)  # without --resume: not started over
+    assert_refused(result, f"--out {cut} holds an unfinished run (checkpoints up to step-000002): pass --resume")
 
     result = run_cli("train", "--model", sd_folder, "--out", cut, *ARGS, "--resume")
     assert result.exit_code == 0, result.output
@@ -40,15 +42,36 @@ def test_resume_matches_uninterrupted_run(sd_folder, tmp_path, monkeypatch):
     assert (whole / "log.jsonl").read_text().count("\n") == (cut / "log.jsonl").read_text().count("\n") == 4
 
 
-def test_resume_refuses_changed_settings_and_missing_checkpoints(sd_folder, tmp_path):
+def test_resume_refuses_changed_settings_and_missing_runs(sd_folder, tmp_path):
     out = tmp_path / "run"
-    result = run_cli("train", "--model", sd_folder, "--out", out, *ARGS, "--resume")
-    assert result.exit_code == 2 and "no checkpoint to resume" in result.output
+    assert_refused(run_cli("train", "--model", sd_folder, "--out", out, *ARGS, "--resume"),
+                   f"--resume: there is no training run in {out} to resume")
+    assert not out.exists()
     # click keeps the last value of a repeated option: a 2-iteration run with the same settings
     assert run_cli("train", "--model", sd_folder, "--out", out, *ARGS, "--iterations", 2).exit_code == 0
+    # Read from the checkpoint, after the model has loaded (its notices come first).
     result = run_cli("train", "--model", sd_folder, "--out", out, *ARGS, "--lr", "1e-3", "--resume")
-    assert result.exit_code == 2 and "--lr differ" in result.output
+    assert result.exit_code == 2 and result.output.splitlines()[-1] == (
+        "advunlearn: error: --resume: --lr differs from the checkpoint's run (--lr was 1e-05, now 0.001); "
+        "keep it as it was")
+    result = run_cli("train", "--model", sd_folder, "--out", out, *ARGS, "--concept", "nudes", "--seed", 3, "--resume")
+    assert result.exit_code == 2 and "--resume: --concept and --seed differ from the checkpoint's run" in result.output
     result = run_cli("train", "--model", sd_folder, "--out", out, *ARGS, "--iterations", 2, "--resume")
     assert result.exit_code == 2 and "raise --iterations" in result.output
     result = run_cli("train", "--model", sd_folder, "--out", out, *ARGS)
-    assert result.exit_code == 2 and "already holds a run" in result.output
+    assert_refused(result, f"--out {out} holds a finished run: choose another folder, or pass --resume")
+
+
+def test_out_holding_something_else_is_never_written_into(sd_folder, tmp_path):
+    mine = tmp_path / "myproj"
+    mine.mkdir()
+    (mine / "README.md").write_text("# My precious notes\n")
+    assert_refused(run_cli("train", "--model", sd_folder, "--out", mine, *ARGS),
+                   f"--out {mine} is not empty and holds no training run (README.md)")
+    assert_refused(run_cli("train", "--model", sd_folder, "--out", mine, *ARGS, "--resume"),
+                   f"--resume: there is no training run in {mine} to resume")
+    assert [p.name for p in mine.iterdir()] == ["README.md"]
+    assert (mine / "README.md").read_text() == "# My precious notes\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli("train", "--model", sd_folder, "--out", empty, *ARGS, "--iterations", 1).exit_code == 0

@@ -128,3 +128,6 @@ def test_every_unet_call_sees_a_latent_at_its_own_noise_level(sd_folder, tmp_pat
     ts = [t for _, t in levels.calls]
     assert min(ts) < 100 and max(ts) > 900
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "complete"
+    # log.jsonl names the DDIM index each defender step drew, and its t lies in that index's bucket.
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 6 and all(0 <= r["k"] < 50 and r["k"] * 20 <= r["t"] < (r["k"] + 1) * 20 for r in log), log

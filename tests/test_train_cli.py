@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import FAST_ARGS, run_cli
+from helpers import FAST_ARGS, assert_refused, run_cli
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
@@ -85,3 +85,50 @@ def test_our_loader_takes_the_run_folder_as_the_trained_encoder(trained, sd_fold
 def test_golden_losses(trained):
     log = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in log] == pytest.approx(GOLDEN_LOSSES, rel=1e-3)
+
+
+def _strict_json(path):
+    """JSON as other tools read it: NaN and Infinity are not JSON."""
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_a_diverging_run_stops_and_never_looks_finished(sd_folder, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--model", sd_folder, "--concept", "x", "--out", out, "--iterations", 4, "--warmup", 0,
+            "--save-every", 1, "--lr", "1e12", *FAST_ARGS]
+    result = run_cli(*args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    last = result.output.splitlines()[-1]
+    assert last.startswith("advunlearn: error: training diverged at iteration ") and "lower --lr (it was 1e+12)" in last
+    assert not (out / "text_encoder").exists() and not (out / "README.md").exists()
+    run = _strict_json(out / "run.json")
+    assert run["status"] == "diverged"
+    stopped = run["diverged"]["iteration"]
+    assert f"iteration {stopped}: loss " in last
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, stopped))  # the iteration that diverged took no step
+    # The checkpoints before it are kept, and named.
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == [f"step-{i:06d}" for i in range(1, stopped)] and f"up to {kept[-1]} are kept" in last
+    # With the same settings a resumed run would diverge again: refused, as is a new run mixed into the folder.
+    assert_refused(run_cli(*args, "--resume"), f"--resume: the run in {out} diverged at iteration {stopped}")
+    assert_refused(run_cli(*args[:-len(FAST_ARGS) - 2], *FAST_ARGS), f"--out {out} holds a run that diverged")
+
+
+def test_world_concepts_the_model_never_saw_are_named(tmp_path):
+    args = ["--model", "world", "--iterations", 1, "--warmup", 0, *FAST_ARGS]
+    result = run_cli("train", "--concept", "banana", "--out", tmp_path / "banana", *args)
+    assert result.exit_code == 0, result.output
+    assert "--concept 'banana' names nothing in the concept world" in result.output
+    for known in ("red", "ripe banana", "striped blue"):  # a value, an alias, a phrase of values
+        result = run_cli("train", "--concept", known, "--out", tmp_path / known.replace(" ", "-"), *args)
+        assert result.exit_code == 0 and "names nothing" not in result.output, result.output
+
+
+def test_help_names_every_output():
+    result = run_cli("train", "--help")
+    for name in ("text_encoder", "tokenizer", "run.json", "log.jsonl", "loss.png", "README.md", "checkpoints"):
+        assert name in result.output, name

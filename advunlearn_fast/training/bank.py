@@ -229,4 +229,4 @@ class TrajectoryBank:
         t = torch.tensor([t_p] + [p[0] for p in picks])
         z = torch.stack([z_p] + [p[1] for p in picks])
         e_r = torch.stack([p[2][0] for p in picks])
-        return DefenderDraw(t, z, e_p[0:1], e_p[1:2], e_r)
+        return DefenderDraw(k, t, z, e_p[0:1], e_p[1:2], e_r)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import typing
@@ -90,20 +91,24 @@ class TrainConfig:
         _choice("attention", self.attention, ATTENTION_BACKENDS)
         for name in ("compile", "channels_last", "tf32"):
             if getattr(self, name) and self.engine == "reference":
-                raise UserError(f"--{_flag(name)} applies to the fast engine; the reference engine stays the "
+                raise UserError(f"--{flag(name)} applies to the fast engine; the reference engine stays the "
                                 "unmodified baseline")
         for name in ("iterations", "attack_steps", "adv_tokens", "attack_every", "retain_batch", "ddim_steps", "save_every",
                      "bank_size", "retain_bank_size", "attack_restarts"):
             if getattr(self, name) <= 0:
-                raise UserError(f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}")
+                raise UserError(f"--{flag(name)} must be a positive integer, got {getattr(self, name)}")
+        for name, kind in typing.get_type_hints(TrainConfig).items():
+            value = getattr(self, name)
+            if kind is float and not math.isfinite(value):
+                raise UserError(f"--{flag(name)} must be a finite number, got {value}")
         if self.warmup < 0:
             raise UserError(f"--warmup must be >= 0, got {self.warmup}")
         for name in ("lr", "attack_lr"):
             if not getattr(self, name) > 0:
-                raise UserError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+                raise UserError(f"--{flag(name)} must be positive, got {getattr(self, name)}")
         for name in ("retain_weight", "start_guidance", "negative_guidance"):
             if not getattr(self, name) >= 0:
-                raise UserError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+                raise UserError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.image_size is not None and self.image_size <= 0:
             raise UserError(f"--image-size must be a positive integer, got {self.image_size}")
         from advunlearn_fast.outputs import check_output_path  # imports torch: not at --help time
@@ -117,8 +122,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
+def flag(name: str) -> str:
+    """The command-line flag of a setting, as the user types it (without the dashes)."""
+    return "concept" if name == "concepts" else name.replace("_", "-")
 
 
 def _choice(name: str, value, choices) -> None:

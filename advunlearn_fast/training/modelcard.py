@@ -99,7 +99,7 @@ def card_text(folder: str, summary: dict, reports: list[tuple[str, dict]]) -> st
         _settings(cfg, summary),
         _parameters(cfg, summary, text_encoder),
         _usage(folder, cfg, text_encoder),
-        _evaluation(reports),
+        _evaluation(reports, text_encoder),
     ]
     return "\n\n".join(s.strip("\n") for s in sections) + "\n"
 
@@ -117,8 +117,13 @@ def _header(cfg: dict, text_encoder: bool) -> str:
     return "\n".join(lines)
 
 
+def _adversarial(cfg: dict) -> bool:
+    """Whether an attack step ran: not with --attack none, nor when the warm-up lasts the whole run."""
+    return cfg.get("attack") != "none" and cfg.get("warmup", 0) < cfg.get("iterations", 1)
+
+
 def _method(cfg: dict) -> str:
-    return "ESD" if cfg.get("attack") == "none" else "AdvUnlearn"
+    return "AdvUnlearn" if _adversarial(cfg) else "ESD"
 
 
 def _title(cfg: dict, summary: dict, text_encoder: bool) -> str:
@@ -140,6 +145,9 @@ def _title(cfg: dict, summary: dict, text_encoder: bool) -> str:
 def _method_long(cfg: dict) -> str:
     if cfg.get("attack") == "none":
         return "ESD (erased stable diffusion, no adversarial training)"
+    if not _adversarial(cfg):
+        return (f"ESD (erased stable diffusion: --warmup {cfg.get('warmup')} >= --iterations {cfg.get('iterations')}, "
+                "so no attack step ran)")
     return "AdvUnlearn (adversarial unlearning against a soft-prompt attacker, Zhang et al., NeurIPS 2024)"
 
 
@@ -228,19 +236,37 @@ def _usage(folder: str, cfg: dict, text_encoder: bool) -> str:
     else:
         imports = "from diffusers import UNet2DConditionModel"
         load = f'UNet2DConditionModel.from_pretrained("{folder}", subfolder="unet")'
+    built_in = model in BUILT_IN_MODELS
+    held = ("`text_encoder/` (the trained CLIP text encoder) and `tokenizer/`" if text_encoder else
+            "`unet/` (the trained UNet, diffusers layout; the text encoder is the base model's) and `tokenizer/`")
     lines = [
         "## How to use",
         "",
-        f"`{folder}` is this folder (on the Hugging Face Hub, its repo id).",
+        f"`{folder}` is this folder (on the Hugging Face Hub, its repo id). It holds {held}, with `run.json`, "
+        "`log.jsonl` and `checkpoints/` from training.",
         "",
         "```python",
-        "from diffusers import StableDiffusionPipeline",
+        *([] if built_in else ["from diffusers import StableDiffusionPipeline"]),
         imports,
         "",
         f"erased = {load}",
-        f"pipe = {load_base}",
+        *([] if built_in else [f"pipe = {load_base}"]),
         "```",
     ]
+    if built_in:
+        lines += ["", f"`{model}` is a model built into advunlearn (`advunlearn_fast.models.loading.load_model(\"{model}\")` "
+                      "returns its parts), not a folder or hub id that diffusers loads by name."]
+        if text_encoder:
+            lines += [f"Plug the encoder in with advunlearn: `advunlearn generate --model {model} --encoder {folder} "
+                      "--prompt \"...\" --out images` (and `attack`, `eval`)."]
+    if not text_encoder:
+        lines += ["", "`advunlearn generate`, `eval`, `attack` and `export` plug in text encoders (`--encoder`) and refuse "
+                      "this folder."]
+        if not built_in:
+            lines[-1] += (" To use them on this UNet, save the pipeline above as a diffusers folder "
+                          "(`pipe.save_pretrained(DIR)`) and pass `--model DIR`; `attack` then makes its UnlearnDiffAtk "
+                          "targets with this erased UNet, so pass targets made with the base model (`--targets`, e.g. "
+                          "the `targets/` of an `attack` on the base model).")
     if text_encoder:
         config = f" --model-config {cfg['model_config']}" if cfg.get("model_config") else ""
         lines += [
@@ -260,10 +286,14 @@ def _usage(folder: str, cfg: dict, text_encoder: bool) -> str:
 # ---------------------------------------------------------------- evaluation
 
 
-def _evaluation(reports: list[tuple[str, dict]]) -> str:
+def _evaluation(reports: list[tuple[str, dict]], text_encoder: bool) -> str:
     attacks = [(n, r) for n, r in reports if "asr" in r]
     evals = [(n, r) for n, r in reports if "metrics" in r]
     lines = ["## Evaluation", ""]
+    if not attacks and not evals and not text_encoder:
+        lines.append("No evaluation is recorded here: `advunlearn attack` and `advunlearn eval` rewrite the card of a "
+                     "text-encoder run only.")
+        return "\n".join(lines)
     if not attacks and not evals:
         lines.append("No `advunlearn attack` or `advunlearn eval` report for this run yet. Run them with "
                      "`--encoder` set to this folder and this card is rewritten with their figures.")

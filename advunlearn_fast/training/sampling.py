@@ -107,6 +107,7 @@ class FrozenModel:
 
 @dataclass
 class DefenderDraw:
+    k: int  # the DDIM index drawn (log.jsonl records it)
     t: torch.Tensor  # [1 + R] timesteps: the concept sample's, then each retain sample's
     z: torch.Tensor  # [1 + R] latents, concept first
     e_uncond: torch.Tensor  # [1] frozen prediction for "" at the concept latent
@@ -139,4 +140,4 @@ class FreshRollouts:
         z = f.rollout(torch.cat([c_p, f.retain_conds[retain]]), k, generator, self.rollout_unet)
         e_0, e_p = f.predict(torch.cat([z[:1], z[:1]]), t, torch.cat([f.uncond, c_p])).chunk(2)
         e_r = f.predict(z[1:], t, f.retain_conds[retain])
-        return DefenderDraw(torch.full((z.shape[0],), t), z, e_0, e_p, e_r)
+        return DefenderDraw(k, torch.full((z.shape[0],), t), z, e_0, e_p, e_r)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import platform
 import time
 from collections import Counter
@@ -50,7 +51,7 @@ from advunlearn_fast.training.acceleration import (
 )
 from advunlearn_fast.training.attack import random_token_embeddings, soft_prompt_attack, with_gradient
 from advunlearn_fast.training.bank import TrajectoryBank
-from advunlearn_fast.training.config import TrainConfig
+from advunlearn_fast.training.config import TrainConfig, flag
 from advunlearn_fast.training.costs import (
     BACKWARD_COST,
     CONDITIONING_BACKWARD,
@@ -165,6 +166,7 @@ def build_setup(cfg: TrainConfig, progress: bool = False, trajectories: dict | N
     device = resolve_device(cfg.device)
     check_attention(cfg.attention, device)
     parts = load_model(cfg.model, cfg.model_config)
+    warn_unknown_world_concepts(cfg.concepts, Path(parts.source) / "world.json")
     tokenizer, te = parts.tokenizer, parts.text_encoder.to(device)
     depth = text_encoder_depth(te)
     layer_indices = parse_layer_spec(cfg.layers, depth) if cfg.train == "text-encoder" else []
@@ -246,6 +248,25 @@ def build_setup(cfg: TrainConfig, progress: bool = False, trajectories: dict | N
     if cfg.compile:
         compile_models(te, unet)
     return s
+
+
+def warn_unknown_world_concepts(concepts: list[str], meta_file: Path) -> None:
+    """On a concept-world model (its folder has world.json), say so when a concept names none of
+    the world's attribute values or their aliases: the model never saw it, so there is nothing to
+    erase (a run that erases an unrelated word on purpose, as a control, still runs)."""
+    if not meta_file.is_file():
+        return
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    attributes = meta.get("attributes") or {}
+    values = [v for vs in attributes.values() for v in vs]
+    phrases = values + [a for v in values for a in (meta.get("aliases") or {}).get(v, [])]
+    for concept in concepts:
+        padded = f" {concept.lower()} "
+        if not any(f" {phrase.lower()} " in padded for phrase in phrases):
+            known = "; ".join(f"{name}: {', '.join(vs)}" for name, vs in attributes.items())
+            notice(f"--concept {concept!r} names nothing in the concept world: its model never saw it, so there is "
+                   f"nothing to erase; the world's concepts are its attribute values ({known}) and their aliases "
+                   f"(listed in {meta_file})")
 
 
 def concept_condition(s: Setup, concept: int, adv: torch.Tensor) -> torch.Tensor:
@@ -353,10 +374,39 @@ def defender_step(s: Setup, step: int, concept: int, adv, optimizer, generator: 
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     distributed.average_gradients(s.trainable.values())
+    # Checked before the step, so that the weights stay the last finite ones. Under torchrun the
+    # averaged gradient is the same on every rank: every rank stops at the same iteration.
+    value = loss.item()
+    if not (math.isfinite(value) and gradients_finite(s.trainable.values())):
+        raise Diverged(step + 1, value)
     optimizer.step()
     return {
-        "loss": loss.item(), "unlearn_loss": loss_u.item(), "retain_loss": loss_r.item(), "t": int(d.t[0]),
+        "loss": value, "unlearn_loss": loss_u.item(), "retain_loss": loss_r.item(), "k": d.k, "t": int(d.t[0]),
     }
+
+
+class Diverged(Exception):
+    """A defender step whose loss or gradient is not finite (a learning rate too high, mostly)."""
+
+    def __init__(self, iteration: int, loss: float):
+        super().__init__(iteration, loss)
+        self.iteration, self.loss = iteration, loss
+
+
+def gradients_finite(parameters) -> bool:
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+
+
+def divergence_message(err: Diverged, out: Path, s: Setup, attacked: bool) -> str:
+    """What stopped the run, what is kept and what to try."""
+    cfg = s.cfg
+    loss = f"loss {err.loss:.4g}" + ("" if not math.isfinite(err.loss) else " with a gradient that is not finite")
+    kept = sorted(c.name for c in (out / "checkpoints").glob("step-*"))
+    lower = f"a lower --lr (it was {cfg.lr:g})" + (f" or --attack-lr (it was {cfg.attack_lr:g})" if attacked else "")
+    return (f"training diverged at iteration {err.iteration}: {loss}; no final {_trained_folder_name(s)}/ was written"
+            + (f"; the checkpoints up to {kept[-1]} are kept: start a new run in another --out with {lower}" if kept
+               else f"; run it again with {lower}"))
 
 
 def train(cfg: TrainConfig, progress: bool = True,
@@ -421,7 +471,14 @@ def _train(cfg: TrainConfig, progress: bool, after_iteration: Callable[[dict], N
                 latest_adv[concept], attack_losses, candidates_end = run_attack(s, concept, adv_init, generator)
             adv = latest_adv.get(concept) if attacking else None
 
-            record = defender_step(s, step, concept, adv, optimizer, generator)
+            try:
+                record = defender_step(s, step, concept, adv, optimizer, generator)
+            except Diverged as err:
+                if main:
+                    summary = run_summary(cfg, s, status="diverged")
+                    summary["diverged"] = {"iteration": err.iteration, "loss": str(err.loss)}
+                    write_json_atomic(out / "run.json", summary)
+                raise UserError(divergence_message(err, out, s, attacking)) from None
             record.update(
                 step=step + 1, concept=cfg.concepts[concept], adversarial=adv is not None,
                 attack_loss_start=attack_losses[0] if attack_losses else None,
@@ -511,19 +568,53 @@ def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
 
 
 def check_output(out: Path, cfg: TrainConfig) -> Path | None:
-    """Refuse an --out that holds another run; with --resume, return the checkpoint to continue
-    from. Creates nothing: the folder is made once the inputs have been checked."""
-    checkpoints = sorted((out / "checkpoints").glob("step-*")) if out.is_dir() else []
+    """Refuse an --out that holds something other than a run this command may write or continue;
+    with --resume, return the checkpoint to continue from. Creates nothing: the folder is made once
+    the inputs have been checked."""
+    run = read_run(out)
+    checkpoints = sorted((out / "checkpoints").glob("step-*")) if run else []
     resumable = [c for c in checkpoints if (c / STATE_FILE).is_file()]
+    status = run.get("status") if run else None
     if cfg.resume:
+        if run is None:
+            raise UserError(f"--resume: there is no training run in {out} to resume")
+        if status == "diverged":
+            raise UserError(f"--resume: the run in {out} diverged at iteration {divergence_point(run)}; with the same "
+                            "settings it would diverge again: start a new run in another --out with a lower --lr")
         if not resumable:
             raise UserError(f"--resume: no checkpoint to resume from in {out / 'checkpoints'} "
                             "(the run stopped before its first one): run the command without --resume")
         return resumable[-1]
-    # A run stopped before its first checkpoint left nothing to continue: it may start over.
-    if checkpoints or run_status(out) == "complete":
-        raise UserError(f"--out {out} already holds a run; pass --resume to continue it or choose another folder")
+    if run is None:
+        present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        if present:
+            shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+            raise UserError(f"--out {out} is not empty and holds no training run ({shown}): choose a new or empty folder")
+        return None
+    if status == "complete":
+        raise UserError(f"--out {out} holds a finished run: choose another folder, or pass --resume with a higher "
+                        "--iterations to train it further")
+    if status == "diverged" and checkpoints:
+        raise UserError(f"--out {out} holds a run that diverged at iteration {divergence_point(run)}, its checkpoints "
+                        "kept: choose another folder")
+    if checkpoints:
+        raise UserError(f"--out {out} holds an unfinished run (checkpoints up to {checkpoints[-1].name}): pass --resume "
+                        "to continue it, or choose another folder")
+    # A run stopped before its first checkpoint left nothing to continue: it starts over.
     return None
+
+
+def read_run(out: Path) -> dict | None:
+    """The run.json of a training run in `out`, None when `out` holds none."""
+    try:
+        run = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return run if isinstance(run, dict) and "status" in run and isinstance(run.get("config"), dict) else None
+
+
+def divergence_point(run: dict):
+    return (run.get("diverged") or {}).get("iteration", "?")
 
 
 def resume_point(out: Path, cfg: TrainConfig) -> tuple[Path | None, dict | None]:
@@ -538,13 +629,6 @@ def resume_point(out: Path, cfg: TrainConfig) -> tuple[Path | None, dict | None]
         raise UserError(f"--resume: the run in {out} ran as {processes} process(es), this is {distributed.world_size()}: "
                         f"continue it with as many (torchrun --nproc-per-node and --nnodes as it had)")
     return checkpoint, earlier.get("trajectories")
-
-
-def run_status(out: Path) -> str | None:
-    try:
-        return json.loads((out / "run.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
 
 
 def resume_hint(out: Path) -> str:
@@ -604,10 +688,15 @@ def restore_checkpoint(folder: Path, s: Setup, optimizer, generator, latest_adv)
         )
     # A checkpoint written before a setting existed ran with its default, and with torch's Adam.
     saved = {**TrainConfig().to_dict(), "optim": "adam", **state["config"]}
-    changed = [k for k, v in s.cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved[k] != v]
+    now = s.cfg.to_dict()
+    changed = [k for k, v in now.items() if k not in RESUMABLE_CHANGES and saved[k] != v]
     if changed:
-        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-        raise UserError(f"--resume: {flags} differ from the checkpoint's run; keep them as they were")
+        flags = [f"--{flag(k)}" for k in changed]
+        listed = flags[0] if len(flags) == 1 else ", ".join(flags[:-1]) + " and " + flags[-1]
+        values = "; ".join(f"{f} was {saved[k]!r}, now {now[k]!r}" for f, k in zip(flags, changed))
+        one = len(changed) == 1
+        raise UserError(f"--resume: {listed} {'differs' if one else 'differ'} from the checkpoint's run ({values}); "
+                        f"keep {'it as it was' if one else 'them as they were'}")
     if state["step"] >= s.cfg.iterations:
         raise UserError(f"--resume: the checkpoint is at iteration {state['step']}; raise --iterations to go further")
     name = _trained_folder_name(s)
