@@ -146,3 +146,12 @@ def test_a_run_whose_warmup_covers_it_is_called_esd():
     text = card_text("run", _summary(warmup=200, iterations=200), [])
     assert "# nudity erased: ESD text encoder" in text and "so no attack step ran" in text
     assert "# nudity erased: AdvUnlearn text encoder" in card_text("run", _summary(warmup=199, iterations=200), [])
+
+
+def test_card_offers_only_the_export_formats_the_model_allows():
+    def formats(model):
+        text = card_text("run", _summary(model=model), [])
+        return [f for f in ("diffusers", "single-file", "authors-pt") if f"--format {f} " in text]
+
+    assert formats("tiny") == ["diffusers", "single-file", "authors-pt"]
+    assert formats("world") == formats("sd-v1-random") == ["authors-pt"]  # no VAE: export refuses the others

@@ -26,15 +26,13 @@ from advunlearn_fast.errors import UserError
 from advunlearn_fast.evaluation.generation import load_encoder, load_vae
 from advunlearn_fast.export.authors import authors_state_dict
 from advunlearn_fast.export.compvis import TEXT_ENCODER_PREFIX, text_encoder_to_compvis, unet_to_compvis, vae_to_compvis
-from advunlearn_fast.models.loading import ModelParts, load_model
+from advunlearn_fast.models.loading import NO_VAE_MODELS, ModelParts, load_model
 from advunlearn_fast.models.statedicts import read_state_dict
 from advunlearn_fast.outputs import atomic_dir, atomic_file, check_output_path, write_text_encoder, write_tokenizer
 
 FORMATS = ("diffusers", "single-file", "authors-pt")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 OUT_SUFFIXES = {"single-file": (".safetensors",), "authors-pt": (".pt", ".pth")}
-# Built-in models without a VAE: nothing a Stable Diffusion pipeline could decode with.
-NO_VAE_MODELS = ("world", "sd-v1-random")
 
 
 @dataclass

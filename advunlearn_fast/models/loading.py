@@ -22,6 +22,8 @@ from advunlearn_fast.models.statedicts import WEIGHTS_ONLY_REFUSAL, load_error, 
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 BUILT_IN_MODELS = ("tiny", "sd-v1-random", "world")
+# Built-in models without a VAE: nothing a Stable Diffusion pipeline could decode with.
+NO_VAE_MODELS = ("world", "sd-v1-random")
 NEEDED_PARTS = ("tokenizer", "text_encoder", "unet", "scheduler")
 # The shipped concept-world model (`--model world`), a diffusers folder inside the package.
 WORLD_MODEL_DIR = Path(__file__).resolve().parents[1] / "world" / "weights"

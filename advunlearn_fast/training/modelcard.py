@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from advunlearn_fast.errors import UserError
+from advunlearn_fast.models.loading import NO_VAE_MODELS
 from advunlearn_fast.outputs import write_json_atomic, write_text_atomic
 from advunlearn_fast.prompts import concept_name
 
@@ -269,15 +270,19 @@ def _usage(folder: str, cfg: dict, text_encoder: bool) -> str:
                           "the `targets/` of an `attack` on the base model).")
     if text_encoder:
         config = f" --model-config {cfg['model_config']}" if cfg.get("model_config") else ""
+        formats = (("diffusers", f"{folder}-pipeline"), ("single-file", f"{folder}.safetensors"),
+                   ("authors-pt", f"{folder}.pt"))
+        if model in NO_VAE_MODELS:  # export refuses the pipeline formats: nothing could decode them
+            formats = formats[2:]
+            intro = (f"As a file other tools load (`advunlearn export`; `{model}` has no VAE, so only the AdvUnlearn "
+                     "authors' .pt):")
+        else:
+            intro = ("As files other tools load (`advunlearn export`): a whole diffusers pipeline folder, a single-file "
+                     "checkpoint for web UIs (AUTOMATIC1111, ComfyUI), or the AdvUnlearn authors' .pt:")
         lines += [
-            "",
-            "As files other tools load (`advunlearn export`): a whole diffusers pipeline folder, a single-file "
-            "checkpoint for web UIs (AUTOMATIC1111, ComfyUI), or the AdvUnlearn authors' .pt:",
-            "",
-            "```bash",
+            "", intro, "", "```bash",
             *(f"advunlearn export --model {model}{config} --encoder {folder} --format {fmt} --out {out}"
-              for fmt, out in (("diffusers", f"{folder}-pipeline"), ("single-file", f"{folder}.safetensors"),
-                               ("authors-pt", f"{folder}.pt"))),
+              for fmt, out in formats),
             "```",
         ]
     return "\n".join(lines)
