@@ -49,6 +49,8 @@ WORLD_SAMPLER = "ddim"
 MAX_SEED = 2**63 - 1
 # What `generate` writes into --out, and so what an earlier run there has left.
 MANIFEST = "manifest.json"
+# A UNet that takes as many channels as an RGB image works on pixels, without a VAE.
+IMAGE_CHANNELS = 3
 
 
 @dataclass
@@ -125,10 +127,6 @@ def load_vae(parts: ModelParts):
         return AutoencoderKL.from_pretrained(folder)
     except Exception as err:
         raise load_error("the VAE", folder, err) from None
-
-
-# A UNet that takes as many channels as an RGB image works on pixels, without a VAE.
-IMAGE_CHANNELS = 3
 
 
 def sd_v1_random_vae(seed: int = 0):
