@@ -49,3 +49,27 @@ def test_restarts_share_one_unet_call_per_step_and_the_best_is_used(sd_folder, t
     # The next round starts from the chosen candidate, and its other candidates are fresh.
     assert (rounds[1]["init"][0] == rounds[0]["best"]).all()
     assert not (rounds[1]["init"][1] == rounds[0]["best"]).all()
+
+
+def test_a_candidate_that_blew_up_is_never_chosen_and_the_log_stays_json(sd_folder, tmp_path, monkeypatch):
+    real_attack, chosen = trainer.soft_prompt_attack, []
+
+    def first_candidate_blows_up(*args, **kwargs):
+        candidates, losses = real_attack(*args, **kwargs)
+        losses[-1, 0] = float("nan")  # argmin alone would pick it
+        chosen.append(candidates)
+        return candidates, losses
+
+    monkeypatch.setattr(trainer, "soft_prompt_attack", first_candidate_blows_up)
+    out = tmp_path / "run"
+    result = run_cli("train", "--model", sd_folder, "--out", out, *ARGS)
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant):
+        raise AssertionError(f"log.jsonl holds {constant}")
+
+    log = [json.loads(line, parse_constant=refuse) for line in (out / "log.jsonl").read_text().splitlines()]
+    for record in log:
+        ends = record["attack_loss_end_candidates"]
+        assert ends[0] is None
+        assert record["attack_loss_end"] == min(ends[1:])

@@ -29,6 +29,13 @@ def with_gradient(loss_fn: Callable[..., torch.Tensor]) -> LossAndGrad:
     return loss_and_grad
 
 
+def best_candidate(final_losses: torch.Tensor) -> int:
+    """The restart with the lowest finite final loss (argmin alone would pick a NaN): one candidate
+    that blew up must not become the defender's prompt while the others are usable."""
+    finite = torch.where(final_losses.isfinite(), final_losses, torch.inf)
+    return int(finite.argmin())
+
+
 def soft_prompt_attack(
     adv_init: torch.Tensor,
     loss_and_grad: LossAndGrad,

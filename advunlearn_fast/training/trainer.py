@@ -49,7 +49,7 @@ from advunlearn_fast.training.acceleration import (
     use_channels_last,
     uses_cuda_graphs,
 )
-from advunlearn_fast.training.attack import random_token_embeddings, soft_prompt_attack, with_gradient
+from advunlearn_fast.training.attack import best_candidate, random_token_embeddings, soft_prompt_attack, with_gradient
 from advunlearn_fast.training.bank import TrajectoryBank
 from advunlearn_fast.training.config import TrainConfig, flag
 from advunlearn_fast.training.costs import (
@@ -341,8 +341,9 @@ def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.
         for p in s.trainable.values():
             p.requires_grad_(True)
         s.trained.train(was_training)
-    best = int(losses[-1].argmin())
-    return candidates[best], losses[:, best].tolist(), losses[-1].tolist()
+    best = best_candidate(losses[-1])
+    # JSON has no NaN: a candidate that blew up is logged as null.
+    return candidates[best], losses[:, best].tolist(), [x if math.isfinite(x) else None for x in losses[-1].tolist()]
 
 
 def defender_step(s: Setup, step: int, concept: int, adv, optimizer, generator: torch.Generator) -> dict:
@@ -375,14 +376,15 @@ def defender_step(s: Setup, step: int, concept: int, adv, optimizer, generator: 
     loss.backward()
     distributed.average_gradients(s.trainable.values())
     # Checked before the step, so that the weights stay the last finite ones. Under torchrun the
-    # averaged gradient is the same on every rank: every rank stops at the same iteration.
-    value = loss.item()
-    if not (math.isfinite(value) and gradients_finite(s.trainable.values())):
+    # averaged gradient is the same on every rank: every rank stops at the same iteration. One
+    # read-back for the losses and the gradient's norm: each .item() waits for the GPU.
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in s.trainable.values() if p.grad is not None])
+    value, value_u, value_r, grad_norm = torch.stack(
+        [loss.detach(), loss_u.detach(), loss_r.detach(), grad_norm.to(loss)]).tolist()
+    if not (math.isfinite(value) and math.isfinite(grad_norm)):
         raise Diverged(step + 1, value)
     optimizer.step()
-    return {
-        "loss": value, "unlearn_loss": loss_u.item(), "retain_loss": loss_r.item(), "k": d.k, "t": int(d.t[0]),
-    }
+    return {"loss": value, "unlearn_loss": value_u, "retain_loss": value_r, "k": d.k, "t": int(d.t[0])}
 
 
 class Diverged(Exception):
@@ -391,11 +393,6 @@ class Diverged(Exception):
     def __init__(self, iteration: int, loss: float):
         super().__init__(iteration, loss)
         self.iteration, self.loss = iteration, loss
-
-
-def gradients_finite(parameters) -> bool:
-    grads = [p.grad for p in parameters if p.grad is not None]
-    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
 
 def divergence_message(err: Diverged, out: Path, s: Setup, attacked: bool) -> str:
