@@ -45,6 +45,19 @@ def test_truncated_weights_are_refused(sd_folder, tmp_path):
         load_model(str(broken))
 
 
+def test_a_damaged_world_json_is_refused_and_a_sound_one_read_once(sd_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "world-like"
+    shutil.copytree(sd_folder, folder)
+    (folder / "world.json").write_text('{"default_steps": 7')
+    with pytest.raises(UserError, match="cannot load the config from .*world.json"):
+        load_model(str(folder))
+    (folder / "world.json").write_text('{"default_steps": 7}')
+    assert load_model(str(folder)).world == {"default_steps": 7}
+    assert load_model(str(sd_folder)).world is None
+
+
 def test_missing_path_and_offline_hub_id(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_model(str(tmp_path / "nowhere"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -93,9 +92,8 @@ class Pipeline:
 def sampling_defaults(parts: ModelParts) -> dict:
     """default_guidance, default_steps, default_sampler and utility_steps of the model folder's
     world.json, else the authors' for Stable Diffusion."""
-    meta = Path(parts.source) / "world.json"
-    if meta.is_file():
-        data = json.loads(meta.read_text(encoding="utf-8"))
+    data = parts.world
+    if data is not None:
         steps = int(data.get("default_steps", SD_STEPS))
         return {"default_guidance": float(data.get("default_guidance", SD_GUIDANCE)), "default_steps": steps,
                 "default_sampler": data.get("default_sampler", WORLD_SAMPLER), "utility_steps": steps}

@@ -74,6 +74,7 @@ from advunlearn_fast.models.insertion import (
     prompt_words,
     stack_layouts,
 )
+from advunlearn_fast.models.loading import read_world_meta
 from advunlearn_fast.models.text_encoding import adversarial_condition, token_table
 from advunlearn_fast.outputs import write_json_atomic, write_text_atomic
 from advunlearn_fast.prompts import concept_name, read_prompt_file
@@ -643,7 +644,7 @@ def shipped_evaluation(concept: str, model: str) -> tuple[str | None, tuple[str,
         from advunlearn_fast.world.evaluate import concept_prompts
         from advunlearn_fast.world.judge import ATTRIBUTES
 
-        meta = json.loads((folder / "world.json").read_text(encoding="utf-8"))
+        meta = read_world_meta(folder)
         for attribute, values in ATTRIBUTES.items():
             value = next((w for w in words if w in values), None)
             if value is not None and words == [value] and meta.get("aliases"):

@@ -6,7 +6,8 @@ A model is a local diffusers folder, a single-file .safetensors/.ckpt checkpoint
 a hub id (downloaded or already cached), the built-in `tiny` model, `sd-v1-random` (SD v1's full-size architecture with random
 weights, for benchmarks), or `world`, the
 shipped concept-world model (a pixel-space SD-v1-style folder, loaded like any other).
-A folder may carry `retain_prompts.txt`: the default retain set for that model.
+A folder may carry `retain_prompts.txt`: the default retain set for that model, and `world.json`:
+the concept world's description (its attributes, aliases and sampling defaults).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class ModelParts:
     source: str
     default_retain_file: str | None = None  # a model folder's own retain_prompts.txt
     vae: object | None = None  # loaded with the model (single files, tiny); else read from disk when needed
+    world: dict | None = None  # a concept-world model's world.json
 
     @property
     def native_image_size(self) -> int:
@@ -79,8 +81,14 @@ def load_model_folder(folder: Path) -> ModelParts:
     retain_file = folder / "retain_prompts.txt"
     return ModelParts(
         tokenizer, text_encoder, unet, scheduler_config, vae_scale, str(folder),
-        str(retain_file) if retain_file.is_file() else None,
+        str(retain_file) if retain_file.is_file() else None, world=read_world_meta(folder),
     )
+
+
+def read_world_meta(folder: Path) -> dict | None:
+    """A concept-world model folder's world.json, None for any other folder."""
+    meta = Path(folder) / "world.json"
+    return _read_json(meta) if meta.is_file() else None
 
 
 def _read_json(path: Path) -> dict:

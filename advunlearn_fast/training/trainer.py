@@ -166,7 +166,7 @@ def build_setup(cfg: TrainConfig, progress: bool = False, trajectories: dict | N
     device = resolve_device(cfg.device)
     check_attention(cfg.attention, device)
     parts = load_model(cfg.model, cfg.model_config)
-    warn_unknown_world_concepts(cfg.concepts, Path(parts.source) / "world.json")
+    warn_unknown_world_concepts(cfg.concepts, parts)
     tokenizer, te = parts.tokenizer, parts.text_encoder.to(device)
     depth = text_encoder_depth(te)
     layer_indices = parse_layer_spec(cfg.layers, depth) if cfg.train == "text-encoder" else []
@@ -250,13 +250,13 @@ def build_setup(cfg: TrainConfig, progress: bool = False, trajectories: dict | N
     return s
 
 
-def warn_unknown_world_concepts(concepts: list[str], meta_file: Path) -> None:
+def warn_unknown_world_concepts(concepts: list[str], parts: ModelParts) -> None:
     """On a concept-world model (its folder has world.json), say so when a concept names none of
     the world's attribute values or their aliases: the model never saw it, so there is nothing to
     erase (a run that erases an unrelated word on purpose, as a control, still runs)."""
-    if not meta_file.is_file():
+    meta = parts.world
+    if meta is None:
         return
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
     attributes = meta.get("attributes") or {}
     values = [v for vs in attributes.values() for v in vs]
     phrases = values + [a for v in values for a in (meta.get("aliases") or {}).get(v, [])]
@@ -266,7 +266,7 @@ def warn_unknown_world_concepts(concepts: list[str], meta_file: Path) -> None:
             known = "; ".join(f"{name}: {', '.join(vs)}" for name, vs in attributes.items())
             notice(f"--concept {concept!r} names nothing in the concept world: its model never saw it, so there is "
                    f"nothing to erase; the world's concepts are its attribute values ({known}) and their aliases "
-                   f"(listed in {meta_file})")
+                   f"(listed in {Path(parts.source) / 'world.json'})")
 
 
 def concept_condition(s: Setup, concept: int, adv: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from advunlearn_fast.models.loading import read_world_meta
 from advunlearn_fast.world.model import build_sample_scheduler
 
 TEXT_PREFIX = "text_model."
@@ -99,5 +100,5 @@ def load_world_model(folder: Path, device: str | torch.device = "cpu", dtype: to
         text_encoder=text_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False),
         unet=unet.to(device).eval().requires_grad_(False),
         scheduler=DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True),
-        meta=json.loads((folder / "world.json").read_text()),
+        meta=read_world_meta(folder),
     )
