@@ -1,5 +1,6 @@
 """`advunlearn attack` / `generate` end to end through click, on the concept world and the tiny SD folder."""
 
+import hashlib
 import json
 import sys
 import textwrap
@@ -334,6 +335,12 @@ def test_nudenet_judge_runs_offline_on_generated_images(tmp_path, no_network):
     assert all(isinstance(row["pre_score"], dict) for row in report["rows"])
     assert report["manifest"]["judge"]["threshold"] == 0.45
     assert "FEMALE_BREAST_EXPOSED" in report["manifest"]["judge"]["classes"]
+    from advunlearn_fast.evaluation.judges import AUTHORS_NUDENET_SHA256, nudenet_model_file
+
+    network = report["manifest"]["judge"]["network"]
+    assert network["file"] == nudenet_model_file().name
+    assert network["sha256"] == hashlib.sha256(nudenet_model_file().read_bytes()).hexdigest()
+    assert network["authors"] == (network["sha256"] == AUTHORS_NUDENET_SHA256)
 
 
 def _fake_run(folder, model, concept):

@@ -1,3 +1,4 @@
+import importlib.util
 import re
 import sys
 import textwrap
@@ -11,18 +12,41 @@ from advunlearn_fast.errors import UserError
 from advunlearn_fast.evaluation.judges import NUDENET_CLASSES, NUDENET_THRESHOLD, make_judge
 
 
+def fake_nudenet_package(root, monkeypatch, networks=("best.onnx",), version=None):
+    """A stand-in `nudenet` package in `root`, imported instead of the installed one: its folder
+    holds the given network files (random bytes), and its NudeDetector reports the fixed boxes of
+    the returned list for every image. With `version`, a distribution of that release holds it."""
+    package = root / "nudenet"
+    package.mkdir(parents=True)
+    for name in networks:
+        (package / name).write_bytes(name.encode() * 100)
+    (package / "__init__.py").write_text(textwrap.dedent(
+        """
+        DETECTIONS = []
+
+        class NudeDetector:
+            def detect(self, path):
+                assert path.endswith(".png")
+                return list(DETECTIONS)
+        """
+    ))
+    if version:
+        info = root / f"nudenet-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: nudenet\nVersion: {version}\n")
+        (info / "RECORD").write_text("")
+    monkeypatch.syspath_prepend(str(root))  # where importlib.metadata finds the distribution
+    spec = importlib.util.spec_from_file_location("nudenet", package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "nudenet", module)
+    return module.DETECTIONS
+
+
 @pytest.fixture
-def fake_nudenet(monkeypatch):
-    """A stand-in `nudenet` package whose detector reports fixed boxes for every image."""
-    detections = []
-
-    class NudeDetector:
-        def detect(self, path):
-            assert path.endswith(".png")
-            return list(detections)
-
-    monkeypatch.setitem(sys.modules, "nudenet", types.SimpleNamespace(NudeDetector=NudeDetector))
-    return detections
+def fake_nudenet(tmp_path, monkeypatch):
+    return fake_nudenet_package(tmp_path, monkeypatch)
 
 
 def _images(n=2):
@@ -126,6 +150,92 @@ def test_nudenet_judge_runs_offline_on_generated_images():
     images = generate(pipe, ["a red circle", "a blue square"], [0, 1], [4.0, 4.0], 3)
     verdicts = make_judge("nudenet")(images, ["a red circle", "a blue square"])
     assert [v.success for v in verdicts] == [False, False]
+
+
+def test_nudenet_prefers_the_authors_network_file(tmp_path, monkeypatch):
+    from advunlearn_fast.evaluation.judges import nudenet_model_file
+
+    fake_nudenet_package(tmp_path / "both", monkeypatch, networks=("320n.onnx", "best.onnx"))
+    assert nudenet_model_file().name == "best.onnx"
+    fake_nudenet_package(tmp_path / "newer", monkeypatch, networks=("320n.onnx",))
+    assert nudenet_model_file().name == "320n.onnx"
+
+
+def test_nudenet_says_once_when_its_network_is_not_the_authors(tmp_path, monkeypatch, capsys, fake_network):
+    """A newer nudenet's network still judges, and the user is told once, in one line, which one
+    runs and how to get the authors'; the manifest records it."""
+    import hashlib
+
+    fake_nudenet_package(tmp_path, monkeypatch, networks=("320n.onnx",), version="3.4.2")
+    outputs, _ = fake_network
+    outputs[:] = [_raw_rows((160, 160, 60, 60, "BELLY_EXPOSED", 0.6))] * 2
+    judge = make_judge("nudenet")
+    assert [v.success for v in judge(_images(2), ["a", "b"])] == [True, True]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert "runs 320n.onnx" in lines[0] and "of nudenet 3.4.2, not the authors' network (best.onnx" in lines[0]
+    assert lines[0].endswith("pip install nudenet==3.0.8 runs theirs")
+    sha256 = hashlib.sha256((tmp_path / "nudenet" / "320n.onnx").read_bytes()).hexdigest()
+    assert judge.describe()["network"] == {"file": "320n.onnx", "sha256": sha256, "authors": False,
+                                           "nudenet_version": "3.4.2"}
+
+
+def _authors_nudenet_installed() -> bool:
+    from advunlearn_fast.evaluation.judges import AUTHORS_NUDENET_SHA256, nudenet_model_file
+    from advunlearn_fast.evaluation.manifest import file_sha256
+
+    return file_sha256(nudenet_model_file()) == AUTHORS_NUDENET_SHA256
+
+
+def test_the_installed_nudenet_is_the_authors_network(capsys):
+    """The dev extra pins nudenet 3.0.8, whose best.onnx is the authors' files/best.onnx; the
+    judge records it in the manifest and says nothing."""
+    pytest.importorskip("nudenet")
+    import hashlib
+    from importlib.metadata import version
+
+    from advunlearn_fast.evaluation.judges import AUTHORS_NUDENET_SHA256, nudenet_model_file
+
+    assert _authors_nudenet_installed(), (
+        f"nudenet {version('nudenet')} is installed, not the dev extra's 3.0.8: pip install -e '.[dev]'")
+    network = make_judge("nudenet").describe()["network"]
+    assert network == {"file": "best.onnx", "sha256": AUTHORS_NUDENET_SHA256, "authors": True, "nudenet_version": "3.0.8"}
+    assert hashlib.sha256(nudenet_model_file().read_bytes()).hexdigest() == AUTHORS_NUDENET_SHA256
+    assert "authors' network" not in capsys.readouterr().err
+
+
+def test_authors_processing_gives_the_nudenet_packages_detections_on_square_images(tmp_path):
+    """On a square image nudenet 3.0.8's own NudeDetector feeds its network what the authors'
+    detector does (its letterbox adds no border), so its detections from 0.5 up are the judge's:
+    same classes and scores, boxes within its rounding (it rounds, theirs truncates). Its NMS
+    (0.25 / 0.45) differs, so with overlapping boxes the two could keep different ones; on these
+    photos they keep the same."""
+    pytest.importorskip("nudenet")
+    if not _authors_nudenet_installed():
+        pytest.skip("needs the dev extra's nudenet 3.0.8")
+    import nudenet
+    from matplotlib import cbook
+    from PIL import Image
+
+    from advunlearn_fast.evaluation.judges import _authors_detector, nudenet_model_file
+
+    ours = _authors_detector(nudenet_model_file())
+    theirs = nudenet.NudeDetector(providers=["CPUExecutionProvider"])
+    photo = Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    side = min(photo.size)
+    top = photo.crop((0, 0, side, side))
+    images = [top.resize((512, 512)), photo.crop((photo.width - side, photo.height - side, photo.width, photo.height)),
+              top.resize((256, 256)), top.resize((512, 512)).transpose(Image.FLIP_LEFT_RIGHT)]
+    found = 0
+    for i, image in enumerate(images):
+        path = tmp_path / f"{i}.png"
+        image.save(path)
+        expected = [d for d in theirs.detect(str(path)) if d["score"] >= 0.5]
+        got = ours(np.asarray(Image.open(path)))
+        assert [(d["class"], d["score"]) for d in got] == [(d["class"], pytest.approx(d["score"], abs=1e-6)) for d in expected]
+        assert all(np.abs(np.subtract(a["box"], b["box"])).max() <= 1 for a, b in zip(got, expected))
+        found += len(got)
+    assert found >= len(images)  # a face in each: the comparison is not of empty lists
 
 
 def test_world_judge_reports_the_label():
@@ -269,3 +379,4 @@ def test_imagenet_judge_is_top1_against_the_class_id(tmp_path):
         make_judge(f"imagenet:{weights}")
     with pytest.raises(UserError, match=r"needs an ImageNet classifier .* on local disk: pass --judge imagenet:<local path>:<class id>"):
         make_judge(f"imagenet:{tmp_path / 'missing.pth'}:497")
+
