@@ -380,3 +380,138 @@ def test_imagenet_judge_is_top1_against_the_class_id(tmp_path):
     with pytest.raises(UserError, match=r"needs an ImageNet classifier .* on local disk: pass --judge imagenet:<local path>:<class id>"):
         make_judge(f"imagenet:{tmp_path / 'missing.pth'}:497")
 
+
+# ---------------------------------------------------------------- hf-classifier: a local transformers classifier
+
+OBJECT_LABELS = {0: "tench, Tinca tinca", 1: "church, church building", 2: "crane", 3: "crane", 4: "parachute, chute"}
+ARTIST_LABELS = {0: "claude-monet", 1: "vincent-van-gogh", 2: "pablo-picasso", 3: "edvard-munch", 4: "Unknown Artist"}
+
+
+@pytest.fixture
+def ranked_resnet(tmp_path):
+    """A tiny ResNetForImageClassification whose class ranking is the same for every image:
+    church, parachute, crane (2), tench, crane (3) (zero head weights, the bias ranks them)."""
+    from transformers import ResNetForImageClassification
+    from weights import save_tiny_image_classifier
+
+    folder = save_tiny_image_classifier(tmp_path / "resnet", "resnet", OBJECT_LABELS)
+    model = ResNetForImageClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.classifier[1].weight.zero_()
+        model.classifier[1].bias.copy_(torch.tensor([1.0, 5.0, 3.0, 0.5, 4.0]))
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def red_vit(tmp_path):
+    """A tiny ViTForImageClassification that ranks vincent-van-gogh first for red images and
+    last for blue ones, pablo-picasso the other way round, the other artists at 0: the head's
+    rows are +-(red - blue) in its layer-normalised [CLS] features (equal norms, so
+    red.(red - blue) > 0 > blue.(red - blue))."""
+    from transformers import AutoImageProcessor, ViTForImageClassification
+    from weights import save_tiny_image_classifier
+
+    from advunlearn_fast.evaluation.generation import to_pil
+
+    folder = save_tiny_image_classifier(tmp_path / "vit", "vit", ARTIST_LABELS)
+    model = ViTForImageClassification.from_pretrained(folder)
+    processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+    pixels = processor(images=to_pil(_solid((255, 0, 0), (0, 0, 255))), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        red, blue = model.vit(pixel_values=pixels).last_hidden_state[:, 0]
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+        model.classifier.weight[1] = red - blue
+        model.classifier.weight[2] = blue - red
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_hf_classifier_is_top_k_of_the_label(ranked_resnet, no_network):
+    images = _solid((200, 200, 200), (10, 40, 90))
+
+    def successes(spec):
+        return [v.success for v in make_judge(spec)(images, ["a", "b"])]
+
+    assert successes(f"hf-classifier:{ranked_resnet}:church, church building") == [True, True]
+    assert successes(f"hf-classifier:{ranked_resnet}:1") == [True, True]  # the same class by id
+    assert successes(f"hf-classifier:{ranked_resnet}:parachute, chute") == [False, False]  # second: top-1 by default
+    assert successes(f"hf-classifier:{ranked_resnet}:parachute, chute:2") == [True, True]
+    assert successes(f"hf-classifier:{ranked_resnet}:2:2") == [False, False]  # third
+    assert successes(f"hf-classifier:{ranked_resnet}:2:3") == [True, True]
+    verdict = make_judge(f"hf-classifier:{ranked_resnet}:4:2")(images, ["a", "b"])[0]
+    assert verdict.score["top"] == ["church, church building", "parachute, chute"]
+    assert verdict.score["p_label"] == pytest.approx(float(torch.tensor([1.0, 5.0, 3.0, 0.5, 4.0]).softmax(0)[4]), abs=1e-4)
+
+
+def test_hf_classifier_judges_the_image(red_vit, no_network):
+    """The Van Gogh judge's form: the authors' artist label by name, in the top-k."""
+    images = _solid((255, 0, 0), (0, 0, 255), (250, 10, 5))
+    judge = make_judge(f"hf-classifier:{red_vit}:vincent-van-gogh")
+    verdicts = judge(images, ["a", "b", "c"])
+    assert [v.success for v in verdicts] == [True, False, True]
+    assert verdicts[0].score["top"] == ["vincent-van-gogh"] and verdicts[1].score["top"] == ["pablo-picasso"]
+    assert verdicts[0].score["p_label"] > 0.2 > verdicts[1].score["p_label"]
+    # blue: van Gogh is last of five, behind three artists at 0
+    assert [v.success for v in make_judge(f"hf-classifier:{red_vit}:vincent-van-gogh:4")(images, ["a", "b", "c"])] == \
+        [True, False, True]
+    described = judge.describe()
+    assert described["label"] == "vincent-van-gogh" and described["class_id"] == 1 and described["top_k"] == 1
+    assert described["processor"] == "ViTImageProcessorPil" and len(described["weights_sha256"]) == 64
+    with pytest.raises(UserError, match=re.escape("'Van Gogh' is not among the classifier's 5 labels (close: "
+                                                  "'vincent-van-gogh')")):
+        make_judge(f"hf-classifier:{red_vit}:Van Gogh")
+
+
+def test_hf_classifier_refuses_bad_specs_in_one_line(tmp_path, ranked_resnet):
+    from transformers import ResNetConfig, ResNetModel
+    from weights import save_tiny_clip
+
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])).save_pretrained(tmp_path / "backbone")
+    save_tiny_clip(tmp_path / "clip")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (f"hf-classifier:{tmp_path / 'missing'}:1", "on local disk: pass --judge hf-classifier:<local folder>:<label>[:<top k>]"),
+        (f"hf-classifier:{tmp_path / 'empty'}:1", "has no config.json"),
+        (f"hf-classifier:{tmp_path / 'backbone'}:1", "holds a ResNetModel (config.json), not an image classifier"),
+        (f"hf-classifier:{tmp_path / 'clip'}:1", "holds a CLIPModel (config.json), not an image classifier"),
+        (f"hf-classifier:{ranked_resnet}", "needs a label: pass --judge hf-classifier:"),
+        (f"hf-classifier:{ranked_resnet}:church", "'church' is not among the classifier's 5 labels (close: 'church, church building')"),
+        (f"hf-classifier:{ranked_resnet}:7", "'7' is not among the classifier's 5 labels"),
+        (f"hf-classifier:{ranked_resnet}:crane", "names classes 2, 3 'crane': pass the class id instead"),
+        (f"hf-classifier:{ranked_resnet}:1:0", "the top k must be a positive integer"),
+        (f"hf-classifier:{ranked_resnet}:1:-2", "the top k must be a positive integer"),
+        (f"hf-classifier:{ranked_resnet}:1:three", "the top k must be a positive integer"),
+        (f"hf-classifier:{ranked_resnet}:1:5", "the top k must be below the classifier's 5 classes"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(UserError, match=re.escape(message)):
+            make_judge(spec)
+
+
+def test_hf_classifier_refuses_a_folder_without_its_processor_or_head(tmp_path, ranked_resnet):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    no_processor = shutil.copytree(ranked_resnet, tmp_path / "no-processor")
+    (no_processor / "preprocessor_config.json").unlink()
+    with pytest.raises(UserError, match="has no preprocessor_config.json"):
+        make_judge(f"hf-classifier:{no_processor}:1")
+    headless = shutil.copytree(ranked_resnet, tmp_path / "headless")
+    weights = load_file(headless / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("classifier.")}, headless / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(UserError, match="its weights lack 2 of the model's tensors .*: not a trained image classifier"):
+        make_judge(f"hf-classifier:{headless}:1")
+
+
+def test_hf_classifier_spec_takes_a_known_concepts_label_and_k():
+    from advunlearn_fast.evaluation.judges import with_concept
+
+    assert with_concept("hf-classifier:/m/artists", "Van Gogh") == "hf-classifier:/m/artists:vincent-van-gogh:1"
+    assert with_concept("hf-classifier:/m/resnet-50", "church") == "hf-classifier:/m/resnet-50:497:1"
+    assert with_concept("hf-classifier:/m/resnet-50", "tench") == "hf-classifier:/m/resnet-50:0:1"
+    assert with_concept("hf-classifier:/m/resnet-50:569", "church") == "hf-classifier:/m/resnet-50:569"
+    assert with_concept("hf-classifier:/m/resnet-50", "teapot") == "hf-classifier:/m/resnet-50"
