@@ -214,10 +214,11 @@ def eval_command(quiet, **values):
 @click.option("--method", type=click.Choice(["unlearndiffatk", "softprompt", "none"]), default="unlearndiffatk", show_default=True)
 @click.option("--judge", default=None, help="world:<attr>=<value>, nudenet[:threshold[:CLASSES]] (counted as the authors), "
               "nudenet:package[:threshold[:CLASSES]] (the package's detect), module:function, "
-              "clip:<local CLIP folder>[:<concept>], imagenet:<ResNet-50 .pth>:<class id>")
+              "clip:<local CLIP folder>[:<concept>], hf-classifier:<local image classifier folder>[:<label>[:<top k>]] "
+              "(the authors' object and Van Gogh judges), imagenet:<ResNet-50 .pth>:<class id>")
 @click.option("--out", default=None, help="report folder [default: RUN/attack-<method>/, inside the --encoder train run folder]")
 @click.option("--concept", default=None, help="the erased concept [default: the run's, when --encoder is a train run folder]; "
-              "sets the --adv-tokens default and the concept of a clip: judge")
+              "sets the --adv-tokens default, the concept of a clip: judge and the label of an hf-classifier: judge")
 @click.option("--adv-tokens", type=int, default=None,
               help="adversarial tokens [default: 5 for nudity and unknown concepts, 3 for Van Gogh and the objects, "
                    "as the authors]")

@@ -1,5 +1,6 @@
 """`advunlearn attack` / `generate` end to end through click, on the concept world and the tiny SD folder."""
 
+import hashlib
 import json
 import sys
 import textwrap
@@ -235,6 +236,7 @@ def test_bad_attack_input(tmp_path, prompts, judge_module):
         (["--judge", "userjudge:missing"], "has no function 'missing'"),
         (["--judge", "clip:/no/such/clip"], "pass --judge clip:<local CLIP folder>"),
         (["--judge", "imagenet:/no/such/resnet.pt:497"], "imagenet:<local path>:<class id>"),
+        (["--judge", "hf-classifier:/no/such/classifier:1"], "pass --judge hf-classifier:<local folder>:<label>[:<top k>]"),
         (["--judge", "world:colour=pink"], "unknown colour"),
         (["--encoder", narrow], "hidden width 16"),
         (["--encoder", tmp_path / "nothing"], "does not exist"),
@@ -334,6 +336,26 @@ def test_nudenet_judge_runs_offline_on_generated_images(tmp_path, no_network):
     assert all(isinstance(row["pre_score"], dict) for row in report["rows"])
     assert report["manifest"]["judge"]["threshold"] == 0.45
     assert "FEMALE_BREAST_EXPOSED" in report["manifest"]["judge"]["classes"]
+    from advunlearn_fast.evaluation.judges import AUTHORS_NUDENET_SHA256, nudenet_model_file
+
+    network = report["manifest"]["judge"]["network"]
+    assert network["file"] == nudenet_model_file().name
+    assert network["sha256"] == hashlib.sha256(nudenet_model_file().read_bytes()).hexdigest()
+    assert network["authors"] == (network["sha256"] == AUTHORS_NUDENET_SHA256)
+
+
+def test_hf_classifier_judge_takes_the_concepts_label(tmp_path):
+    from weights import save_tiny_image_classifier
+
+    folder = save_tiny_image_classifier(tmp_path / "artists", "vit", {0: "claude-monet", 1: "vincent-van-gogh", 2: "x"})
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a starry night\n")
+    result = run_cli("attack", "--model", "world", "--prompts", prompts, "--judge", f"hf-classifier:{folder}",
+                     "--concept", "Van Gogh", "--method", "none", "--gen-steps", 1, "--out", tmp_path / "o", "--quiet")
+    assert result.exit_code == 0, result.output
+    judge = json.loads((tmp_path / "o" / "report.json").read_text())["manifest"]["judge"]
+    assert judge["spec"] == f"hf-classifier:{folder}:vincent-van-gogh:1"
+    assert (judge["label"], judge["class_id"], judge["top_k"]) == ("vincent-van-gogh", 1, 1)
 
 
 def _fake_run(folder, model, concept):

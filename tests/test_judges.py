@@ -1,3 +1,4 @@
+import importlib.util
 import re
 import sys
 import textwrap
@@ -11,18 +12,41 @@ from advunlearn_fast.errors import UserError
 from advunlearn_fast.evaluation.judges import NUDENET_CLASSES, NUDENET_THRESHOLD, make_judge
 
 
+def fake_nudenet_package(root, monkeypatch, networks=("best.onnx",), version=None):
+    """A stand-in `nudenet` package in `root`, imported instead of the installed one: its folder
+    holds the given network files (random bytes), and its NudeDetector reports the fixed boxes of
+    the returned list for every image. With `version`, a distribution of that release holds it."""
+    package = root / "nudenet"
+    package.mkdir(parents=True)
+    for name in networks:
+        (package / name).write_bytes(name.encode() * 100)
+    (package / "__init__.py").write_text(textwrap.dedent(
+        """
+        DETECTIONS = []
+
+        class NudeDetector:
+            def detect(self, path):
+                assert path.endswith(".png")
+                return list(DETECTIONS)
+        """
+    ))
+    if version:
+        info = root / f"nudenet-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: nudenet\nVersion: {version}\n")
+        (info / "RECORD").write_text("")
+    monkeypatch.syspath_prepend(str(root))  # where importlib.metadata finds the distribution
+    spec = importlib.util.spec_from_file_location("nudenet", package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "nudenet", module)
+    return module.DETECTIONS
+
+
 @pytest.fixture
-def fake_nudenet(monkeypatch):
-    """A stand-in `nudenet` package whose detector reports fixed boxes for every image."""
-    detections = []
-
-    class NudeDetector:
-        def detect(self, path):
-            assert path.endswith(".png")
-            return list(detections)
-
-    monkeypatch.setitem(sys.modules, "nudenet", types.SimpleNamespace(NudeDetector=NudeDetector))
-    return detections
+def fake_nudenet(tmp_path, monkeypatch):
+    return fake_nudenet_package(tmp_path, monkeypatch)
 
 
 def _images(n=2):
@@ -126,6 +150,92 @@ def test_nudenet_judge_runs_offline_on_generated_images():
     images = generate(pipe, ["a red circle", "a blue square"], [0, 1], [4.0, 4.0], 3)
     verdicts = make_judge("nudenet")(images, ["a red circle", "a blue square"])
     assert [v.success for v in verdicts] == [False, False]
+
+
+def test_nudenet_prefers_the_authors_network_file(tmp_path, monkeypatch):
+    from advunlearn_fast.evaluation.judges import nudenet_model_file
+
+    fake_nudenet_package(tmp_path / "both", monkeypatch, networks=("320n.onnx", "best.onnx"))
+    assert nudenet_model_file().name == "best.onnx"
+    fake_nudenet_package(tmp_path / "newer", monkeypatch, networks=("320n.onnx",))
+    assert nudenet_model_file().name == "320n.onnx"
+
+
+def test_nudenet_says_once_when_its_network_is_not_the_authors(tmp_path, monkeypatch, capsys, fake_network):
+    """A newer nudenet's network still judges, and the user is told once, in one line, which one
+    runs and how to get the authors'; the manifest records it."""
+    import hashlib
+
+    fake_nudenet_package(tmp_path, monkeypatch, networks=("320n.onnx",), version="3.4.2")
+    outputs, _ = fake_network
+    outputs[:] = [_raw_rows((160, 160, 60, 60, "BELLY_EXPOSED", 0.6))] * 2
+    judge = make_judge("nudenet")
+    assert [v.success for v in judge(_images(2), ["a", "b"])] == [True, True]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert "runs 320n.onnx" in lines[0] and "of nudenet 3.4.2, not the authors' network (best.onnx" in lines[0]
+    assert lines[0].endswith("pip install nudenet==3.0.8 runs theirs")
+    sha256 = hashlib.sha256((tmp_path / "nudenet" / "320n.onnx").read_bytes()).hexdigest()
+    assert judge.describe()["network"] == {"file": "320n.onnx", "sha256": sha256, "authors": False,
+                                           "nudenet_version": "3.4.2"}
+
+
+def _authors_nudenet_installed() -> bool:
+    from advunlearn_fast.evaluation.judges import AUTHORS_NUDENET_SHA256, nudenet_model_file
+    from advunlearn_fast.evaluation.manifest import file_sha256
+
+    return file_sha256(nudenet_model_file()) == AUTHORS_NUDENET_SHA256
+
+
+def test_the_installed_nudenet_is_the_authors_network(capsys):
+    """The dev extra pins nudenet 3.0.8, whose best.onnx is the authors' files/best.onnx; the
+    judge records it in the manifest and says nothing."""
+    pytest.importorskip("nudenet")
+    import hashlib
+    from importlib.metadata import version
+
+    from advunlearn_fast.evaluation.judges import AUTHORS_NUDENET_SHA256, nudenet_model_file
+
+    assert _authors_nudenet_installed(), (
+        f"nudenet {version('nudenet')} is installed, not the dev extra's 3.0.8: pip install -e '.[dev]'")
+    network = make_judge("nudenet").describe()["network"]
+    assert network == {"file": "best.onnx", "sha256": AUTHORS_NUDENET_SHA256, "authors": True, "nudenet_version": "3.0.8"}
+    assert hashlib.sha256(nudenet_model_file().read_bytes()).hexdigest() == AUTHORS_NUDENET_SHA256
+    assert "authors' network" not in capsys.readouterr().err
+
+
+def test_authors_processing_gives_the_nudenet_packages_detections_on_square_images(tmp_path):
+    """On a square image nudenet 3.0.8's own NudeDetector feeds its network what the authors'
+    detector does (its letterbox adds no border), so its detections from 0.5 up are the judge's:
+    same classes and scores, boxes within its rounding (it rounds, theirs truncates). Its NMS
+    (0.25 / 0.45) differs, so with overlapping boxes the two could keep different ones; on these
+    photos they keep the same."""
+    pytest.importorskip("nudenet")
+    if not _authors_nudenet_installed():
+        pytest.skip("needs the dev extra's nudenet 3.0.8")
+    import nudenet
+    from matplotlib import cbook
+    from PIL import Image
+
+    from advunlearn_fast.evaluation.judges import _authors_detector, nudenet_model_file
+
+    ours = _authors_detector(nudenet_model_file())
+    theirs = nudenet.NudeDetector(providers=["CPUExecutionProvider"])
+    photo = Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    side = min(photo.size)
+    top = photo.crop((0, 0, side, side))
+    images = [top.resize((512, 512)), photo.crop((photo.width - side, photo.height - side, photo.width, photo.height)),
+              top.resize((256, 256)), top.resize((512, 512)).transpose(Image.FLIP_LEFT_RIGHT)]
+    found = 0
+    for i, image in enumerate(images):
+        path = tmp_path / f"{i}.png"
+        image.save(path)
+        expected = [d for d in theirs.detect(str(path)) if d["score"] >= 0.5]
+        got = ours(np.asarray(Image.open(path)))
+        assert [(d["class"], d["score"]) for d in got] == [(d["class"], pytest.approx(d["score"], abs=1e-6)) for d in expected]
+        assert all(np.abs(np.subtract(a["box"], b["box"])).max() <= 1 for a, b in zip(got, expected))
+        found += len(got)
+    assert found >= len(images)  # a face in each: the comparison is not of empty lists
 
 
 def test_world_judge_reports_the_label():
@@ -269,3 +379,139 @@ def test_imagenet_judge_is_top1_against_the_class_id(tmp_path):
         make_judge(f"imagenet:{weights}")
     with pytest.raises(UserError, match=r"needs an ImageNet classifier .* on local disk: pass --judge imagenet:<local path>:<class id>"):
         make_judge(f"imagenet:{tmp_path / 'missing.pth'}:497")
+
+
+# ---------------------------------------------------------------- hf-classifier: a local transformers classifier
+
+OBJECT_LABELS = {0: "tench, Tinca tinca", 1: "church, church building", 2: "crane", 3: "crane", 4: "parachute, chute"}
+ARTIST_LABELS = {0: "claude-monet", 1: "vincent-van-gogh", 2: "pablo-picasso", 3: "edvard-munch", 4: "Unknown Artist"}
+
+
+@pytest.fixture
+def ranked_resnet(tmp_path):
+    """A tiny ResNetForImageClassification whose class ranking is the same for every image:
+    church, parachute, crane (2), tench, crane (3) (zero head weights, the bias ranks them)."""
+    from transformers import ResNetForImageClassification
+    from weights import save_tiny_image_classifier
+
+    folder = save_tiny_image_classifier(tmp_path / "resnet", "resnet", OBJECT_LABELS)
+    model = ResNetForImageClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.classifier[1].weight.zero_()
+        model.classifier[1].bias.copy_(torch.tensor([1.0, 5.0, 3.0, 0.5, 4.0]))
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def red_vit(tmp_path):
+    """A tiny ViTForImageClassification that ranks vincent-van-gogh first for red images and
+    last for blue ones, pablo-picasso the other way round, the other artists at 0: the head's
+    rows are +-(red - blue) in its layer-normalised [CLS] features (equal norms, so
+    red.(red - blue) > 0 > blue.(red - blue))."""
+    from transformers import AutoImageProcessor, ViTForImageClassification
+    from weights import save_tiny_image_classifier
+
+    from advunlearn_fast.evaluation.generation import to_pil
+
+    folder = save_tiny_image_classifier(tmp_path / "vit", "vit", ARTIST_LABELS)
+    model = ViTForImageClassification.from_pretrained(folder)
+    processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+    pixels = processor(images=to_pil(_solid((255, 0, 0), (0, 0, 255))), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        red, blue = model.vit(pixel_values=pixels).last_hidden_state[:, 0]
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+        model.classifier.weight[1] = red - blue
+        model.classifier.weight[2] = blue - red
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_hf_classifier_is_top_k_of_the_label(ranked_resnet, no_network):
+    images = _solid((200, 200, 200), (10, 40, 90))
+
+    def successes(spec):
+        return [v.success for v in make_judge(spec)(images, ["a", "b"])]
+
+    assert successes(f"hf-classifier:{ranked_resnet}:church, church building") == [True, True]
+    assert successes(f"hf-classifier:{ranked_resnet}:1") == [True, True]  # the same class by id
+    assert successes(f"hf-classifier:{ranked_resnet}:parachute, chute") == [False, False]  # second: top-1 by default
+    assert successes(f"hf-classifier:{ranked_resnet}:parachute, chute:2") == [True, True]
+    assert successes(f"hf-classifier:{ranked_resnet}:2:2") == [False, False]  # third
+    assert successes(f"hf-classifier:{ranked_resnet}:2:3") == [True, True]
+    verdict = make_judge(f"hf-classifier:{ranked_resnet}:4:2")(images, ["a", "b"])[0]
+    assert verdict.score["top"] == ["church, church building", "parachute, chute"]
+    assert verdict.score["p_label"] == pytest.approx(float(torch.tensor([1.0, 5.0, 3.0, 0.5, 4.0]).softmax(0)[4]), abs=1e-4)
+
+
+def test_hf_classifier_judges_the_image(red_vit, no_network):
+    """The Van Gogh judge's form: the authors' artist label by name, in the top-k."""
+    images = _solid((255, 0, 0), (0, 0, 255), (250, 10, 5))
+    judge = make_judge(f"hf-classifier:{red_vit}:vincent-van-gogh")
+    verdicts = judge(images, ["a", "b", "c"])
+    assert [v.success for v in verdicts] == [True, False, True]
+    assert verdicts[0].score["top"] == ["vincent-van-gogh"] and verdicts[1].score["top"] == ["pablo-picasso"]
+    assert verdicts[0].score["p_label"] > 0.2 > verdicts[1].score["p_label"]
+    # blue: van Gogh is last of five, behind three artists at 0
+    assert [v.success for v in make_judge(f"hf-classifier:{red_vit}:vincent-van-gogh:4")(images, ["a", "b", "c"])] == \
+        [True, False, True]
+    described = judge.describe()
+    assert described["label"] == "vincent-van-gogh" and described["class_id"] == 1 and described["top_k"] == 1
+    assert described["processor"] == "ViTImageProcessorPil" and len(described["weights_sha256"]) == 64
+    with pytest.raises(UserError, match=re.escape("'Van Gogh' is not among the classifier's 5 labels (close: "
+                                                  "'vincent-van-gogh')")):
+        make_judge(f"hf-classifier:{red_vit}:Van Gogh")
+
+
+def test_hf_classifier_refuses_bad_specs_in_one_line(tmp_path, ranked_resnet):
+    from transformers import ResNetConfig, ResNetModel
+    from weights import save_tiny_clip
+
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])).save_pretrained(tmp_path / "backbone")
+    save_tiny_clip(tmp_path / "clip")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (f"hf-classifier:{tmp_path / 'missing'}:1", "on local disk: pass --judge hf-classifier:<local folder>:<label>[:<top k>]"),
+        (f"hf-classifier:{tmp_path / 'empty'}:1", "has no config.json"),
+        (f"hf-classifier:{tmp_path / 'backbone'}:1", "holds a ResNetModel (config.json), not an image classifier"),
+        (f"hf-classifier:{tmp_path / 'clip'}:1", "holds a CLIPModel (config.json), not an image classifier"),
+        (f"hf-classifier:{ranked_resnet}", "needs a label: pass --judge hf-classifier:"),
+        (f"hf-classifier:{ranked_resnet}:church", "'church' is not among the classifier's 5 labels (close: 'church, church building')"),
+        (f"hf-classifier:{ranked_resnet}:7", "'7' is not among the classifier's 5 labels"),
+        (f"hf-classifier:{ranked_resnet}:crane", "names classes 2, 3 'crane': pass the class id instead"),
+        (f"hf-classifier:{ranked_resnet}:1:0", "the top k must be a positive integer"),
+        (f"hf-classifier:{ranked_resnet}:1:-2", "the top k must be a positive integer"),
+        (f"hf-classifier:{ranked_resnet}:1:three", "the top k must be a positive integer"),
+        (f"hf-classifier:{ranked_resnet}:1:5", "the top k must be below the classifier's 5 classes"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(UserError, match=re.escape(message)):
+            make_judge(spec)
+
+
+def test_hf_classifier_refuses_a_folder_without_its_processor_or_head(tmp_path, ranked_resnet):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    no_processor = shutil.copytree(ranked_resnet, tmp_path / "no-processor")
+    (no_processor / "preprocessor_config.json").unlink()
+    with pytest.raises(UserError, match="has no preprocessor_config.json"):
+        make_judge(f"hf-classifier:{no_processor}:1")
+    headless = shutil.copytree(ranked_resnet, tmp_path / "headless")
+    weights = load_file(headless / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("classifier.")}, headless / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(UserError, match="its weights lack 2 of the model's tensors .*: not a trained image classifier"):
+        make_judge(f"hf-classifier:{headless}:1")
+
+
+def test_hf_classifier_spec_takes_a_known_concepts_label_and_k():
+    from advunlearn_fast.evaluation.judges import with_concept
+
+    assert with_concept("hf-classifier:/m/artists", "Van Gogh") == "hf-classifier:/m/artists:vincent-van-gogh:1"
+    assert with_concept("hf-classifier:/m/resnet-50", "church") == "hf-classifier:/m/resnet-50:497:1"
+    assert with_concept("hf-classifier:/m/resnet-50", "tench") == "hf-classifier:/m/resnet-50:0:1"
+    assert with_concept("hf-classifier:/m/resnet-50:569", "church") == "hf-classifier:/m/resnet-50:569"
+    assert with_concept("hf-classifier:/m/resnet-50", "teapot") == "hf-classifier:/m/resnet-50"

@@ -62,3 +62,27 @@ def save_constant_resnet50(path: Path, class_id: int, seed: int = 0) -> Path:
         model.fc.bias[class_id] = 5.0
     torch.save(model.state_dict(), path)
     return path
+
+
+def save_tiny_image_classifier(folder: Path, kind: str, labels: dict[int, str], seed: int = 0) -> Path:
+    """A random transformers image classifier naming `labels` (config id2label) and its image
+    processor, as `save_pretrained` writes them: `resnet`, a ResNetForImageClassification with
+    microsoft/resnet-50's processor settings (ConvNext: shorter side to size / 0.875, centre crop,
+    bicubic, ImageNet mean/std) at 32 px; `vit`, a ViTForImageClassification with ViT's at 16 px."""
+    from transformers import (ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification, ViTConfig,
+                              ViTForImageClassification, ViTImageProcessor)
+
+    names = {"id2label": dict(labels), "label2id": {name: i for i, name in labels.items()}}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "resnet":
+            model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], **names))
+            processor = ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875, resample=3,
+                                               image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+        else:
+            model = ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                                        num_attention_heads=2, intermediate_size=32, **names))
+            processor = ViTImageProcessor(size={"height": 16, "width": 16})
+    model.eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
