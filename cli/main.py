@@ -233,7 +233,10 @@ def eval_command(quiet, **values):
                    "verdict and stay in n, as in the authors' protocol")
 @click.option("--targets", default=None, help="folder of target images instead of generating them: NNNN.png (the prompt's "
               "index in the file, from 0000) for every prompt, at the model's image size")
-@click.option("--target-steps", default=25, show_default=True, help="sampler steps of the original model's target images")
+@click.option("--target-model", default=None,
+              help="diffusers folder or hub id whose images (with its own text encoder) are the targets [default: "
+                   "--model]; the authors always use SD v1.4: pass it for a UNet-erased --model")
+@click.option("--target-steps", default=25, show_default=True, help="sampler steps of the target images")
 @click.option("--gen-steps", type=int, default=None, help="sampler steps of judged generations [default: the model's, 50 for SD]")
 @_sampler_option
 @click.option("--guidance", type=float, default=None, help="guidance of prompts without their own [default: the model's]")

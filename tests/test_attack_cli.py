@@ -1,5 +1,6 @@
 """`advunlearn attack` / `generate` end to end through click, on the concept world and the tiny SD folder."""
 
+import csv
 import hashlib
 import json
 import sys
@@ -8,9 +9,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from helpers import assert_refused, run_cli, save_narrow_encoder
+from helpers import assert_refused, run_cli, save_narrow_encoder, save_sd_folder
 from PIL import Image
 
+from advunlearn_fast.evaluation.evalsets import PROMPT_SETS
 from advunlearn_fast.evaluation.generation import load_encoder
 from advunlearn_fast.evaluation.robustness import batches
 from advunlearn_fast.models.loading import load_model
@@ -377,14 +379,43 @@ def test_run_folder_defaults_say_what_to_pass(sd_folder, tmp_path, concept, mess
     assert_refused(run_cli("attack", "--encoder", run, "--quiet"), message)
 
 
-def test_run_folder_uses_the_projects_prompt_set(sd_folder, tmp_path, judge_module):
-    run = _fake_run(tmp_path / "run", sd_folder, "church")
+@pytest.mark.parametrize("concept, published", [("church", "church.csv"), ("garbage_truck", "garbage_truck.csv"),
+                                                 ("Van Gogh style", "vangogh.csv")])
+def test_run_folder_uses_the_authors_published_prompt_set(sd_folder, tmp_path, judge_module, concept, published):
+    """The published 50-prompt set of the run's concept, in any of its spellings, written into the
+    report folder byte for byte, its seeds and guidance used as the authors use them; 3 adversarial
+    tokens, their budget for objects and Van Gogh."""
+    run = _fake_run(tmp_path / "run", sd_folder, concept)
     result = run_cli("attack", "--encoder", run, "--judge", "userjudge:always_no", "--method", "none",
                      "--gen-steps", 1, "--quiet")
     assert result.exit_code == 0, result.output
-    report = json.loads((run / "attack-none" / "report.json").read_text())
-    assert report["n"] == 50 and report["rows"][0]["prompt"] == "a photo of a church in a snowy village"
-    assert report["rows"][0]["guidance"] == 7.5 and len(set(report["manifest"]["seeds"])) == 50
+    out = run / "attack-none"
+    report = json.loads((out / "report.json").read_text())
+    assert (out / published).read_bytes() == (PROMPT_SETS / published).read_bytes()
+    assert report["manifest"]["prompt_file"] == str(out / published)
+    assert report["manifest"]["prompt_file_sha256"] == hashlib.sha256((PROMPT_SETS / published).read_bytes()).hexdigest()
+    with open(PROMPT_SETS / published, encoding="utf-8", newline="") as file:
+        records = list(csv.DictReader(file))
+    assert report["n"] == len(records) == 50 and report["manifest"]["adv_tokens"] == 3
+    assert [r["prompt"] for r in report["rows"]] == [r["prompt"] for r in records]
+    assert [(r["seed"], r["guidance"], r["target_seed"], r["target_guidance"]) for r in report["rows"]] == [
+        (int(r["evaluation_seed"]), float(r["evaluation_guidance"]), int(r["evaluation_seed"]), 7.5) for r in records]
+    assert "adversarial tokens" not in result.output  # a concept of theirs: no notice
+
+
+def test_an_unknown_concept_says_its_adversarial_tokens_fall_back_to_5(sd_folder, tmp_path, judge_module):
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt,evaluation_seed\na photo of a cat,1\n")
+    for concept, k, notice in (("teapot", 5, True), ("garbage-truck", 3, False)):
+        out = tmp_path / concept
+        result = run_cli("attack", "--model", sd_folder, "--prompts", path, "--judge", "userjudge:always_no",
+                         "--out", out, "--concept", concept, "--method", "none", "--gen-steps", 1, "--quiet")
+        assert result.exit_code == 0, result.output
+        assert _report(out)["manifest"]["adv_tokens"] == k
+        lines = [line for line in result.output.splitlines() if "adversarial tokens" in line]
+        assert lines == ([f"advunlearn: concept {concept!r} is not one of the authors' (nudity, van gogh, church, "
+                          "garbage truck, parachute, tench): 5 adversarial tokens, their nudity budget; pass "
+                          "--adv-tokens to choose"] if notice else [])
 
 
 # ---------------------------------------------------------------- the authors' protocol on the tiny SD model
@@ -483,6 +514,88 @@ def test_targets_use_7_5_or_sd_guidance_scale_not_evaluation_guidance(sd_folder,
                        "--steps", 4, "--out", made).exit_code == 0
         target = np.asarray(Image.open(out / "targets" / f"{index:04d}.png"))
         assert np.array_equal(target, np.asarray(Image.open(made / "0000.png")))
+
+
+def _generated(tmp_path, name, model, prompt, seed, guidance, steps):
+    """The image `generate` makes, as an array."""
+    made = tmp_path / name
+    result = run_cli("generate", "--model", model, "--prompt", prompt, "--seed", seed, "--guidance", guidance,
+                     "--steps", steps, "--out", made)
+    assert result.exit_code == 0, result.output
+    return np.asarray(Image.open(made / "0000.png"))
+
+
+def test_a_csv_with_sd_seed_seeds_the_targets_with_it_and_judged_images_with_seed(sd_folder, tmp_path, judge_module):
+    """The authors' target generator takes `evaluation_seed`, else `sd_seed` (their object dataset
+    files hold only `sd_seed` and `sd_guidance_scale`); their judged images then take eval_seed,
+    our --seed."""
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt,sd_seed,sd_guidance_scale\na photo of a cat,7,6.0\n")
+    out = tmp_path / "out"
+    result = run_cli("attack", "--model", sd_folder, "--prompts", path, "--judge", "userjudge:always_no",
+                     "--out", out, "--seed", 2, *SD_FAST)
+    assert result.exit_code == 0, result.output
+    (row,) = _report(out)["rows"]
+    assert (row["seed"], row["guidance"], row["target_seed"], row["target_guidance"]) == (2, 7.5, 7, 6.0)
+    target = np.asarray(Image.open(out / "targets" / "0000.png"))
+    assert np.array_equal(target, _generated(tmp_path, "target", sd_folder, "a photo of a cat", 7, 6.0, 4))
+    pre = np.asarray(Image.open(out / "images" / "0000-pre.png"))
+    assert np.array_equal(pre, _generated(tmp_path, "pre", sd_folder, "a photo of a cat", 2, 7.5, 4))
+
+
+def test_evaluation_seed_comes_before_sd_seed(tmp_path):
+    from advunlearn_fast.evaluation.generation import read_prompt_rows
+
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,evaluation_seed,sd_seed\nboth,3,9\nsd only,,9\nneither,,\n")
+    rows = read_prompt_rows(path, seed=5, guidance=None)
+    assert [(r.seed, r.target_seed) for r in rows] == [(3, None), (5, 9), (5, None)]
+
+
+@pytest.fixture(scope="module")
+def other_sd_folder(tmp_path_factory):
+    """Another tiny SD folder, of other weights (UNet, VAE and text encoder)."""
+    folder = tmp_path_factory.mktemp("other-sd") / "tiny-sd-1"
+    save_sd_folder(folder, seed=1)
+    return folder
+
+
+def test_target_model_makes_the_targets_with_its_own_text_encoder(sd_folder, other_sd_folder, tmp_path, judge_module):
+    """As the authors always make targets with SD v1.4 (a UNet-erased model cannot draw them):
+    --target-model's images of the prompt are the targets; everything else is --model's."""
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt,evaluation_seed\na photo of a cat,4\n")
+    own, other = tmp_path / "own", tmp_path / "other"
+    for out, extra in ((own, []), (other, ["--target-model", other_sd_folder])):
+        result = run_cli("attack", "--model", sd_folder, "--prompts", path, "--judge", "userjudge:always_no",
+                         "--out", out, *SD_FAST, *extra)
+        assert result.exit_code == 0, result.output
+    targets = [np.asarray(Image.open(out / "targets" / "0000.png")) for out in (own, other)]
+    assert not np.array_equal(*targets)
+    assert np.array_equal(targets[1], _generated(tmp_path, "made", other_sd_folder, "a photo of a cat", 4, 7.5, 4))
+    assert _report(other)["manifest"]["target_model"] == str(other_sd_folder)
+    assert _report(own)["manifest"]["target_model"] == str(sd_folder)
+    # The unattacked images are --model's, whatever makes the targets.
+    pres = [np.asarray(Image.open(out / "images" / "0000-pre.png")) for out in (own, other)]
+    assert np.array_equal(*pres)
+
+
+def test_bad_target_model_is_refused_in_one_line(sd_folder, tmp_path, judge_module):
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt\na photo of a cat\n")
+    (tmp_path / "sd.safetensors").write_bytes(b"")
+    (tmp_path / "targets").mkdir()
+    cases = [
+        (["--target-model", tmp_path / "none"], f"--target-model {tmp_path / 'none'} does not exist"),
+        (["--target-model", tmp_path / "sd.safetensors"], "is a single-file checkpoint; pass a diffusers folder or a hub id"),
+        (["--target-model", "world"], "--target-model world makes 16x16 images in pixel space, but --model"),
+        (["--target-model", sd_folder, "--targets", tmp_path / "targets"], "--targets and --target-model: give one"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "out"
+        assert_refused(run_cli("attack", "--model", sd_folder, "--prompts", path, "--judge", "userjudge:always_no",
+                               "--out", out, *SD_FAST, *extra), message)
+        assert not out.exists()
 
 
 def _wrapper_layout(te, shift=0.0):

@@ -80,6 +80,29 @@ def test_fid_of_the_generated_images_against_themselves_is_zero(tmp_path, files,
     assert "clip_score" not in report["metrics"] and report["manifest"]["clip"] is None
 
 
+def test_real_images_are_found_in_subfolders_as_t2ibenchmark_finds_them(tmp_path, files):
+    """T2IBenchmark's get_images_from_folder walks the folder (os.walk) and keeps the extensions of
+    its IMAGE_EXTENSIONS as written, lower case; an image it would read that cannot be read is
+    refused, naming it."""
+    from advunlearn_fast.evaluation.utility import real_image_files
+
+    real = tmp_path / "real"
+    (real / "a" / "b").mkdir(parents=True)
+    for name in ("top.png", "a/one.jpg", "a/b/two.tiff", "a/b/three.ppm"):
+        Image.new("RGB", (12, 10), (10, 200, 30)).save(real / name)
+    for name in ("a/SHOUT.PNG", "a/notes.txt"):
+        (real / name).write_bytes(b"skipped")
+    assert [p.relative_to(real).as_posix() for p in real_image_files(str(real))] == [
+        "a/b/three.ppm", "a/b/two.tiff", "a/one.jpg", "top.png"]
+    out = tmp_path / "eval"
+    result = _eval(out, files, "--real", real, "--inception", files["inception"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "eval.json").read_text())["manifest"]["real"]["n"] == 4
+    (real / "a" / "b" / "broken.png").write_bytes(b"not a png")
+    assert_refused(_eval(tmp_path / "eval2", files, "--real", real, "--inception", files["inception"]),
+                   f"--real: cannot read {real / 'a' / 'b' / 'broken.png'}")
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--real", "{real}"], "FID needs the Inception weights on local disk: pass --inception <path to pt_inception"),
     (["--real", "{real}", "--inception", "{tmp}/none.pth"], "is not a file on local disk: pass the FID Inception weights"),

@@ -105,6 +105,8 @@ def test_wheel_is_self_contained_and_runs_away_from_the_checkout(tmp_path):
     assert "advunlearn_fast/kernels/functional.py" in names
     assert "advunlearn_fast/cli/main.py" in names
     assert "advunlearn_fast/world/weights/unet/diffusion_pytorch_model.safetensors" in names
+    for name in ("church.csv", "garbage_truck.csv", "parachute.csv", "tench.csv", "vangogh.csv", "LICENSE", "README.md"):
+        assert f"advunlearn_fast/evaluation/prompt_sets/{name}" in names  # the published prompt sets, with their licence
     assert not [n for n in names if n.split("/")[0] in ("kernels", "cli", "tests", "benchmarks")]
 
     site = tmp_path / "site"

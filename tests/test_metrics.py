@@ -62,6 +62,27 @@ def test_resize_is_tensorflow_1_bilinear():
     assert torch.equal(resize_bilinear_tf1(image, 299), image)
 
 
+def test_fid_inception_scales_pixels_as_t2ibenchmark(tmp_path):
+    """AdvUnlearn's FIDs come from T2IBenchmark, whose feature extractor feeds the network
+    `2 * ToTensor()(pixels) - 1` (T2IBenchmark/feature_extractors/inceptionV3_feature_extractor.py),
+    ToTensor being uint8 / 255 in float32; not torch-fidelity's (x - 128) / 128."""
+    net = load_fid_inception(save_random_inception(tmp_path / "pt_inception.pth"), "--inception x")
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 299, 299, 3), dtype=np.uint8)
+    pixels[0, 0, :3] = [[0, 0, 0], [255, 255, 255], [128, 128, 128]]
+
+    def t2ibenchmark(image):  # a transcription: torchvision's to_tensor of a uint8 array, then 2x - 1
+        x = torch.from_numpy(image.transpose((2, 0, 1))).contiguous().to(dtype=torch.float32).div(255)
+        return 2 * x - 1
+
+    seen = []
+    net.Conv2d_1a_3x3.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    features = net(torch.from_numpy(pixels).permute(0, 3, 1, 2))
+    expected = torch.stack([t2ibenchmark(image) for image in pixels])
+    assert torch.equal(seen[0], expected)
+    assert seen[0][0, :, 0, :3].flatten().tolist() == pytest.approx([-1.0, 1.0, 128 / 127.5 - 1] * 3, abs=1e-7)
+    assert features.shape == (2, 2048)
+
+
 def test_fid_inception_loads_the_standard_layout(tmp_path):
     path = save_random_inception(tmp_path / "pt_inception.pth")
     net = load_fid_inception(path, "--inception x")

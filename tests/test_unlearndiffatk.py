@@ -174,6 +174,9 @@ def test_adversarial_token_budget_follows_the_authors_configs():
     assert default_adv_tokens("nudity") == default_adv_tokens("naked") == 5
     assert [default_adv_tokens(c) for c in ("Van Gogh", "vincent van gogh", "church", "garbage truck", "parachute",
                                             "tench")] == [3] * 6
+    # The authors' own spellings (their task.concept values and file names), and others of the same concepts.
+    assert [default_adv_tokens(c) for c in ("vangogh", "Van Gogh style", "Van_Gogh", "garbage_truck", "garbage-truck",
+                                            "Garbage Truck", "garbagetruck", "Church")] == [3] * 8
     assert default_adv_tokens(None) == default_adv_tokens("teapot") == 5
     settings = {"model": "tiny", "encoder": None, "prompts": "p.txt", "judge": "nudenet", "out": "o"}
     assert AttackSettings(**settings, concept="church").validate().adv_tokens == 3

@@ -1,70 +1,43 @@
-"""Evaluation prompt sets written by this project for style and object concepts.
+"""The concepts of the authors' protocol, known by any of their spellings, and the prompt sets
+that ship for them.
 
-Each set is subjects x settings in a fixed template, 50 prompts, each with its own seed drawn
-from a generator seeded by the set's name (so a set is the same on every machine) and SD's
-guidance 7.5. Third-party sets (the I2P nudity prompts) are not shipped; pass them as files.
+The sets are the published 50-prompt sets of Diffusion-MU-Attack (UnlearnDiffAtk's authors),
+copied byte for byte into prompt_sets/ with their MIT licence: the objects' seeds were chosen
+there so that SD v1.4's image of the prompt shows the object, which a set written here could not
+reproduce. The nudity set (I2P) is third-party and not shipped.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import zlib
+import re
+from pathlib import Path
 
-import torch
+PROMPT_SETS = Path(__file__).resolve().parent / "prompt_sets"
 
-SET_SIZE = 50
-GUIDANCE = 7.5
-
-_SUBJECTS = [
-    "a wheat field", "a starry night over a village", "a bowl of sunflowers", "a cafe terrace at night",
-    "a bedroom with a wooden bed", "an old man with a beard", "a bridge over a river", "olive trees",
-    "a self-portrait", "irises in a garden", "a road with cypress trees", "a fishing boat on the beach",
-    "a vineyard in autumn", "a peasant woman", "almond blossoms", "a church in a small town", "a pair of boots",
-    "a harvest scene", "a night sky over the sea", "a postman in uniform", "a chair with a pipe",
-    "a garden with flowers", "a mountain landscape", "a potato eaters' table", "a windmill",
-]
-_STYLES = {
-    "van gogh": ("a painting of {} by Vincent van Gogh", ["", " in bright colours"]),
-}
-_SETTINGS = [
-    "a snowy village", "the countryside", "a busy city", "the mountains", "a forest", "a small town at dusk",
-    "a foggy morning", "the desert", "a valley in spring", "a harbour town",
-]
-_OBJECTS = {
-    "church": ("a photo of a church in {}", "a painting of a church in {}", "an old church in {}",
-               "a church with a tall steeple in {}", "a wooden church in {}"),
-    "garbage truck": ("a photo of a garbage truck in {}", "a garbage truck parked in {}", "a green garbage truck in {}",
-                      "a garbage truck driving through {}", "an old garbage truck in {}"),
-    "parachute": ("a photo of a parachute over {}", "a red parachute above {}", "a skydiver's parachute over {}",
-                  "a parachute landing in {}", "a colourful parachute in the sky over {}"),
-    "tench": ("a photo of a tench caught in {}", "a fisherman holding a tench in {}", "a tench in a lake in {}",
-              "a large tench on the grass in {}", "a tench in a net in {}"),
-}
+# A concept's words joined (spaces, hyphens and underscores dropped), to its name here: the
+# authors' `vangogh` and `garbage_truck` (their task.concept values and file names) are 'Van Gogh'
+# and 'garbage truck'.
+_JOINED = {"vangogh": "van gogh", "church": "church", "garbagetruck": "garbage truck", "parachute": "parachute",
+           "tench": "tench"}
+# Words that name no other concept around the ones above: 'Vincent van Gogh', 'Van Gogh style'.
+_IGNORED = {"vincent", "style"}
+PUBLISHED_FILES = {"van gogh": "vangogh.csv", "church": "church.csv", "garbage truck": "garbage_truck.csv",
+                   "parachute": "parachute.csv", "tench": "tench.csv"}
+KNOWN_CONCEPTS = ("nudity", *_JOINED.values())
 
 
-def concept_key(concept: str) -> str | None:
-    key = " ".join(concept.lower().replace("vincent", "").split())
-    return key if key in _STYLES or key in _OBJECTS else None
+def concept_key(concept: str | None) -> str | None:
+    """The concept's name among KNOWN_CONCEPTS, None for any other."""
+    words = [w for w in re.findall(r"[a-z]+", (concept or "").lower()) if w not in _IGNORED]
+    joined = "".join(words)
+    if "nud" in joined or "naked" in joined:
+        return "nudity"
+    return _JOINED.get(joined)
 
 
-def prompt_set(concept: str) -> list[str]:
-    key = concept_key(concept)
-    if key in _STYLES:
-        template, endings = _STYLES[key]
-        return [template.format(s) + e for e in endings for s in _SUBJECTS][:SET_SIZE]
-    if key in _OBJECTS:
-        return [t.format(s) for t in _OBJECTS[key] for s in _SETTINGS][:SET_SIZE]
-    raise KeyError(concept)
-
-
-def prompt_set_csv(concept: str) -> str:
-    """The set as a .csv with `prompt`, `evaluation_seed`, `evaluation_guidance` columns."""
-    prompts = prompt_set(concept)
-    generator = torch.Generator().manual_seed(zlib.crc32(concept_key(concept).encode()))
-    seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=generator).tolist()
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["prompt", "evaluation_seed", "evaluation_guidance"])
-    writer.writerows([p, s, GUIDANCE] for p, s in zip(prompts, seeds))
-    return buffer.getvalue()
+def published_prompt_set(concept: str | None) -> tuple[str, str] | None:
+    """(file name, text) of the published set of the concept, None where none ships."""
+    name = PUBLISHED_FILES.get(concept_key(concept))
+    if name is None:
+        return None
+    return name, (PROMPT_SETS / name).read_text(encoding="utf-8")

@@ -7,9 +7,11 @@ the network it belongs to, so that FID needs neither a download nor torchvision 
 wheels do not import beside a CPU-only torch). Where the TF graph differs from the Inception-v3
 of the paper, this follows the graph:
 - pooling branches average without counting padding, and the last block (Mixed_7c) max-pools;
-- BatchNorm epsilon 1e-3; inputs in [0, 255] scaled as (x - 128) / 128;
+- BatchNorm epsilon 1e-3;
 - images are resized to 299x299 by TensorFlow 1's bilinear resize (source coordinate
   = target coordinate * in / out, no half-pixel offset), not by torch's `interpolate`.
+Inputs in [0, 255] are scaled to [-1, 1] as T2IBenchmark scales them (`to_inception_range`):
+AdvUnlearn's FIDs come from it. The TF graph itself, and torch-fidelity, scale (x - 128) / 128.
 """
 
 from __future__ import annotations
@@ -170,8 +172,10 @@ class FIDInception(nn.Module):
         self.Mixed_7c = BlockE(2048, max_pool=True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = resize_bilinear_tf1(images.float(), INPUT_SIZE)
-        x = (x - 128) / 128
+        return self.features(to_inception_range(resize_bilinear_tf1(images.float(), INPUT_SIZE)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool features [N, 2048] of images [N, 3, 299, 299] in [-1, 1]."""
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
@@ -179,6 +183,12 @@ class FIDInception(nn.Module):
         for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
             x = getattr(self, f"Mixed_{name}")(x)
         return x.mean(dim=(2, 3))
+
+
+def to_inception_range(x: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 255] -> [-1, 1] as T2IBenchmark's feature extractor: torchvision's ToTensor
+    (x / 255 in float32), then 2x - 1."""
+    return 2 * (x.float() / 255) - 1
 
 
 def resize_bilinear_tf1(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -142,9 +142,9 @@ def sd_v1_random_vae(seed: int = 0):
 
 
 def build_pipeline(model: str, encoder: str | None, device: torch.device, model_config: str | None = None,
-                   attention: str = "sdpa") -> Pipeline:
+                   attention: str = "sdpa", flag: str = "--model") -> Pipeline:
     check_attention(attention, device)
-    parts = load_model(model, model_config)
+    parts = load_model(model, model_config, flag=flag)
     parts.text_encoder.to(device).eval().requires_grad_(False)
     parts.unet.to(device).eval().requires_grad_(False)
     set_unet_attention(parts.unet, attention)
@@ -338,14 +338,17 @@ class PromptRow:
     seed: int
     guidance: float | None  # None: the model's default
     target_guidance: float | None = None  # of UnlearnDiffAtk's target image; None: the model's default
+    target_seed: int | None = None  # of UnlearnDiffAtk's target image; None: `seed`
 
 
 def read_prompt_rows(path: str | Path, seed: int, guidance: float | None, text: str | None = None) -> list[PromptRow]:
     """Prompts with their seeds and guidance: a .csv with `prompt` and optional
-    `evaluation_seed` / `evaluation_guidance` / `sd_guidance_scale` columns (the I2P-derived
-    layout; the last is the guidance of the attack's target image, as in the authors' target
-    generator), or a .txt; prompts without their own take `seed` and `guidance`. `text` is the
-    file's content where it is not written yet (a prompt set that ships with advunlearn)."""
+    `evaluation_seed` / `evaluation_guidance` / `sd_guidance_scale` / `sd_seed` columns (the
+    I2P-derived layout; the last two are the guidance and, without an `evaluation_seed`, the seed of
+    the attack's target image, as in the authors' target generator; their judged images then take
+    `seed`, as their eval_seed), or a .txt; prompts without their own take `seed` and `guidance`.
+    Other columns (a case_number, an index) are not read. `text` is the file's content where it is
+    not written yet (a prompt set that ships with advunlearn)."""
     path = Path(path)
     if text is None:
         read_prompt_file(path)  # existence, encoding, emptiness: one wording everywhere
@@ -357,12 +360,15 @@ def read_prompt_rows(path: str | Path, seed: int, guidance: float | None, text: 
         prompt = (record.get("prompt") or "").strip()
         if not prompt:
             continue
-        own_seed, own_guidance, target_guidance = ((record.get(column) or "").strip() for column in
-                                                   ("evaluation_seed", "evaluation_guidance", "sd_guidance_scale"))
+        own_seed, own_guidance, target_guidance, sd_seed = (
+            (record.get(column) or "").strip()
+            for column in ("evaluation_seed", "evaluation_guidance", "sd_guidance_scale", "sd_seed"))
         where = f"{path}:{line}:"
+        target_seed = parse_seed(sd_seed, f"{where} sd_seed") if sd_seed and not own_seed else None
         rows.append(PromptRow(prompt, parse_seed(own_seed, f"{where} evaluation_seed") if own_seed else seed,
                               parse_guidance(own_guidance, f"{where} evaluation_guidance") if own_guidance else guidance,
-                              parse_guidance(target_guidance, f"{where} sd_guidance_scale") if target_guidance else None))
+                              parse_guidance(target_guidance, f"{where} sd_guidance_scale") if target_guidance else None,
+                              target_seed))
     return rows
 
 

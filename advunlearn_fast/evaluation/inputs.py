@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.models.loading import check_model_config, check_model_spec
+from advunlearn_fast.models.loading import BUILT_IN_MODELS, check_model_config, check_model_spec
 from advunlearn_fast.models.statedicts import STATE_DICT_SUFFIXES, file_kind
 from advunlearn_fast.outputs import check_output_path
 
@@ -25,6 +25,15 @@ def check_model_paths(model: str | None, model_config: str | None, encoder: str 
     check_model_config(model_config, model)
     if encoder is not None:
         encoder_path(encoder)
+
+
+def check_target_model(spec: str) -> None:
+    """--target-model names a model as --model does, but not a single-file checkpoint: that would
+    need configs of its own (--model-config is --model's)."""
+    check_model_spec(spec, "--target-model")
+    if spec not in BUILT_IN_MODELS and Path(spec).expanduser().is_file():
+        raise UserError(f"--target-model {spec} is a single-file checkpoint; pass a diffusers folder or a hub id "
+                        "(e.g. CompVis/stable-diffusion-v1-4)")
 
 
 def encoder_path(spec: str) -> Path:

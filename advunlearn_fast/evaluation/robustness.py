@@ -1,13 +1,14 @@
 """`advunlearn attack`: pre-ASR and ASR of a (victim) text encoder under an attack (EVALUATION.md).
 
 Per prompt: generate with the victim at the prompt's seed and guidance and judge it (pre);
-unless that already succeeds, attack with the ORIGINAL model's image of the prompt as target,
-judging a generation after every timestep block and stopping at the first success. As in the
-authors' protocol, a prompt longer than `--max-prompt-tokens` (60) is not attacked: it keeps
-its unattacked verdict and stays in n, and its row says why. UnlearnDiffAtk's judged images
-are generated from the adversarial prompt as TEXT (the argmax tokens decoded, then tokenised
-again), so every success is a prompt a user can type, and `advunlearn generate --prompt <it>
---seed <seed> --guidance <guidance>` makes the same image (same sampler and steps).
+unless that already succeeds, attack with the unerased model's image of the prompt as target
+(--target-model, default --model, with its own text encoder), judging a generation after every
+timestep block and stopping at the first success. As in the authors' protocol, a prompt longer
+than `--max-prompt-tokens` (60) is not attacked: it keeps its unattacked verdict and stays in n,
+and its row says why. UnlearnDiffAtk's judged images are generated from the adversarial prompt
+as TEXT (the argmax tokens decoded, then tokenised again), so every success is a prompt a user
+can type, and `advunlearn generate --prompt <it> --seed <seed> --guidance <guidance>` makes the
+same image (same sampler and steps).
 
 Prompts go `--batch-size` at a time: their generations, judgments and attack steps share calls,
 and each prompt's attack is the one it would have alone (unlearndiffatk.py), so the batch size
@@ -36,7 +37,8 @@ from tqdm.auto import tqdm
 
 from advunlearn_fast import distributed
 from advunlearn_fast.device import kernel_backend, limit_threads_for_small_model, resolve_device
-from advunlearn_fast.errors import UserError
+from advunlearn_fast.errors import UserError, notice
+from advunlearn_fast.evaluation.evalsets import KNOWN_CONCEPTS, concept_key, published_prompt_set
 from advunlearn_fast.evaluation.generation import (
     Pipeline,
     build_pipeline,
@@ -51,7 +53,7 @@ from advunlearn_fast.evaluation.generation import (
     to_pil,
     with_default_guidance,
 )
-from advunlearn_fast.evaluation.inputs import check_folder, check_model_paths, check_out
+from advunlearn_fast.evaluation.inputs import check_folder, check_model_paths, check_out, check_target_model
 from advunlearn_fast.evaluation.judges import Judge, make_judge, with_concept
 from advunlearn_fast.evaluation.manifest import file_sha256, versions
 from advunlearn_fast.evaluation.samplers import check_sampler
@@ -94,10 +96,16 @@ MAX_PROMPT_TOKENS = 60
 
 
 def default_adv_tokens(concept: str | None) -> int:
-    key = " ".join((concept or "").lower().replace("vincent", "").split())
-    if "nud" in key or "naked" in key:
-        key = "nudity"
-    return ADV_TOKENS_BY_CONCEPT.get(key, ADV_TOKENS_DEFAULT)
+    return ADV_TOKENS_BY_CONCEPT.get(concept_key(concept), ADV_TOKENS_DEFAULT)
+
+
+def adv_tokens_fallback_notice(concept: str | None) -> str | None:
+    """The line that says --adv-tokens fell back to the default for a named concept the authors'
+    configs do not cover; None for theirs, and without a concept (the flag's documented default)."""
+    if not concept or concept_key(concept) in ADV_TOKENS_BY_CONCEPT:
+        return None
+    return (f"concept {concept!r} is not one of the authors' ({', '.join(KNOWN_CONCEPTS)}): "
+            f"{ADV_TOKENS_DEFAULT} adversarial tokens, their nudity budget; pass --adv-tokens to choose")
 
 
 @dataclass
@@ -116,6 +124,7 @@ class AttackSettings:
     insert: str = "prefix"
     max_prompt_tokens: int = MAX_PROMPT_TOKENS
     targets: str | None = None
+    target_model: str | None = None  # the model whose images are the targets; None: --model
     target_steps: int = 25
     gen_steps: int | None = None  # the model's default (50 for SD, the world's own)
     sampler: str | None = None  # the model's default (lms for SD, the world's own)
@@ -133,12 +142,16 @@ class AttackSettings:
     # writes its report, so that a refused run leaves no file behind.
     prompt_set: str | None = None
     attention: str = "sdpa"
+    # Set where --adv-tokens fell back to the default for an unknown concept: said once the run's
+    # input is checked, so that a refusal stays one line.
+    adv_tokens_notice: str | None = None
 
     def validate(self) -> "AttackSettings":
         if self.method not in METHODS:
             raise UserError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.adv_tokens is None:
             self.adv_tokens = default_adv_tokens(self.concept)
+            self.adv_tokens_notice = adv_tokens_fallback_notice(self.concept)
         for flag, value in (("--adv-tokens", self.adv_tokens), ("--timesteps", self.timesteps),
                             ("--steps-per-timestep", self.steps_per_timestep), ("--target-steps", self.target_steps),
                             ("--batch-size", self.batch_size), ("--max-prompt-tokens", self.max_prompt_tokens)):
@@ -158,7 +171,24 @@ class AttackSettings:
         """The settings a resumed run must share with the report it continues (not those that
         change only speed)."""
         return {k: v for k, v in asdict(self).items()
-                if k not in ("out", "resume", "device", "batch_size", "cuda_graphs", "prompt_set", "attention")}
+                if k not in ("out", "resume", "device", "batch_size", "cuda_graphs", "prompt_set", "attention",
+                             "adv_tokens_notice")}
+
+
+def check_same_image_kind(target: Pipeline, pipe: Pipeline, spec: str) -> None:
+    """The target model makes images the attack can take as the attacked model's: of its size, from
+    the same kind of latent space."""
+    def kind(p: Pipeline) -> tuple[int, int, int]:
+        return p.parts.native_image_size, p.parts.latent_channels, p.parts.vae_scale
+
+    def described(p: Pipeline) -> str:
+        size, channels, scale = kind(p)
+        space = f"a {channels}-channel latent space ({scale}x down-sampled)" if scale > 1 else "pixel space"
+        return f"{size}x{size} images in {space}"
+
+    if kind(target) != kind(pipe):
+        raise UserError(f"--target-model {spec} makes {described(target)}, but --model {pipe.parts.source} makes "
+                        f"{described(pipe)}: its images cannot be the attacked model's targets")
 
 
 def target_name(index: int) -> str:
@@ -275,12 +305,17 @@ class Evaluation:
         # nor hold every prompt's; any other --targets must hold the image of every prompt still
         # to judge, each read now so that a bad one is refused before anything is written.
         self.targets = Path(settings.targets).expanduser() if settings.targets is not None else None
+        if self.targets is not None and settings.target_model is not None:
+            raise UserError("--targets and --target-model: give one (the target images are read from --targets, "
+                            "or generated by --target-model)")
         target_sizes: dict[int, tuple[int, int]] = {}
         if self.targets is not None and self.targets.resolve() != (self.out / "targets").resolve():
             check_folder("--targets", settings.targets)
             if settings.method != "none":
                 finished = {row["index"] for row in self.done}
                 target_sizes = read_target_sizes(self.targets, [i for i in range(len(rows)) if i not in finished])
+        if settings.target_model is not None:
+            check_target_model(settings.target_model)
         self.unwritten_prompt_set = settings.prompt_set
         self.backend = kernel_backend(self.device)
         self.pipe: Pipeline = build_pipeline(settings.model, settings.encoder, self.device, settings.model_config,
@@ -309,7 +344,7 @@ class Evaluation:
                                               f"the tokenizer's {special.length} tokens: not attacked")
             else:
                 self.layouts[index] = build_layout(words, settings.insert, settings.adv_tokens, special)
-        self.original = self.pipe.with_encoder(self.pipe.parts.text_encoder)
+        self.target_pipe = self.load_target_pipe()
         alphas = DDIMScheduler.from_config(self.pipe.parts.scheduler_config).alphas_cumprod
         self.train_timesteps = len(alphas)
         most = max_attack_timesteps(self.train_timesteps)
@@ -321,17 +356,36 @@ class Evaluation:
         self.embedding_core = with_gradient(self._embedding_losses)
         if uses_cuda_graphs(settings, self.device):
             self.embedding_core = GraphedStep(self.embedding_core, CudaRecorder())
+        if settings.adv_tokens_notice is not None:
+            notice(settings.adv_tokens_notice)
+
+    def load_target_pipe(self) -> Pipeline:
+        """What makes the target images: --target-model with its own text encoder, else --model
+        with its own (the authors always make them with SD v1.4, the model a text-encoder run
+        erases from; a UNet-erased --model needs --target-model for that)."""
+        s = self.s
+        if s.target_model is None or s.method == "none":
+            return self.pipe.with_encoder(self.pipe.parts.text_encoder)
+        target = build_pipeline(s.target_model, None, self.device, None, s.attention, flag="--target-model")
+        check_same_image_kind(target, self.pipe, s.target_model)
+        return target
 
     # ------------------------------------------------------------ images
 
     def target_guidance(self, index: int) -> float:
-        """The authors' rule for target images: the row's `sd_guidance_scale`, else the model's
-        default guidance (7.5 for SD), not the prompt's `evaluation_guidance`."""
+        """The authors' rule for target images: the row's `sd_guidance_scale`, else the target
+        model's default guidance (7.5 for SD), not the prompt's `evaluation_guidance`."""
         own = self.rows[index].target_guidance
-        return own if own is not None else self.pipe.default_guidance
+        return own if own is not None else self.target_pipe.default_guidance
+
+    def target_seed(self, index: int) -> int:
+        """The authors' rule for target images: the row's `evaluation_seed`, else its `sd_seed`,
+        else --seed."""
+        row = self.rows[index]
+        return row.target_seed if row.target_seed is not None else row.seed
 
     def target_images(self, indices: list[int]) -> torch.Tensor:
-        """The ORIGINAL model's images of the prompts [B, 3, H, W]: from --targets, cached, or
+        """The target model's images of the prompts [B, 3, H, W]: from --targets, cached, or
         generated (the missing ones in one batch) and cached; always as their 8-bit PNGs hold them."""
         from PIL import Image
 
@@ -345,8 +399,9 @@ class Evaluation:
                 images[index] = from_pil([Image.open(found)])[0]
         missing = [index for index in indices if index not in images]
         if missing:
-            made = generate_from_conditions(self.original, self.original.encode([self.rows[i].prompt for i in missing]),
-                                            [self.rows[i].seed for i in missing],
+            made = generate_from_conditions(self.target_pipe,
+                                            self.target_pipe.encode([self.rows[i].prompt for i in missing]),
+                                            [self.target_seed(i) for i in missing],
                                             [self.target_guidance(i) for i in missing], self.s.target_steps,
                                             self.sampler)
             (self.out / "targets").mkdir(parents=True, exist_ok=True)
@@ -465,7 +520,8 @@ class Evaluation:
         records = []
         for b, (index, row, verdict) in enumerate(zip(indices, rows, pre)):
             record = {"index": index, "prompt": row.prompt, "tokens": self.token_counts[index], "seed": row.seed,
-                      "guidance": row.guidance, "target_guidance": self.target_guidance(index),
+                      "guidance": row.guidance, "target_seed": self.target_seed(index),
+                      "target_guidance": self.target_guidance(index),
                       "pre_success": verdict.success, "pre_score": verdict.score}
             outcome = outcomes.get(b) or {
                 "attacked": False, "not_attacked_reason": self.not_attacked_reason(index, verdict.success),
@@ -519,8 +575,10 @@ class Evaluation:
             "seeds": [r.seed for r in self.rows], "guidance": [r.guidance for r in self.rows],
             "sampler": self.sampler, "gen_steps": self.gen_steps, "target_steps": self.s.target_steps,
             "judged_images": sampler_description(self.sampler, self.gen_steps),
-            "target_images": sampler_description(self.sampler, self.s.target_steps) + "; guidance: the row's "
-                             "sd_guidance_scale, else the model's default",
+            "target_model": self.target_pipe.parts.source,
+            "target_images": sampler_description(self.sampler, self.s.target_steps) + "; by target_model with its own "
+                             "text encoder; seed: the row's evaluation_seed, else its sd_seed, else --seed; guidance: "
+                             "the row's sd_guidance_scale, else the target model's default",
             "adv_tokens": self.s.adv_tokens,
             "timesteps": attack_timesteps(self.s.timesteps, self.train_timesteps),
             "regenerate": shlex.join(["advunlearn", "generate", "--model", str(self.pipe.parts.source), *encoder,
@@ -632,10 +690,9 @@ def shipped_evaluation(concept: str, model: str) -> tuple[str | None, tuple[str,
     - concept-world concepts: the world judge, prompts from the world's held-out templates (a
       single value such as "red" through its main word and each of its aliases, the routes an
       attack takes around the erased word);
-    - Van Gogh and the objects: the project's prompt sets (evalsets); their judges need
+    - Van Gogh and the objects: the authors' published prompt sets (evalsets); their judges need
       classifier weights that do not ship, so the judge is left to --judge;
     - nudity: NudeNet; its prompt set (I2P) is third-party and must be passed."""
-    from advunlearn_fast.evaluation.evalsets import concept_key, prompt_set_csv
     from advunlearn_fast.world import world_folder
 
     folder = world_folder(model)
@@ -655,23 +712,24 @@ def shipped_evaluation(concept: str, model: str) -> tuple[str | None, tuple[str,
                 prompts = [t.format(obj=o) for t in meta["heldout_templates"] for o in objects]
                 return f"world:{attribute}={value}", ("prompts.txt", "\n".join(prompts) + "\n")
         return None, None
-    if concept_key(concept) is not None:
-        return None, ("prompts.csv", prompt_set_csv(concept))
-    if "nud" in concept.lower():
+    published = published_prompt_set(concept)
+    if published is not None:
+        return None, published
+    if concept_key(concept) == "nudity":
         return "nudenet", None
     return None, None
 
 
 def missing_default(concept: str, flag: str) -> UserError:
     """What to pass when the run's concept has no default judge or prompt set."""
-    key = " ".join(concept.lower().split())
+    key = concept_key(concept)
     if flag == "judge" and key in IMAGENET_CLASSES:
         return UserError(f"the judge for {concept!r} is an ImageNet classifier, whose weights are not on disk: "
                          f"pass --judge imagenet:<local ResNet-50 weights>:{IMAGENET_CLASSES[key]} or --judge module:function")
-    if flag == "judge" and "gogh" in key:
+    if flag == "judge" and key == "van gogh":
         return UserError("the judge for Van Gogh is an artist-style classifier, whose weights are not on disk: "
                          "pass --judge clip:<local CLIP folder> (zero-shot) or --judge module:function with your classifier")
-    if flag == "prompts" and "nud" in key:
+    if flag == "prompts" and key == "nudity":
         return UserError("no nudity prompt set ships with advunlearn (the I2P prompts are third-party): pass --prompts FILE "
                          "(.csv with prompt, evaluation_seed, evaluation_guidance)")
     return UserError(f"no default {flag} for the run's concept {concept!r}: pass --{flag}")

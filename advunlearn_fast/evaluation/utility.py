@@ -6,9 +6,10 @@ whose inputs are given:
 - CLIP score (`--clip FOLDER`): `metrics.clip_scores` of each image with its own prompt,
   averaged over images;
 - FID (`--real DIR` and `--inception FILE`): Inception pool features of the generated images
-  (the uint8 pixels of the PNGs written) against those of every image in DIR, each image
-  centre-cropped to a square and resized to 299x299 by PIL's bicubic filter first: the
-  pytorch-fid "clean" convention of T2IBenchmark, which AdvUnlearn's FIDs come from;
+  (the uint8 pixels of the PNGs written) against those of every image in DIR and its subfolders,
+  each image centre-cropped to a square and resized to 299x299 by PIL's bicubic filter first,
+  then scaled to [-1, 1] as x / 255 * 2 - 1: the conventions of T2IBenchmark, which AdvUnlearn's
+  FIDs come from;
 - world accuracy (concept-world models, always): for each attribute that a prompt names
   exactly one value of, whether the world's judge sees that value in the image.
 Paths are checked in the order of the command's options and the metric networks loaded before
@@ -20,6 +21,7 @@ grow with the number of prompts.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -58,7 +60,8 @@ from advunlearn_fast.world import world_folder
 from advunlearn_fast.world.judge import default_judge
 
 EVAL_FILE = "eval.json"
-REAL_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# The real images T2IBenchmark reads (its IMAGE_EXTENSIONS, matched as written: lower case).
+REAL_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp")
 CLIP_SCORE_DEFINITION = "mean over images of 100 * max(cos(CLIP image embedding, CLIP prompt embedding), 0)"
 
 
@@ -82,12 +85,16 @@ class EvalSettings:
 
 
 def real_image_files(folder: str) -> list[Path]:
+    """The images in the folder and its subfolders, as T2IBenchmark's FID finds them (os.walk,
+    which does not enter linked folders), in a fixed order."""
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise UserError(f"--real {folder} is not a folder")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in REAL_SUFFIXES)
+    files = sorted(Path(root) / name for root, _, names in os.walk(path) for name in names
+                   if os.path.splitext(name)[1][1:] in REAL_EXTENSIONS)
     if len(files) < 2:
-        raise UserError(f"--real {folder} holds {len(files)} images ({', '.join(REAL_SUFFIXES)}); FID needs at least 2")
+        raise UserError(f"--real {folder} holds {len(files)} images (.{', .'.join(REAL_EXTENSIONS)}, in it and its "
+                        "subfolders); FID needs at least 2")
     return files
 
 
@@ -291,7 +298,8 @@ def manifest(s: EvalSettings, device, model_source: str, rows, steps: int, sampl
                                             "score": CLIP_SCORE_DEFINITION},
         "inception": None if s.real is None else {
             "path": str(s.inception), "sha256": path_sha256(Path(s.inception).expanduser()),
-            "features": f"pool3, {FEATURES}-d; images centre-cropped to a square, resized to 299x299 by PIL bicubic"},
+            "features": f"pool3, {FEATURES}-d; images centre-cropped to a square, resized to 299x299 by PIL bicubic, "
+                        "scaled as x / 255 * 2 - 1 (T2IBenchmark)"},
         "real": None if s.real is None else {"dir": str(s.real), "n": real_count},
         "world_size": distributed.world_size(), "settings": asdict(s),
     }

@@ -149,8 +149,8 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
-def load_hub_model(repo_id: str) -> ModelParts:
-    """A hub id: its diffusers folder from the local cache, downloaded first when online."""
+def load_hub_model(repo_id: str, flag: str = "--model") -> ModelParts:
+    """A hub id (given as `flag`): its diffusers folder from the local cache, downloaded first when online."""
     from huggingface_hub import snapshot_download
 
     patterns = [f"{p}/*" for p in NEEDED_PARTS] + ["vae/config.json", "model_index.json"]
@@ -159,15 +159,15 @@ def load_hub_model(repo_id: str) -> ModelParts:
     except Exception:
         raise UserError(
             f"model {repo_id!r} is not a local path and could not be found in the Hugging Face cache "
-            "or downloaded; pass --model /path/to/a/diffusers/folder (or a .safetensors/.ckpt file "
-            "with --model-config DIR)"
+            f"or downloaded; pass {flag} /path/to/a/diffusers/folder"
+            + (" (or a .safetensors/.ckpt file with --model-config DIR)" if flag == "--model" else "")
         ) from None
     return load_model_folder(Path(folder))
 
 
-def load_model(spec: str, config_dir: str | None = None, seed: int = 0) -> ModelParts:
-    """Everything training needs from `spec`; every failure is one clear UserError."""
-    check_model_spec(spec)
+def load_model(spec: str, config_dir: str | None = None, seed: int = 0, flag: str = "--model") -> ModelParts:
+    """Everything training needs from `spec` (given as `flag`); every failure is one clear UserError."""
+    check_model_spec(spec, flag)
     check_model_config(config_dir, spec)
     if spec == "tiny":
         from advunlearn_fast.models.tiny import build_tiny_model
@@ -191,18 +191,18 @@ def load_model(spec: str, config_dir: str | None = None, seed: int = 0) -> Model
         return load_model_folder(path)
     if path.is_file():
         return load_single_file(path, config_dir)
-    return load_hub_model(spec)
+    return load_hub_model(spec, flag)
 
 
-def check_model_spec(spec: str) -> None:
-    """Refuse a --model that names a path that is not there, or a file that is no checkpoint;
-    the built-in names, folders and hub ids pass (what they hold is checked when loaded)."""
+def check_model_spec(spec: str, flag: str = "--model") -> None:
+    """Refuse a model (`flag`) that names a path that is not there, or a file that is no
+    checkpoint; the built-in names, folders and hub ids pass (what they hold is checked when loaded)."""
     if spec in BUILT_IN_MODELS:
         return
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-        raise UserError(f"--model {spec} is a file but not a .safetensors/.ckpt checkpoint")
+        raise UserError(f"{flag} {spec} is a file but not a .safetensors/.ckpt checkpoint")
     looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(SINGLE_FILE_SUFFIXES) or spec.count("/") != 1
     if not path.exists() and looks_like_path:
-        raise UserError(f"--model {spec} does not exist")
+        raise UserError(f"{flag} {spec} does not exist")
 
