@@ -369,8 +369,8 @@ def _fake_run(folder, model, concept):
 
 
 @pytest.mark.parametrize("concept, message", [
-    ("church", "--judge imagenet:<local ResNet-50 weights>:497"),
-    ("Van Gogh", "artist-style classifier"),
+    ("church", "pass --judge hf-classifier:<local folder of it> (label 497 filled in), or --judge imagenet:"),
+    ("Van Gogh", "(label vincent-van-gogh filled in), or --judge clip:"),
     ("nudity", "no nudity prompt set ships"),
     ("teapot", "no default prompts for the run's concept 'teapot'"),
 ])

@@ -54,7 +54,7 @@ from advunlearn_fast.evaluation.generation import (
     with_default_guidance,
 )
 from advunlearn_fast.evaluation.inputs import check_folder, check_model_paths, check_out, check_target_model
-from advunlearn_fast.evaluation.judges import Judge, make_judge, with_concept
+from advunlearn_fast.evaluation.judges import CLASSIFIER_TARGETS, Judge, make_judge, with_concept
 from advunlearn_fast.evaluation.manifest import file_sha256, versions
 from advunlearn_fast.evaluation.samplers import check_sampler
 from advunlearn_fast.evaluation.unlearndiffatk import (
@@ -681,9 +681,6 @@ def resolve_attack_settings(**values) -> AttackSettings:
     return AttackSettings(**values).validate()
 
 
-IMAGENET_CLASSES = {"church": 497, "garbage truck": 569, "parachute": 701, "tench": 0}
-
-
 def shipped_evaluation(concept: str, model: str) -> tuple[str | None, tuple[str, str] | None]:
     """(judge spec, (file name, text) of the prompt set) for a run's concept, None where there is
     no default:
@@ -723,12 +720,13 @@ def shipped_evaluation(concept: str, model: str) -> tuple[str | None, tuple[str,
 def missing_default(concept: str, flag: str) -> UserError:
     """What to pass when the run's concept has no default judge or prompt set."""
     key = concept_key(concept)
-    if flag == "judge" and key in IMAGENET_CLASSES:
-        return UserError(f"the judge for {concept!r} is an ImageNet classifier, whose weights are not on disk: "
-                         f"pass --judge imagenet:<local ResNet-50 weights>:{IMAGENET_CLASSES[key]} or --judge module:function")
-    if flag == "judge" and key == "van gogh":
-        return UserError("the judge for Van Gogh is an artist-style classifier, whose weights are not on disk: "
-                         "pass --judge clip:<local CLIP folder> (zero-shot) or --judge module:function with your classifier")
+    if flag == "judge" and key in CLASSIFIER_TARGETS:
+        label, _ = CLASSIFIER_TARGETS[key]
+        other = (f"--judge imagenet:<local ResNet-50 state dict>:{label}" if key != "van gogh"
+                 else "--judge clip:<local CLIP folder> (zero-shot)")
+        return UserError(f"the authors' judge for {concept!r} is an image classifier whose weights are not on disk: pass "
+                         f"--judge hf-classifier:<local folder of it> (label {label} filled in), or {other}, "
+                         "or --judge module:function")
     if flag == "prompts" and key == "nudity":
         return UserError("no nudity prompt set ships with advunlearn (the I2P prompts are third-party): pass --prompts FILE "
                          "(.csv with prompt, evaluation_seed, evaluation_guidance)")
