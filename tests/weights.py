@@ -69,8 +69,14 @@ def save_tiny_image_classifier(folder: Path, kind: str, labels: dict[int, str], 
     processor, as `save_pretrained` writes them: `resnet`, a ResNetForImageClassification with
     microsoft/resnet-50's processor settings (ConvNext: shorter side to size / 0.875, centre crop,
     bicubic, ImageNet mean/std) at 32 px; `vit`, a ViTForImageClassification with ViT's at 16 px."""
-    from transformers import (ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification, ViTConfig,
-                              ViTForImageClassification, ViTImageProcessor)
+    from transformers import (
+        ConvNextImageProcessor,
+        ResNetConfig,
+        ResNetForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+        ViTImageProcessor,
+    )
 
     names = {"id2label": dict(labels), "label2id": {name: i for i, name in labels.items()}}
     with torch.random.fork_rng(devices=[]):
