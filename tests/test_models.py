@@ -177,3 +177,40 @@ def test_attack_and_eval_from_a_single_file(single_file, sd_folder, tmp_path):
                         "--steps", 2, "--out", tmp_path / "eval", "--quiet")
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["n"] == 2
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"text_encoder_2/": True}, "SDXL"),
+    ({"unet": {"addition_embed_type": "text_time"}}, "SDXL"),
+    ({"scheduler": {"prediction_type": "v_prediction"}}, "UNet predicts v_prediction"),
+    ({"text_encoder": {"hidden_act": "gelu"}}, "SD 2.x"),
+    ({"unet": {"use_linear_projection": True}}, "SD 2.x"),
+    ({"unet": {"cross_attention_dim": 48}}, "does not match its UNet's cross-attention (48)"),
+])
+def test_models_that_are_not_sd_v1_are_refused_before_any_work(sd_folder, tmp_path, change, named):
+    """SD 2.x (v-prediction, OpenCLIP encoder) and SDXL folders: judged from their configs, so a
+    refused run writes nothing (an SD 2.x one used to train to the end, reading v as the noise)."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(sd_folder, folder)
+    for part, values in change.items():
+        if part.endswith("/"):
+            (folder / part).mkdir()
+            continue
+        config = folder / part / ("scheduler_config.json" if part == "scheduler" else "config.json")
+        config.write_text(json.dumps({**json.loads(config.read_text()), **values}))
+    out = tmp_path / "out"
+    result = run_cli("train", "--model", folder, "--concept", "x", "--out", out, *FAST_ARGS)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].endswith(
+        "advunlearn works on Stable Diffusion v1.x models only") and named in result.output
+    assert not out.exists()
+
+
+def test_a_train_run_given_as_model_is_named_for_what_it_is(sd_folder, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", "--model", sd_folder, "--concept", "x", "--out", run, "--iterations", 1,
+                   *FAST_ARGS).exit_code == 0
+    with pytest.raises(UserError, match="is an advunlearn train run, not a model: pass it as --encoder"):
+        load_model(str(run))

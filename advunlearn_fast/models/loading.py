@@ -61,8 +61,17 @@ def load_model_folder(folder: Path) -> ModelParts:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     missing = [p for p in NEEDED_PARTS if not (folder / p).is_dir()]
+    if missing and (folder / "run.json").is_file():
+        raise UserError(f"{folder} is an advunlearn train run, not a model: pass it as --encoder, and its model "
+                        "(run.json's config.model) as --model")
     if missing:
         raise UserError(f"{folder} is not a Stable Diffusion diffusers folder: missing {', '.join(p + '/' for p in missing)}")
+    index = folder / "model_index.json"
+    check_sd_v1(
+        folder, _read_json(index) if index.is_file() else {}, _read_json(folder / "unet" / "config.json"),
+        _read_json(folder / "text_encoder" / "config.json"), _read_json(folder / "scheduler" / "scheduler_config.json"),
+        has_second_encoder=(folder / "text_encoder_2").is_dir(),
+    )
     try:
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     except Exception as err:
@@ -124,10 +133,31 @@ def load_single_file(path: Path, config_dir: str | None) -> ModelParts:
                 "diffusers folder (its unet/, text_encoder/, tokenizer/ and scheduler/ configs are used)"
             ) from None
         raise load_error("the checkpoint", path, err) from None
+    check_sd_v1(path, {}, dict(pipe.unet.config), pipe.text_encoder.config.to_dict(), dict(pipe.scheduler.config))
     return ModelParts(
         pipe.tokenizer, pipe.text_encoder, pipe.unet, dict(pipe.scheduler.config),
         _vae_scale_from_config(dict(pipe.vae.config)), str(path), vae=pipe.vae,
     )
+
+
+def check_sd_v1(source, model_index: dict, unet: dict, text_encoder: dict, scheduler: dict,
+                has_second_encoder: bool = False) -> None:
+    """Refuse a model that is not SD v1.x-shaped, from its configs alone (no width is checked, so
+    the small built-in models pass): training and the attack read the UNet's output as the noise
+    and condition it on one CLIP text encoder, so an SD 2.x or SDXL model would run to the end
+    with meaningless results or fail deep inside diffusers."""
+    if has_second_encoder or unet.get("addition_embed_type") or "XL" in model_index.get("_class_name", ""):
+        kind = "SDXL (two text encoders, added conditioning)"
+    elif scheduler.get("prediction_type", "epsilon") != "epsilon":
+        kind = f"a model whose UNet predicts {scheduler['prediction_type']} (as SD 2.x at 768 px), not the noise"
+    elif text_encoder.get("hidden_act", "quick_gelu") != "quick_gelu" or unet.get("use_linear_projection"):
+        kind = "SD 2.x (an OpenCLIP text encoder, linear-projection attention)"
+    elif text_encoder.get("hidden_size") != unet.get("cross_attention_dim"):
+        kind = (f"a model whose text encoder ({text_encoder.get('hidden_size')} wide) does not match its UNet's "
+                f"cross-attention ({unet.get('cross_attention_dim')})")
+    else:
+        return
+    raise UserError(f"{source} looks like {kind}: advunlearn works on Stable Diffusion v1.x models only")
 
 
 def check_model_config(config_dir: str | None, model: str | None) -> None:
