@@ -264,14 +264,14 @@ def attack_stage(encoder: str | None, out: Path, prompts: str, judge: str, metho
 def clean_rates(encoder: str | None, attribute: str, value: str, s: DemoSettings, label: str | None = None) -> dict:
     """Concept rate on held-out prompts naming the concept, utility on those that do not; with
     every prompt's outcome (`concept_hits`, `utility_hits`) for studies that resample them."""
-    from advunlearn_fast.device import limit_threads_for_small_model, resolve_device
+    from advunlearn_fast.device import cpu_policy, resolve_device
     from advunlearn_fast.evaluation.generation import build_pipeline, generate
     from advunlearn_fast.world.evaluate import heldout_prompts
     from advunlearn_fast.world.judge import default_judge
 
     bar = tqdm(total=2, desc=f"{label or 'clean prompts'}: clean and empty prompts", disable=not s.progress)
     pipe = build_pipeline("world", encoder, resolve_device(s.device))
-    limit_threads_for_small_model(pipe.unet, pipe.device)
+    cpu_policy(pipe.unet, pipe.device, s.device)
     prompts = heldout_prompts(CLEAN_PROMPTS, s.seed)
     seeds = prompt_seeds(s.seed, len(prompts))
     images = generate(pipe, [p.prompt for p in prompts], seeds, [pipe.default_guidance] * len(prompts),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from advunlearn_fast.errors import UserError
+from advunlearn_fast.errors import UserError, notice
 
 if TYPE_CHECKING:
     import torch
@@ -48,9 +48,16 @@ def kernel_backend(device: torch.device) -> str:
     return "auto" if device.type == "cuda" else "torch"
 
 
-def limit_threads_for_small_model(unet: torch.nn.Module, device: torch.device) -> None:
-    """One intra-op thread when a small UNet runs on a CPU."""
+def cpu_policy(unet: torch.nn.Module, device: torch.device, asked: str) -> None:
+    """On a CPU: one intra-op thread for a small UNet; for a full-size one that `--device auto`
+    put there (no CUDA GPU found), a notice, since a run then takes hours to days."""
     import torch
 
-    if device.type == "cpu" and sum(p.numel() for p in unet.parameters()) < SMALL_MODEL_PARAMETERS:
+
+    if device.type != "cpu":
+        return
+    if sum(p.numel() for p in unet.parameters()) < SMALL_MODEL_PARAMETERS:
         torch.set_num_threads(1)
+    elif asked == "auto":
+        notice("no CUDA GPU found: this full-size model runs on the CPU, hours to days for a training run "
+               "(--device cpu says that is meant)")

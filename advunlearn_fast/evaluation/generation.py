@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from advunlearn_fast import distributed
-from advunlearn_fast.device import limit_threads_for_small_model
+from advunlearn_fast.device import cpu_policy
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.evaluation.inputs import (
     ENCODER_EXPECTED,
@@ -449,7 +449,7 @@ def generate_images(model, encoder, prompt_text, prompt_file, out, seed, guidanc
     check_generation_args(seed, guidance, steps, batch_size, sampler)
     pipe = build_pipeline(model, encoder, resolve_device(device), model_config, attention)
     distributed.start(pipe.device)
-    limit_threads_for_small_model(pipe.unet, pipe.device)
+    cpu_policy(pipe.unet, pipe.device, device)
     rows = with_default_guidance(rows, pipe.default_guidance)
     steps = steps or pipe.default_steps
     sampler = sampler or pipe.default_sampler

@@ -36,7 +36,7 @@ from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
 from advunlearn_fast import distributed
-from advunlearn_fast.device import kernel_backend, limit_threads_for_small_model, resolve_device
+from advunlearn_fast.device import cpu_policy, kernel_backend, resolve_device
 from advunlearn_fast.errors import UserError, notice
 from advunlearn_fast.evaluation.evalsets import KNOWN_CONCEPTS, concept_key, published_prompt_set
 from advunlearn_fast.evaluation.generation import (
@@ -320,7 +320,7 @@ class Evaluation:
         self.backend = kernel_backend(self.device)
         self.pipe: Pipeline = build_pipeline(settings.model, settings.encoder, self.device, settings.model_config,
                                              settings.attention)
-        limit_threads_for_small_model(self.pipe.unet, self.pipe.device)
+        cpu_policy(self.pipe.unet, self.pipe.device, settings.device)
         check_target_sizes(self.targets, target_sizes, self.pipe.latent_shape[-1] * self.pipe.parts.vae_scale)
         self.rows = with_default_guidance(rows, self.pipe.default_guidance)
         self.gen_steps = settings.gen_steps or self.pipe.default_steps

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from advunlearn_fast import distributed
-from advunlearn_fast.device import limit_threads_for_small_model, resolve_device
+from advunlearn_fast.device import cpu_policy, resolve_device
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.evaluation.fid_inception import (
     FEATURES,
@@ -211,7 +211,7 @@ def run_eval(s: EvalSettings, progress: bool = True) -> dict | None:
             bar.update(sum(len(p) for p in finished))
         bar.close()
         real_features = np.concatenate(parts) if distributed.is_main() else None
-    limit_threads_for_small_model(pipe.unet, pipe.device)
+    cpu_policy(pipe.unet, pipe.device, s.device)
     rows = with_default_guidance(rows, pipe.default_guidance)
     steps = s.steps or pipe.utility_steps
     sampler = s.sampler or pipe.default_sampler

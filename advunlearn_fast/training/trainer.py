@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from advunlearn_fast import __version__, distributed
-from advunlearn_fast.device import kernel_backend, limit_threads_for_small_model, resolve_device
+from advunlearn_fast.device import cpu_policy, kernel_backend, resolve_device
 from advunlearn_fast.errors import Interrupted, UserError, notice
 from advunlearn_fast.models.attention import check_attention, set_unet_attention
 from advunlearn_fast.models.diffusion import ddim_scheduler, predict_noise
@@ -192,7 +192,7 @@ def build_setup(cfg: TrainConfig, progress: bool = False, trajectories: dict | N
     set_unet_attention(unet_frozen, cfg.attention)
     if resolve_layout_and_precision(cfg, device)["channels_last"]:
         use_channels_last(unet_frozen)
-    limit_threads_for_small_model(unet_frozen, device)
+    cpu_policy(unet_frozen, device, cfg.device)
     # The reference engine keeps a separate frozen copy for targets, as the authors' code does.
     separate_copy = cfg.train != "text-encoder" or cfg.engine == "reference"
     unet = copy.deepcopy(unet_frozen) if separate_copy else unet_frozen
