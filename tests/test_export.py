@@ -387,3 +387,13 @@ def test_an_interrupted_export_leaves_nothing(run, sd_folder, tmp_path, monkeypa
         export(ExportSettings(str(sd_folder), str(run), fmt, str(where / out_name)))
     assert calls  # it did die while writing
     assert _left_behind(where) == []
+
+
+def test_an_encoder_that_is_the_models_own_is_said(run, sd_folder, tmp_path):
+    """A pipeline folder passed as --encoder (here the model itself) exports the model unchanged:
+    said in one line; a trained encoder is not."""
+    same = _export("--model", sd_folder, "--encoder", sd_folder, "--format", "authors-pt", "--out", tmp_path / "same.pt")
+    assert same.exit_code == 0, same.output
+    assert "holds the weights of --model" in same.output and "nothing is erased" in same.output
+    trained = _export("--model", sd_folder, "--encoder", run, "--format", "authors-pt", "--out", tmp_path / "trained.pt")
+    assert trained.exit_code == 0 and "nothing is erased" not in trained.output

@@ -14,7 +14,8 @@ from advunlearn_fast.models.loading import BUILT_IN_MODELS, check_model_config, 
 from advunlearn_fast.models.statedicts import STATE_DICT_SUFFIXES, file_kind
 from advunlearn_fast.outputs import check_output_path
 
-ENCODER_EXPECTED = "a text-encoder folder, a train run folder, or a .pt/.safetensors state dict"
+ENCODER_EXPECTED = ("a text-encoder folder, a train run folder, a pipeline folder (its text_encoder/), or a "
+                    ".pt/.safetensors state dict")
 
 
 def check_model_paths(model: str | None, model_config: str | None, encoder: str | None) -> None:
@@ -38,7 +39,8 @@ def check_target_model(spec: str) -> None:
 
 def encoder_path(spec: str) -> Path:
     """What --encoder names, as the text-encoder folder or the state-dict file to load: a
-    text-encoder folder, a `train` run folder (its text_encoder/), or a state-dict file."""
+    text-encoder folder, a `train` run folder or a diffusers pipeline folder (its text_encoder/),
+    or a state-dict file."""
     path = Path(spec).expanduser()
     if path.is_dir():
         run = (path / "run.json").is_file()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from advunlearn_fast.errors import UserError
+from advunlearn_fast.errors import UserError, notice
 from advunlearn_fast.evaluation.generation import load_encoder, load_vae
 from advunlearn_fast.export.authors import authors_state_dict
 from advunlearn_fast.export.compvis import TEXT_ENCODER_PREFIX, text_encoder_to_compvis, unet_to_compvis, vae_to_compvis
@@ -72,6 +72,9 @@ def export(s: ExportSettings) -> Path:
     if s.format != "authors-pt" and parts.vae_scale == 1:  # a pixel-space model
         raise s.needs_vae()
     encoder = load_encoder(s.encoder, parts).eval()  # the model's architecture, only its weights changed
+    if same_weights(encoder, parts.text_encoder):
+        notice(f"--encoder {s.encoder} holds the weights of --model {s.model}'s own text encoder: nothing is erased "
+               "in this export")
     checkpoint = single_file_checkpoint(s.model)
     dtype = DTYPES[s.dtype] if s.dtype else source_dtype(parts, checkpoint)
     out = Path(s.out)
@@ -90,6 +93,11 @@ def export(s: ExportSettings) -> Path:
 
 
 # ---------------------------------------------------------------- checks
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    theirs = b.state_dict()
+    return all(name in theirs and torch.equal(value, theirs[name]) for name, value in a.state_dict().items())
 
 
 def single_file_checkpoint(spec: str) -> Path | None:
