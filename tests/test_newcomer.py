@@ -67,6 +67,17 @@ def test_interrupted_bank_build_says_what_is_kept(sd_folder, tmp_path, monkeypat
     assert "--resume" not in result.output and not out.exists()
 
 
+def test_interrupted_setup_without_a_bank_names_no_bank(sd_folder, tmp_path, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "load_model", interrupt)
+    out = tmp_path / "run"
+    result = run_cli("train", "--model", sd_folder, "--concept", "church", "--out", out, "--no-bank", *FAST_ARGS)
+    assert result.exit_code == 130 and f"nothing was written to {out}: run the same command again" in result.output
+    assert "trajectory-bank" not in result.output and not out.exists()
+
+
 def test_interrupted_before_a_checkpoint_starts_over(sd_folder, tmp_path, monkeypatch):
     real = trainer.defender_step
 

@@ -434,8 +434,8 @@ def _train(cfg: TrainConfig, progress: bool, after_iteration: Callable[[dict], N
     try:
         s = build_setup(cfg, progress, earlier)
     except KeyboardInterrupt:
-        raise Interrupted(f"nothing was written to {out}, finished trajectory-bank entries are kept: "
-                          "run the same command again to continue") from None
+        kept = "" if cfg.bank is False or cfg.engine == "reference" else ", finished trajectory-bank entries are kept"
+        raise Interrupted(f"nothing was written to {out}{kept}: run the same command again to continue") from None
     if main:
         out.mkdir(parents=True, exist_ok=True)  # only now: bad input leaves no empty folder behind
     distributed.check_shared_folder(out, "--out")
