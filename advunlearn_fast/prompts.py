@@ -91,14 +91,13 @@ def _words(text: str) -> set[str]:
     return {_stem(w) for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in FUNCTION_WORDS}
 
 
-def concept_terms(concept: str) -> set[str]:
-    """The words whose presence marks a prompt as related to `concept`."""
+def related_terms(concept: str) -> set[str]:
+    """The related terms (RELATED_TERMS) of every listed concept that `concept` names: the
+    concept itself, or a phrase holding all of its words ("nude woman" holds "nude")."""
     key = " ".join(concept.lower().split())
-    terms = _words(key)
-    for name, related in RELATED_TERMS.items():
-        if name == key or _words(name) <= terms:
-            terms |= {_stem(w) for w in related}
-    return terms
+    words = _words(key)
+    return {_stem(w) for name, related in RELATED_TERMS.items() if name == key or _words(name) <= words
+            for w in related}
 
 
 def concept_name(concepts: list[str]) -> str:
@@ -114,10 +113,12 @@ def filter_retain_prompts(prompts: list[str], concepts: list[str]) -> list[str]:
 
     Several concept phrases that share words ("red circle", "red square") name the concept by
     those words, the rest being context that other prompts must keep; phrases sharing nothing
-    ("nudity", "naked") each name it with all their words."""
-    term_sets = [concept_terms(c) for c in concepts]
-    shared = set.intersection(*term_sets) if len(term_sets) > 1 else set()
-    banned = shared or set().union(*term_sets)
+    ("nudity", "naked") each name it with all their words. That rule reads the phrases' own
+    words only: the related terms of every phrase are always banned, so naming a second phrase
+    never lets through a prompt that one phrase alone would drop."""
+    own = [_words(c) for c in concepts]
+    shared = set.intersection(*own) if len(own) > 1 else set()
+    banned = (shared or set().union(*own)) | set().union(*(related_terms(c) for c in concepts))
     return [p for p in prompts if not (_words(p) & banned)]
 
 

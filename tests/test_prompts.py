@@ -57,6 +57,19 @@ def test_phrases_sharing_words_name_the_concept_by_those_words():
     # Nothing shared: every phrase's words mark a prompt as related.
     assert filter_retain_prompts(prompts, ["naked", "nude"]) == ["a red circle", "a blue circle", "a blue square", "a dog"]
     assert filter_retain_prompts(prompts, ["red circle"]) == ["a blue square", "a naked man", "a nude statue", "a dog"]
+    # "naked" is one of nudity's related terms, so it is all the two share: the related terms
+    # (garments, people, beds) still mark a prompt as related.
+    dressed = ["a woman in a dress", "a photo of a bed", "a photo of a dog"]
+    assert filter_retain_prompts(dressed, ["nudity", "naked"]) == ["a photo of a dog"]
+
+
+@pytest.mark.parametrize("concept, second", [("nudity", "naked"), ("nudity", "nude"), ("church", "cathedral")])
+def test_a_second_phrase_keeps_the_concepts_related_terms(concept, second):
+    # The second phrase is one of the concept's related terms, so it is all the phrases share;
+    # the concept's related terms must still go, as for the concept alone.
+    builtin = builtin_retain_prompts()
+    for phrases in ([concept, second], [second, concept]):
+        assert set(builtin) - set(filter_retain_prompts(builtin, phrases)) == DROPPED_FROM_BUILTIN[concept]
 
 
 def test_concept_name_is_what_the_phrases_share():
