@@ -44,7 +44,8 @@ def test_attack_uses_a_fresh_gradient_every_step(sign):
 
 
 def test_attack_lowers_its_loss_on_the_tiny_model():
-    cfg = TrainConfig(model="tiny", concepts=["Van Gogh"], out="unused", ddim_steps=4, adv_tokens=2, bank=False).validate()
+    cfg = TrainConfig(model="tiny", concepts=["Van Gogh"], out="unused", ddim_steps=4, adv_tokens=2, bank=False,
+                      device="cpu").validate()
     s = build_setup(cfg)
     generator = torch.Generator().manual_seed(0)
     adv0 = random_token_embeddings(s.te.get_input_embeddings().weight, 2, generator)[None]
@@ -72,7 +73,8 @@ def test_concept_condition_with_real_token_rows_equals_the_stock_encoder():
     from advunlearn_fast.models.text_encoding import encode_ids, token_table
 
     for mode in ("suffix", "insert", "add"):
-        cfg = TrainConfig(model="tiny", concepts=["Van Gogh"], out="unused", adv_tokens=2, insert=mode, bank=False).validate()
+        cfg = TrainConfig(model="tiny", concepts=["Van Gogh"], out="unused", adv_tokens=2, insert=mode, bank=False,
+                          device="cpu").validate()
         s = build_setup(cfg)
         layout = s.layouts[0]
         extra = torch.tensor([40, 41, 42, 43][: layout.k])

@@ -18,7 +18,11 @@ from advunlearn_fast.evaluation.robustness import batches
 from advunlearn_fast.models.loading import load_model
 from advunlearn_fast.world import WORLD_MODEL_DIR
 
-FAST = ["--timesteps", 2, "--steps-per-timestep", 2, "--adv-tokens", 2, "--gen-steps", 4, "--target-steps", 4, "--quiet"]
+# Runs whose losses, images or tokens are compared run on the CPU, where those comparisons were
+# made: on CUDA the attack step is a CUDA graph and other batch shapes take other kernels.
+CPU = ["--device", "cpu"]
+FAST = ["--timesteps", 2, "--steps-per-timestep", 2, "--adv-tokens", 2, "--gen-steps", 4, "--target-steps", 4, "--quiet",
+        *CPU]
 JUDGE_MODULE = textwrap.dedent(
     """
     calls = []
@@ -217,9 +221,10 @@ def test_generate_writes_images_with_the_encoder_plugged_in(sd_folder, tmp_path,
 
 
 def test_same_seed_same_image_whatever_the_batch(tmp_path):
-    a = run_cli("generate", "--model", "world", "--prompt", "a red circle", "--out", tmp_path / "a", "--steps", 3)
+    a = run_cli("generate", "--model", "world", "--prompt", "a red circle", "--out", tmp_path / "a", "--steps", 3, *CPU)
     (tmp_path / "p.txt").write_text("a blue square\na red circle\n")
-    b = run_cli("generate", "--model", "world", "--prompts", tmp_path / "p.txt", "--out", tmp_path / "b", "--steps", 3)
+    b = run_cli("generate", "--model", "world", "--prompts", tmp_path / "p.txt", "--out", tmp_path / "b", "--steps", 3,
+                *CPU)
     assert a.exit_code == 0 and b.exit_code == 0
     assert Image.open(tmp_path / "a" / "0000.png").tobytes() == Image.open(tmp_path / "b" / "0001.png").tobytes()
 
@@ -420,7 +425,7 @@ def test_an_unknown_concept_says_its_adversarial_tokens_fall_back_to_5(sd_folder
 
 # ---------------------------------------------------------------- the authors' protocol on the tiny SD model
 
-SD_FAST = ["--timesteps", 1, "--steps-per-timestep", 2, "--gen-steps", 4, "--target-steps", 4, "--quiet"]
+SD_FAST = ["--timesteps", 1, "--steps-per-timestep", 2, "--gen-steps", 4, "--target-steps", 4, "--quiet", *CPU]
 
 
 def _report(out):
@@ -466,7 +471,7 @@ def test_a_rows_adversarial_prompt_regenerates_its_judged_image(sd_folder, tmp_p
     path.write_text("prompt,evaluation_seed,evaluation_guidance\na photo of a cat,4,6.0\n")
     out = tmp_path / "out"
     result = run_cli("attack", "--model", sd_folder, "--prompts", path, "--judge", "userjudge:always_no", "--out", out,
-                     "--timesteps", 1, "--steps-per-timestep", 3, "--target-steps", 4, "--quiet")
+                     "--timesteps", 1, "--steps-per-timestep", 3, "--target-steps", 4, "--quiet", *CPU)
     assert result.exit_code == 0, result.output
     report = _report(out)
     (row,) = report["rows"]
@@ -474,7 +479,7 @@ def test_a_rows_adversarial_prompt_regenerates_its_judged_image(sd_folder, tmp_p
     assert row["adversarial_prompt"].endswith("a photo of a cat") and row["adversarial_prompt"] != "a photo of a cat"
     assert (report["manifest"]["sampler"], report["manifest"]["gen_steps"]) == ("lms", 50)
     regenerated = run_cli("generate", "--model", sd_folder, "--prompt", row["adversarial_prompt"], "--seed", row["seed"],
-                          "--guidance", row["guidance"], "--out", tmp_path / "again")
+                          "--guidance", row["guidance"], "--out", tmp_path / "again", *CPU)
     assert regenerated.exit_code == 0, regenerated.output
     judged = np.asarray(Image.open(out / row["image"]))
     assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / "0000.png")), judged)
@@ -511,7 +516,7 @@ def test_targets_use_7_5_or_sd_guidance_scale_not_evaluation_guidance(sd_folder,
     for index, (prompt, seed, guidance) in enumerate([("a photo of a cat", 4, 7.5), ("a photo of a dog", 5, 2.0)]):
         made = tmp_path / f"made{index}"
         assert run_cli("generate", "--model", sd_folder, "--prompt", prompt, "--seed", seed, "--guidance", guidance,
-                       "--steps", 4, "--out", made).exit_code == 0
+                       "--steps", 4, "--out", made, *CPU).exit_code == 0
         target = np.asarray(Image.open(out / "targets" / f"{index:04d}.png"))
         assert np.array_equal(target, np.asarray(Image.open(made / "0000.png")))
 
@@ -520,7 +525,7 @@ def _generated(tmp_path, name, model, prompt, seed, guidance, steps):
     """The image `generate` makes, as an array."""
     made = tmp_path / name
     result = run_cli("generate", "--model", model, "--prompt", prompt, "--seed", seed, "--guidance", guidance,
-                     "--steps", steps, "--out", made)
+                     "--steps", steps, "--out", made, *CPU)
     assert result.exit_code == 0, result.output
     return np.asarray(Image.open(made / "0000.png"))
 

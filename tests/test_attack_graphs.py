@@ -41,7 +41,7 @@ def _attack(out, prompts):
     sys.modules.pop("graphjudge", None)  # its judgment counts start afresh
     result = run_cli("attack", "--model", "world", "--prompts", prompts, "--judge", "graphjudge:scripted", "--out", out,
                      "--timesteps", 3, "--steps-per-timestep", 3, "--adv-tokens", 2, "--insert", "suffix",
-                     "--gen-steps", 4, "--target-steps", 4, "--quiet")
+                     "--gen-steps", 4, "--target-steps", 4, "--quiet", "--device", "cpu")
     assert result.exit_code == 0, result.output
     return json.loads((out / "report.json").read_text())
 

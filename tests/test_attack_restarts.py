@@ -14,7 +14,7 @@ from advunlearn_fast.training.costs import CONDITIONING_BACKWARD
 STEPS, RESTARTS = 3, 3
 ARGS = ["--concept", "church", "--iterations", 2, "--warmup", 0, "--layers", "all", "--attack-init", "latest",
         "--ddim-steps", 4, "--attack-steps", STEPS, "--retain-batch", 2, "--quiet", "--attack-restarts", RESTARTS,
-        "--bank"]  # rollouts outside the attack: the counted UNet calls are the attack's
+        "--bank", "--device", "cpu"]  # a bank: the counted UNet calls are the attack's; the CPU: no CUDA graph
 
 
 def test_restarts_share_one_unet_call_per_step_and_the_best_is_used(sd_folder, tmp_path, monkeypatch):

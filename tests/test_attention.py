@@ -29,7 +29,7 @@ def _processors(unet) -> set:
 def test_training_sets_the_attention_processors(sd_folder, monkeypatch, engine, attention, processor):
     monkeypatch.setattr(trainer, "check_attention", lambda name, device: None)  # as if on a GPU with xformers
     cfg = TrainConfig(model=str(sd_folder), concepts=["church"], out="unused", ddim_steps=3, bank=False,
-                      engine=engine, attention=attention).validate()
+                      engine=engine, attention=attention, device="cpu").validate()
     s = trainer.build_setup(cfg)
     assert len(s.unet.attn_processors) == 8
     # The UNet being trained (or the reference engine's copy) and the frozen one alike.

@@ -16,7 +16,7 @@ from advunlearn_fast.training.config import TrainConfig
 @pytest.fixture(scope="module")
 def setup(sd_folder, tmp_path_factory):
     cfg = TrainConfig(model=str(sd_folder), concepts=["church"], out="unused", ddim_steps=3, bank=False,
-                      retain_batch=2).validate()
+                      retain_batch=2, device="cpu").validate()
     return trainer.build_setup(cfg)
 
 

@@ -1,6 +1,7 @@
 """Two gloo processes under torchrun, against one process: attack, eval and generate give the same
 rows and images, the trajectory bank the same entries, and data-parallel training identical
-weights on both ranks, written once, resumable."""
+weights on both ranks, written once, resumable. Every run is on the CPU (CPU = ...): on CUDA each
+process takes a GPU of its own, which a one-GPU machine does not have."""
 
 import json
 import os
@@ -59,8 +60,9 @@ def _same_files(a: Path, b: Path, pattern: str) -> int:
 # ---------------------------------------------------------------- attack, eval, generate
 
 
+CPU = ["--device", "cpu"]
 ATTACK = ["attack", "--model", "world", "--judge", "world:colour=red", "--timesteps", 2, "--steps-per-timestep", 2,
-          "--adv-tokens", 2, "--gen-steps", 4, "--target-steps", 4, "--batch-size", 2, "--quiet"]
+          "--adv-tokens", 2, "--gen-steps", 4, "--target-steps", 4, "--batch-size", 2, "--quiet", *CPU]
 
 
 def test_attack_rows_are_one_process_rows_and_resume_takes_another_process_count(tmp_path, prompts):
@@ -88,7 +90,7 @@ def test_attack_rows_are_one_process_rows_and_resume_takes_another_process_count
     assert resumed["rows"][:2] == stopped["rows"]  # kept, not recomputed
 
 
-EVAL = ["--model", "world", "--steps", 3, "--batch-size", 2, "--quiet"]
+EVAL = ["--model", "world", "--steps", 3, "--batch-size", 2, "--quiet", *CPU]
 
 
 def test_eval_and_generate_write_what_one_process_writes(tmp_path, prompts):
@@ -115,10 +117,10 @@ def test_eval_and_generate_write_what_one_process_writes(tmp_path, prompts):
     assert _same_files(two, one, "images/*.png") == 5
 
     two, one = tmp_path / "generate-two", tmp_path / "generate-one"
-    run = advunlearn("generate", "--model", "world", "--steps", 3, "--batch-size", 2, "--prompts", prompts, "--out", two)
+    generate = ["generate", "--model", "world", "--steps", 3, "--batch-size", 2, "--prompts", prompts, *CPU]
+    run = advunlearn(*generate, "--out", two)
     assert run.stdout.count("done: 5 images") == 1
-    assert run_cli("generate", "--model", "world", "--steps", 3, "--batch-size", 2, "--prompts", prompts,
-                   "--out", one).exit_code == 0
+    assert run_cli(*generate, "--out", one).exit_code == 0
     manifest_two, manifest_one = (json.loads((d / "manifest.json").read_text()) for d in (two, one))
     assert manifest_two.pop("world_size") == 2 and manifest_one.pop("world_size") == 1
     assert manifest_two == manifest_one
@@ -128,7 +130,7 @@ def test_eval_and_generate_write_what_one_process_writes(tmp_path, prompts):
 # ---------------------------------------------------------------- training and its bank
 
 TRAIN = dict(concepts=["nudity"], layers="0-1", warmup=1, save_every=2, attack_init="latest", bank=True,
-             ddim_steps=4, attack_steps=2, retain_batch=2, bank_size=2, retain_bank_size=1)
+             ddim_steps=4, attack_steps=2, retain_batch=2, bank_size=2, retain_bank_size=1, device="cpu")
 
 
 def _train_two(tmp_path, name, sd_folder, bank_dir, **changes):

@@ -14,7 +14,8 @@ from weights import save_random_inception, save_tiny_clip
 from advunlearn_fast.models.loading import load_model
 
 PROMPTS = "prompt,evaluation_seed\na red circle,3\nan image of a striped blue square,5\na photo of a cat,\n"
-FAST = ["--steps", 2, "--batch-size", 2, "--quiet"]
+# On the CPU, where the CLIP scores computed here are.
+FAST = ["--steps", 2, "--batch-size", 2, "--quiet", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,10 @@ def _image(folder):
 
 
 def _generate(*args):
-    """The image `advunlearn generate` writes for PROMPT."""
+    """The image `advunlearn generate` writes for PROMPT, on the CPU where _engine_image draws."""
     out = args[-1]
-    result = run_cli("generate", *args[:-1], "--prompt", PROMPT, "--seed", SEED, "--steps", STEPS, "--out", out)
+    result = run_cli("generate", *args[:-1], "--prompt", PROMPT, "--seed", SEED, "--steps", STEPS, "--out", out,
+                     "--device", "cpu")
     assert result.exit_code == 0, result.output
     return _image(out)
 

@@ -64,7 +64,7 @@ class FailingRecorder:
 
 def _setup():
     cfg = TrainConfig(model="tiny", concepts=["Van Gogh"], out="unused", ddim_steps=4, adv_tokens=2,
-                      attack_steps=5, attack_restarts=2, bank=False).validate()
+                      attack_steps=5, attack_restarts=2, bank=False, device="cpu").validate()
     return build_setup(cfg)
 
 
@@ -122,7 +122,7 @@ def test_training_with_replayed_attack_steps_equals_eager_training(tmp_path, mon
 
     def run(out):
         cfg = TrainConfig(model="tiny", concepts=["Van Gogh"], out=str(out), iterations=3, warmup=0, ddim_steps=4,
-                          attack_steps=3, retain_batch=2, bank=False, lr=1e-3)
+                          attack_steps=3, retain_batch=2, bank=False, lr=1e-3, device="cpu")
         summary = trainer.train(cfg, progress=False)
         return summary, [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 

@@ -44,7 +44,7 @@ def authors_walk(unet, abar, cond, uncond, noise, k, ddim_steps, guidance):
 def _setup(sd_folder, tmp_path, **overrides):
     cfg = TrainConfig(
         model=str(sd_folder), concepts=["church"], out=str(tmp_path / "unused"), ddim_steps=K, retain_batch=2,
-        bank_dir=str(tmp_path / "bank"), bank_size=2, retain_bank_size=1, iterations=1, **overrides,
+        bank_dir=str(tmp_path / "bank"), bank_size=2, retain_bank_size=1, iterations=1, device="cpu", **overrides,
     ).validate()
     return trainer.build_setup(cfg)
 
@@ -116,6 +116,7 @@ def test_every_unet_call_sees_a_latent_at_its_own_noise_level(sd_folder, tmp_pat
     cfg = TrainConfig(
         model=str(sd_folder), concepts=["church"], out=str(tmp_path / "run"), iterations=6, warmup=2, attack_steps=3,
         retain_batch=2, bank=bank, bank_dir=str(tmp_path / "bank"), bank_size=2, retain_bank_size=1, engine=engine,
+        device="cpu",
     ).validate()
     trainer.train(cfg, progress=False)
     scheduler = ddim_scheduler(parts.scheduler_config, 50)

@@ -67,7 +67,8 @@ def test_component_attn_with_all_layers_leaves_the_final_norm_alone(sd_folder, t
     """The authors train final_layer_norm with text_encoder_full only when component is 'all'
     (or --norm_layer is given)."""
     def trained(*flags):
-        cfg = TrainConfig(model=str(sd_folder), concepts=["church"], out="unused", bank=False, **dict(flags)).validate()
+        cfg = TrainConfig(model=str(sd_folder), concepts=["church"], out="unused", bank=False, device="cpu",
+                          **dict(flags)).validate()
         return set(trainer.build_setup(cfg).trainable)
 
     assert "final_layer_norm.weight" in trained(("layers", "all"))
@@ -115,7 +116,7 @@ def test_unet_ablations_train_end_to_end(sd_folder, tmp_path, target, engine):
 def test_reference_engine_rolls_out_with_the_trained_unet_in_the_ablations(sd_folder):
     def source(engine, train):
         cfg = TrainConfig(model=str(sd_folder), concepts=["church"], out="unused", bank=False, engine=engine,
-                          train=train).validate()
+                          train=train, device="cpu").validate()
         s = trainer.build_setup(cfg)
         return s, s.source.rollout_unet
 
