@@ -6,6 +6,7 @@ never leaves an encoder that looks finished but is broken.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -104,8 +105,9 @@ def text_encoder_state(text_encoder) -> dict[str, torch.Tensor]:
 
 
 def write_text_encoder(text_encoder, folder: Path) -> None:
-    """config.json + model.safetensors that `CLIPTextModel.from_pretrained` loads in 4.x and 5.x."""
-    config = text_encoder.config
+    """config.json + model.safetensors that `CLIPTextModel.from_pretrained` loads in 4.x and 5.x.
+    The model's own config is left as it was (a copy names the architecture)."""
+    config = copy.deepcopy(text_encoder.config)
     config.architectures = ["CLIPTextModel"]
     config.save_pretrained(folder)
     save_file(text_encoder_state(text_encoder), str(Path(folder) / "model.safetensors"), metadata={"format": "pt"})

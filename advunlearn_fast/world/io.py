@@ -1,16 +1,12 @@
 """The world model as a diffusers-style folder, readable by SD v1.x loaders.
 
-Two compatibility points matter beyond `save_pretrained`:
-- the text encoder's safetensors keys carry the `text_model.` prefix (the SD
-  v1.x / transformers 4.x layout); transformers 5 saves them without it, and
-  4.x then silently re-initialises every weight;
-- the tokenizer folder also holds `vocab.json` and `merges.txt`, which the slow
-  transformers 4.x CLIPTokenizer needs.
+The text encoder and tokenizer are written as a train run's are (outputs.py): the
+encoder's keys under `text_model.` and the tokenizer with the `vocab.json` and
+`merges.txt` transformers 4.x's slow CLIPTokenizer reads.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +14,11 @@ from pathlib import Path
 import diffusers
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
-from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from advunlearn_fast.models.loading import read_world_meta
+from advunlearn_fast.outputs import write_text_encoder, write_tokenizer
 from advunlearn_fast.world.model import build_sample_scheduler
-
-TEXT_PREFIX = "text_model."
 
 
 @dataclass
@@ -36,25 +30,6 @@ class WorldModel:
     meta: dict
 
 
-def save_tokenizer(tokenizer: CLIPTokenizer, folder: Path) -> None:
-    tokenizer.save_pretrained(folder)
-    (folder / "vocab.json").write_text(json.dumps(tokenizer.get_vocab(), ensure_ascii=False, indent=1))
-    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
-    lines = [" ".join(m) if isinstance(m, list) else m for m in merges]
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n", encoding="utf-8")
-
-
-def save_text_encoder(text_encoder: CLIPTextModel, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    config = copy.deepcopy(text_encoder.config)
-    config.architectures = [type(text_encoder).__name__]
-    config.save_pretrained(folder)
-    state = {}
-    for key, value in text_encoder.state_dict().items():
-        state[key if key.startswith(TEXT_PREFIX) else TEXT_PREFIX + key] = value.detach().contiguous().cpu()
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-
-
 def save_world_model(
     folder: Path, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, unet: UNet2DConditionModel, meta: dict
 ) -> None:
@@ -63,8 +38,8 @@ def save_world_model(
     Other entries of `folder` (the judge's weights) are left alone.
     """
     folder = Path(folder)
-    save_tokenizer(tokenizer, folder / "tokenizer")
-    save_text_encoder(text_encoder, folder / "text_encoder")
+    write_tokenizer(tokenizer, folder / "tokenizer")
+    write_text_encoder(text_encoder, folder / "text_encoder")
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     build_sample_scheduler().save_pretrained(folder / "scheduler")
     index = {
