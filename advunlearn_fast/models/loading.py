@@ -195,27 +195,29 @@ def load_hub_model(repo_id: str, flag: str = "--model") -> ModelParts:
     return load_model_folder(Path(folder))
 
 
+def load_built_in_model(name: str) -> ModelParts:
+    """One of BUILT_IN_MODELS: the tiny and the full-size random SD v1 models built in code
+    (seed 0), the concept world from its folder in the package."""
+    if name == "world":
+        return load_model_folder(WORLD_MODEL_DIR)
+    from advunlearn_fast.models.tiny import build_sd_v1_random, build_tiny_model
+
+    if name == "tiny":
+        parts = build_tiny_model(seed=0)
+        return ModelParts(
+            parts["tokenizer"], parts["text_encoder"], parts["unet"], dict(parts["scheduler"].config),
+            _vae_scale_from_config(dict(parts["vae"].config)), name, vae=parts["vae"],
+        )
+    parts = build_sd_v1_random(seed=0)
+    return ModelParts(parts["tokenizer"], parts["text_encoder"], parts["unet"], dict(parts["scheduler"].config), 8, name)
+
+
 def load_model(spec: str, config_dir: str | None = None, seed: int = 0, flag: str = "--model") -> ModelParts:
     """Everything training needs from `spec` (given as `flag`); every failure is one clear UserError."""
     check_model_spec(spec, flag)
     check_model_config(config_dir, spec)
-    if spec == "tiny":
-        from advunlearn_fast.models.tiny import build_tiny_model
-
-        parts = build_tiny_model(seed=0)
-        return ModelParts(
-            parts["tokenizer"], parts["text_encoder"], parts["unet"], dict(parts["scheduler"].config),
-            _vae_scale_from_config(dict(parts["vae"].config)), "tiny", vae=parts["vae"],
-        )
-    if spec == "sd-v1-random":
-        from advunlearn_fast.models.tiny import build_sd_v1_random
-
-        parts = build_sd_v1_random(seed=0)
-        return ModelParts(
-            parts["tokenizer"], parts["text_encoder"], parts["unet"], dict(parts["scheduler"].config), 8, spec
-        )
-    if spec == "world":
-        return load_model_folder(WORLD_MODEL_DIR)
+    if spec in BUILT_IN_MODELS:
+        return load_built_in_model(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
         return load_model_folder(path)

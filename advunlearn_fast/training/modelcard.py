@@ -12,14 +12,13 @@ import json
 from pathlib import Path
 
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.models.loading import NO_VAE_MODELS
+from advunlearn_fast.models.loading import BUILT_IN_MODELS, NO_VAE_MODELS
 from advunlearn_fast.outputs import write_json_atomic, write_text_atomic
 from advunlearn_fast.prompts import concept_name
 
 CARD = "README.md"
 EVALUATIONS = "evaluations.json"
 TAGS = ("concept-erasure", "machine-unlearning", "advunlearn", "stable-diffusion", "stable-diffusion-v1")
-BUILT_IN_MODELS = ("tiny", "world", "sd-v1-random")
 # Settings that say where files went, not how the encoder was trained.
 NOT_SETTINGS = ("model", "model_config", "concepts", "out", "resume", "bank_dir")
 SHA_SHOWN = 16  # leading hex digits of a hash in tables; the full hash is in the protocol line
