@@ -258,7 +258,8 @@ def phase_rates(attacked: list[dict], rounds: list[tuple[float, float]], summary
 def expected_iteration_work(cfg: TrainConfig) -> float:
     """The reference engine's expected UNet forward-equivalents per attacked iteration: fresh
     rollouts and targets (their length random per draw), the attack and the defender step."""
-    rollouts = fresh_rollout_cost(1, 0, 0, True, 1, cfg.attack_steps, cfg.retain_batch, cfg.ddim_steps)
+    rollouts = fresh_rollout_cost(iterations=1, warmup=0, attacking=True, attack_every=1, attack_steps=cfg.attack_steps,
+                                  retain_batch=cfg.retain_batch, ddim_steps=cfg.ddim_steps)
     return rollouts + (cfg.attack_steps + 1 + cfg.retain_batch) * (1 + CONDITIONING_BACKWARD)
 
 

@@ -9,7 +9,6 @@ from .functional import (
     assemble_prompt_embeddings,
     onehot_embedding,
     project_simplex,
-    straight_through_onehot,
 )
 from .reference import PROJECT_SIMPLEX_ITERS
 
@@ -21,6 +20,5 @@ __all__ = [
     "interpreter_enabled",
     "onehot_embedding",
     "project_simplex",
-    "straight_through_onehot",
     "triton_available",
 ]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from .dispatch import BACKENDS, use_triton
-from .onehot import OneHotEmbeddingFunction, StraightThroughOneHotFunction, choose_tokens
+from .dispatch import use_triton
+from .onehot import OneHotEmbeddingFunction, choose_tokens
 from .reference import PROJECT_SIMPLEX_ITERS
 
 
@@ -105,32 +105,18 @@ def project_simplex(x: torch.Tensor, iters: int = PROJECT_SIMPLEX_ITERS, backend
     return reference.project_simplex_reference(x, iters)
 
 
-def straight_through_onehot(
-    relaxed: torch.Tensor,
-    sample: bool = False,
-    generator: torch.Generator | None = None,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """One-hot [..., V] of each row's argmax (or of a token drawn with the row as weights when
-    sample=True, from `generator`); the gradient passes to `relaxed` unchanged.
-
-    There is no Triton kernel for this op (see onehot.py): every backend runs the same PyTorch
-    code, and `backend` is only validated, so that callers can pass one backend everywhere.
-    """
-    _check_backend("straight_through_onehot", backend)
-    return StraightThroughOneHotFunction.apply(relaxed, choose_tokens(relaxed, sample, generator))
-
-
 def onehot_embedding(
     relaxed: torch.Tensor,
     token_table: torch.Tensor,
     sample: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Embeddings [..., D] of the tokens straight_through_onehot would pick, looked up by gather.
+    """Embeddings [..., D] of the tokens reference.straight_through_onehot would pick, looked up
+    by gather.
 
-    Same values and gradients as straight_through_onehot(relaxed) @ token_table: relaxed gets
-    grad_emb @ token_table.T, token_table (if it requires grad) the rows' scatter-add.
+    Same values and gradients as reference.onehot_embedding_reference(straight_through_onehot(
+    relaxed), token_table): relaxed gets grad_emb @ token_table.T, token_table (if it requires
+    grad) the rows' scatter-add.
     """
     if relaxed.shape[-1] != token_table.shape[0]:
         raise ValueError(
@@ -138,11 +124,6 @@ def onehot_embedding(
             f"{token_table.shape[0]} rows"
         )
     return OneHotEmbeddingFunction.apply(relaxed, token_table, choose_tokens(relaxed, sample, generator))
-
-
-def _check_backend(op: str, backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def _check_assemble_args(token_table, ids, adv, adv_positions, position_table) -> None:

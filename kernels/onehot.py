@@ -1,8 +1,9 @@
-"""Straight-through one-hot tokens from relaxed vocabulary vectors (plain PyTorch).
+"""Embeddings of straight-through one-hot tokens from relaxed vocabulary vectors (plain PyTorch).
 
-argmax / multinomial and a scatter are one launch each already, so there is no Triton kernel
+argmax / multinomial and a gather are one launch each already, so there is no Triton kernel
 here; what matters is that the embedding lookup is a gather and that only the backward touches
-the [V, D] table, once, as a [k, D] x [D, V] product.
+the [V, D] table, once, as a [k, D] x [D, V] product. The one-hot itself, the authors'
+formulation, is reference.straight_through_onehot.
 """
 
 from __future__ import annotations
@@ -26,16 +27,6 @@ def choose_tokens(relaxed: torch.Tensor, sample: bool, generator: torch.Generato
     else:
         index = rows.argmax(-1)
     return index.reshape(relaxed.shape[:-1])
-
-
-class StraightThroughOneHotFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, relaxed, index):
-        return torch.zeros_like(relaxed).scatter_(-1, index.unsqueeze(-1), 1)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        return grad_out, None
 
 
 class OneHotEmbeddingFunction(torch.autograd.Function):

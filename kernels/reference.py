@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .onehot import choose_tokens
+
 # Bisection halves a bracket at most 1 wide (see project_simplex_reference). The finishing step
 # is exact once no entry lies inside the bracket, and never off by more than its width: after
 # 32 halvings, 2.4e-10, i.e. 1e-5 relative even for the 2e-5 entries of UnlearnDiffAtk's uniform
@@ -114,6 +116,25 @@ def project_simplex_sort_reference(x: torch.Tensor) -> torch.Tensor:
     rho = (u - cssv / ranks > 0).sum(-1, keepdim=True)
     tau = cssv.gather(-1, rho - 1) / rho.to(xd.dtype)
     return (xd - tau).clamp(min=0).to(x.dtype)
+
+
+class StraightThroughOneHotFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, relaxed, index):
+        return torch.zeros_like(relaxed).scatter_(-1, index.unsqueeze(-1), 1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return grad_out, None
+
+
+def straight_through_onehot(
+    relaxed: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One-hot [..., V] of each row's argmax (or of a token drawn with the row as weights when
+    sample=True, from `generator`, as onehot_embedding draws it); the gradient passes to
+    `relaxed` unchanged."""
+    return StraightThroughOneHotFunction.apply(relaxed, choose_tokens(relaxed, sample, generator))
 
 
 def onehot_embedding_reference(onehot: torch.Tensor, token_table: torch.Tensor) -> torch.Tensor:

@@ -212,7 +212,7 @@ def load_built_in_model(name: str) -> ModelParts:
     return ModelParts(parts["tokenizer"], parts["text_encoder"], parts["unet"], dict(parts["scheduler"].config), 8, name)
 
 
-def load_model(spec: str, config_dir: str | None = None, seed: int = 0, flag: str = "--model") -> ModelParts:
+def load_model(spec: str, config_dir: str | None = None, flag: str = "--model") -> ModelParts:
     """Everything training needs from `spec` (given as `flag`); every failure is one clear UserError."""
     check_model_spec(spec, flag)
     check_model_config(config_dir, spec)

@@ -82,17 +82,17 @@ def expected_walk_steps(ddim_steps: int) -> float:
     return (ddim_steps + sum(ddim_steps - k + 1 for k in range(1, ddim_steps))) / ddim_steps
 
 
-def fresh_rollout_cost(iterations: int, start: int, warmup: int, attacking: bool, attack_every: int,
-                       attack_steps: int, retain_batch: int, ddim_steps: int) -> float:
-    """Expected forward-equivalents that fresh rollouts and frozen targets cost iterations
-    start..iterations-1: per defender step a guided rollout of the concept and retain latents and
-    2 + R targets; per attack step (when `attacking`) a guided rollout of one latent and one target."""
+def fresh_rollout_cost(*, iterations: int, warmup: int, attacking: bool, attack_every: int, attack_steps: int,
+                       retain_batch: int, ddim_steps: int) -> float:
+    """Expected forward-equivalents that fresh rollouts and frozen targets cost a run of
+    `iterations`: per defender step a guided rollout of the concept and retain latents and 2 + R
+    targets; per attack step (when `attacking`) a guided rollout of one latent and one target."""
     walk = expected_walk_steps(ddim_steps)
     defender = 2 * (1 + retain_batch) * walk + 2 + retain_batch
     rounds = 0
     if attacking:
-        rounds = sum(1 for step in range(max(start, warmup), iterations) if (step - warmup) % attack_every == 0)
-    return (iterations - start) * defender + rounds * attack_steps * (2 * walk + 1)
+        rounds = sum(1 for step in range(warmup, iterations) if (step - warmup) % attack_every == 0)
+    return iterations * defender + rounds * attack_steps * (2 * walk + 1)
 
 
 def bank_build_cost(concept_entries: int, retain_entries: int, concept_size: int, retain_size: int,

@@ -136,8 +136,9 @@ def choose_trajectories(cfg: TrainConfig, retain_count: int, processes: int = 1)
         return {"source": "fresh", "why": "fresh rollouts (--no-bank)"}
     used = retain_prompts_used(cfg.seed, retain_draws(cfg, processes), retain_count, cfg.retain_batch)
     bank = bank_build_cost(len(cfg.concepts), len(used), cfg.bank_size, cfg.retain_bank_size, cfg.ddim_steps)
-    fresh = processes * round(fresh_rollout_cost(cfg.iterations, 0, cfg.warmup, cfg.attack != "none", cfg.attack_every,
-                                                 cfg.attack_steps, cfg.retain_batch, cfg.ddim_steps))
+    fresh = processes * round(fresh_rollout_cost(
+        iterations=cfg.iterations, warmup=cfg.warmup, attacking=cfg.attack != "none", attack_every=cfg.attack_every,
+        attack_steps=cfg.attack_steps, retain_batch=cfg.retain_batch, ddim_steps=cfg.ddim_steps))
     costs = {"bank_cost": bank, "fresh_cost": fresh}
     if cfg.bank is True:
         return {"source": "bank", "why": "the trajectory bank (--bank)", **costs}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from advunlearn_fast.world.captions import ALIASES, HELDOUT_TEMPLATES, caption
-from advunlearn_fast.world.judge import WorldJudge, default_judge
+from advunlearn_fast.world.judge import default_judge
 from advunlearn_fast.world.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from advunlearn_fast.world.render import COLOURS, SHAPES, TEXTURES
 from advunlearn_fast.world.sample import generate
@@ -63,23 +63,13 @@ def concept_prompts(value: str, n: int | None = None) -> list[str]:
 
 
 def heldout_accuracy(
-    tokenizer,
-    text_encoder,
-    unet,
-    scheduler,
-    n: int = 60,
-    seed: int = 0,
-    guidance: float = DEFAULT_GUIDANCE,
-    steps: int = DEFAULT_STEPS,
-    judge: WorldJudge | None = None,
-    aliased: bool = False,
+    tokenizer, text_encoder, unet, scheduler, n: int = 60, seed: int = 0, aliased: bool = False
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """Fraction of images whose judged colour, shape and texture match the prompt, and the images."""
+    """Fraction of images whose judged colour, shape and texture match the prompt, and the images
+    (the world's default guidance and steps, the shipped judge)."""
     prompts = heldout_prompts(n, seed, aliased)
-    images = generate(
-        tokenizer, text_encoder, unet, scheduler, [p.prompt for p in prompts], seed=seed, guidance=guidance, steps=steps
-    )
-    labels = (judge or default_judge()).predict(images)
+    images = generate(tokenizer, text_encoder, unet, scheduler, [p.prompt for p in prompts], seed=seed)
+    labels = default_judge().predict(images)
     accuracy = {
         attribute: sum(label == getattr(p, attribute) for label, p in zip(labels[attribute], prompts)) / n
         for attribute in ("colour", "shape", "texture")
