@@ -233,18 +233,3 @@ def test_one_process_under_torchrun_names_its_rank_in_errors(monkeypatch):
                      "--out", "o")
     assert result.exit_code == 2
     assert result.output.strip() == "advunlearn: error (rank 1): prompt file not found: missing.txt"
-
-
-def test_a_checkpoint_from_before_several_processes_resumes(sd_folder, tmp_path):
-    args = ["--model", sd_folder, "--concept", "nudity", "--layers", "0-1", "--warmup", 1, "--save-every", 2,
-            "--attack-init", "latest", "--no-bank", *FAST_ARGS]
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    assert run_cli("train", "--out", whole, "--iterations", 4, *args).exit_code == 0
-    assert run_cli("train", "--out", cut, "--iterations", 2, *args).exit_code == 0
-    state_file = cut / "checkpoints" / "step-000002" / trainer.STATE_FILE
-    state = torch.load(state_file, weights_only=True)
-    (only,) = state.pop("ranks")
-    torch.save({**state, **only}, state_file)  # the layout before: one generator, one latest_adv
-    assert run_cli("train", "--out", cut, "--iterations", 4, "--resume", *args).exit_code == 0
-    _assert_same_weights(_weights(cut / "text_encoder" / "model.safetensors"),
-                         _weights(whole / "text_encoder" / "model.safetensors"))

@@ -126,13 +126,18 @@ def test_reference_engine_rolls_out_with_the_trained_unet_in_the_ablations(sd_fo
     assert source("reference", "text-encoder")[1] is None
 
 
-def test_resume_refuses_a_checkpoint_of_the_wrong_pairing(sd_folder, tmp_path):
+@pytest.mark.parametrize("written", [None, 2])
+def test_resume_refuses_a_checkpoint_of_another_training_format(sd_folder, tmp_path, written):
+    """A checkpoint without training_format, or of an earlier format, is refused in one line."""
     out = tmp_path / "run"
     args = ["train", "--model", sd_folder, "--concept", "church", "--out", out, "--save-every", 1, *FAST_ARGS]
     assert run_cli(*args, "--iterations", 1).exit_code == 0
     state_file = out / "checkpoints" / "step-000001" / "training_state.pt"
     state = torch.load(state_file, weights_only=True)
-    del state["training_format"]  # as written before the fix
-    torch.save(state, state_file)
+    state.pop("training_format")
+    torch.save(state if written is None else {**state, "training_format": written}, state_file)
     result = run_cli(*args, "--iterations", 2, "--resume")
-    assert result.exit_code == 2 and "wrong timestep" in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].endswith(
+        f"is a checkpoint of training format {written or 1}, this advunlearn resumes format 3 only; "
+        "start a new run (another --out, without --resume)")

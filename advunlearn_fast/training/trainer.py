@@ -80,9 +80,10 @@ RESUMABLE_CHANGES = {
     "attention", "channels_last", "tf32",
 }
 STATE_FILE = "training_state.pt"
-# 2: z_t paired with t as the authors' sampler does. A checkpoint without it was trained with the
-# wrong pairing, and continuing it would mix two algorithms.
-TRAINING_FORMAT = 2
+# The layout and algorithm of the checkpoints written and read here: z_t paired with t as the
+# authors' sampler does, the run's settings under "config", and each process's generator and
+# latest adversarial tokens under "ranks". A checkpoint of another format is refused, never converted.
+TRAINING_FORMAT = 3
 
 
 @dataclass
@@ -679,13 +680,14 @@ def restore_checkpoint(folder: Path, s: Setup, optimizer, generator, latest_adv)
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as err:
         raise UserError(f"cannot read checkpoint {folder}: {str(err).splitlines()[0]}") from None
-    if state.get("training_format", 1) < TRAINING_FORMAT:
+    written = state.get("training_format", 1)  # format 1 did not name itself
+    if written != TRAINING_FORMAT:
         raise UserError(
-            f"--resume: {folder} was trained by an earlier advunlearn that paired z_t with the wrong timestep; "
-            "start a new run (another --out, without --resume)"
+            f"--resume: {folder} is a checkpoint of training format {written}, this advunlearn resumes format "
+            f"{TRAINING_FORMAT} only; start a new run (another --out, without --resume)"
         )
-    # A checkpoint written before a setting existed ran with its default, and with torch's Adam.
-    saved = {**TrainConfig().to_dict(), "optim": "adam", **state["config"]}
+    # A setting the checkpoint does not name is compared at its default.
+    saved = {**TrainConfig().to_dict(), **state["config"]}
     now = s.cfg.to_dict()
     changed = [k for k, v in now.items() if k not in RESUMABLE_CHANGES and saved[k] != v]
     if changed:
@@ -701,9 +703,7 @@ def restore_checkpoint(folder: Path, s: Setup, optimizer, generator, latest_adv)
     weights = folder / name / ("model.safetensors" if name == "text_encoder" else "diffusion_pytorch_model.safetensors")
     load_module_weights(s.trained, weights)
     optimizer.load_state_dict(state["optimizer"])
-    # A checkpoint written before several processes were possible holds one process's state.
-    ranks = state.get("ranks") or [{"generator": state["generator"], "latest_adv": state["latest_adv"]}]
-    mine = ranks[distributed.rank()]
+    mine = state["ranks"][distributed.rank()]
     generator.set_state(mine["generator"])
     latest_adv.update({int(k): v.to(s.device) for k, v in mine["latest_adv"].items()})
     return int(state["step"])
