@@ -2,7 +2,7 @@
 
     python -m benchmarks.gpu_check_summary OUT_FOLDER
 
-Against the targets of issue 15 (one H100 or H200, SD v1 at 512 px, published settings): the fast
+Against the project's GPU targets (one H100 or H200, SD v1 at 512 px, published settings): the fast
 engine at <= 0.5 s per attacked iteration and <= 8 GiB reserved, the published run's first concept
 end to end in <= 12 minutes, the default-size bank in <= 2 minutes, compiling in <= 2 minutes.
 """

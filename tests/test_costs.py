@@ -23,8 +23,8 @@ def test_backward_costs_are_the_full_size_unets_flop_counts(sd_v1_unet, train):
 
 def test_a_frozen_unets_backward_costs_about_one_forward_not_two(sd_v1_unet):
     flops = unet_flops(sd_v1_unet, (4, 64, 64), (77, 768))
-    # SD v1's UNet at 512 px: 0.80 TFLOP forward (the issue's 61 TFLOP per iteration is
-    # 30 x 2.1 + 6 x 2.1 forward-equivalents of it).
+    # SD v1's UNet at 512 px: 0.80 TFLOP forward, so that an attacked iteration's (30 + 6) x 2.1
+    # forward-equivalents are about 61 TFLOP (README, "Engines and the trajectory bank").
     assert flops["forward"] == pytest.approx(0.803e12, rel=0.01)
     assert 1.0 < flops["backward"] / flops["forward"] < 1.2
 

@@ -108,7 +108,7 @@ def test_demo_prints_the_reports_numbers_and_verdicts(finished):
       "advunlearn_asr_softprompt_at_most_half_of_esd": None, "advunlearn_asr_unlearndiffatk_at_most_half_of_esd": False,
       "advunlearn_utility_within_0.10_of_base": False}),
 ])
-def test_expectations_are_the_issues_outcomes(rows, expected):
+def test_expectations_hold_or_fail_at_their_thresholds(rows, expected):
     assert demo.expectations(rows) == expected
 
 

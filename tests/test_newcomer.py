@@ -14,7 +14,7 @@ from advunlearn_fast.training.trainer import choose_trajectories
 
 
 def test_a_short_run_costs_no_more_than_its_fresh_rollouts(sd_folder, tmp_path):
-    """The issue's smoke run: 3 iterations, published settings otherwise (50 DDIM steps, retain
+    """The README's smoke run: 3 iterations, published settings otherwise (50 DDIM steps, retain
     batch 5), with everything the run computed counted, a trajectory bank included."""
     runs = {}
     for name, flags in (("auto", []), ("fresh", ["--no-bank"])):

@@ -36,8 +36,9 @@ from advunlearn_fast.outputs import atomic_dir
 from advunlearn_fast.training.sampling import DefenderDraw, FrozenModel, draw_timestep, walk_steps
 from advunlearn_fast.transfer import to_device
 
-# 2: z_t for index k is where the authors' walk from noise ends for k. Format 1 held the latent
-# after the first k steps, paired with t in k's bucket: the wrong pairing. Never read it.
+# What an entry holds: z_t for index k is where the authors' walk from noise ends for k, paired
+# with a t in k's bucket. The format is part of every entry's key: an entry of another format
+# (1 when its meta.json names none) is never read.
 BANK_FORMAT = 2
 
 # UNet samples per call while building. At SD v1's 64x64 latents a bf16 forward without gradients
