@@ -13,7 +13,7 @@ from test_train_cli import GOLDEN_LOSSES
 
 import advunlearn_fast.training.trainer as trainer
 from advunlearn_fast.models.diffusion import predict_noise
-from advunlearn_fast.models.text_encoding import _text_transformer, encode_ids
+from advunlearn_fast.models.text_encoding import text_transformer, encode_ids
 from advunlearn_fast.training.acceleration import resolve_layout_and_precision
 from advunlearn_fast.training.config import TrainConfig
 from advunlearn_fast.training.losses import attack_loss, retain_loss
@@ -41,7 +41,7 @@ def _gradients(checkpointing: bool):
     # after the first cross-attention: earlier ones need no backward pass, hence no recompute.
     resnet = s.unet.up_blocks[-1].resnets[0]
     resnet.register_forward_pre_hook(lambda *_: runs.__setitem__("unet", runs["unet"] + 1))
-    mlp = _text_transformer(s.te).encoder.layers[0].mlp
+    mlp = text_transformer(s.te).encoder.layers[0].mlp
     mlp.register_forward_pre_hook(lambda *_: runs.__setitem__("encoder", runs["encoder"] + 1))
     adv = torch.randn(2, s.te.config.hidden_size, generator=generator).requires_grad_(True)
     attack = attack_loss(predict_noise(s.unet, z, t, trainer.concept_condition(s, 0, adv)), e_p).sum()
@@ -154,7 +154,7 @@ def test_tf32_covers_the_encoders_passes_and_is_restored(sd_folder, tmp_path, mo
             if output.requires_grad:
                 output.register_hook(lambda grad: seen["backward"].add(torch.backends.cuda.matmul.allow_tf32))
 
-        _text_transformer(s.te).encoder.layers[-1].mlp.fc1.register_forward_hook(forward_hook)
+        text_transformer(s.te).encoder.layers[-1].mlp.fc1.register_forward_hook(forward_hook)
 
     _recording_setups(monkeypatch, watch_encoder)
     assert torch.backends.cuda.matmul.allow_tf32 is False

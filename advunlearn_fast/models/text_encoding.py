@@ -26,24 +26,25 @@ def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
     ).input_ids
 
 
-def _text_transformer(text_encoder: CLIPTextModel):
-    # transformers 4.x nests the parts under `.text_model`; 5.x holds them directly.
+def text_transformer(text_encoder: CLIPTextModel):
+    """The module holding the encoder's embeddings, layers and final norm: transformers 4.x nests
+    them under `.text_model`, 5.x holds them directly."""
     return getattr(text_encoder, "text_model", text_encoder)
 
 
 def token_table(text_encoder: CLIPTextModel) -> torch.Tensor:
     """The word-embedding matrix [vocab, dim]."""
-    return _text_transformer(text_encoder).embeddings.token_embedding.weight
+    return text_transformer(text_encoder).embeddings.token_embedding.weight
 
 
 def position_table(text_encoder: CLIPTextModel) -> torch.Tensor:
     """The position-embedding matrix [max_positions, dim]."""
-    return _text_transformer(text_encoder).embeddings.position_embedding.weight
+    return text_transformer(text_encoder).embeddings.position_embedding.weight
 
 
 def encode_hidden(text_encoder: CLIPTextModel, hidden: torch.Tensor) -> torch.Tensor:
     """Last hidden state from embeddings that already include positions [B, L, D]."""
-    model = _text_transformer(text_encoder)
+    model = text_transformer(text_encoder)
     # Positional: the fourth parameter is `past_key_values` in transformers 5.17 (the GPU image's) and `cache` in 5.24.
     mask = create_causal_mask(model.config, hidden, None, None)
     out = model.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state

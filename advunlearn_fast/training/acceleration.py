@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from advunlearn_fast.models.text_encoding import _text_transformer
+from advunlearn_fast.models.text_encoding import text_transformer
 
 
 def uses_cuda_graphs(cfg, device) -> bool:
@@ -76,5 +76,5 @@ def compile_models(text_encoder, unet) -> None:
     attack step as one CUDA graph (graphs.py), compiled blocks inside it.
     """
     unet.compile_repeated_blocks()
-    for layer in _text_transformer(text_encoder).encoder.layers:
+    for layer in text_transformer(text_encoder).encoder.layers:
         layer.compile()

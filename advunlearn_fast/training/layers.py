@@ -11,7 +11,7 @@ import re
 import torch
 
 from advunlearn_fast.errors import UserError
-from advunlearn_fast.models.text_encoding import _text_transformer
+from advunlearn_fast.models.text_encoding import text_transformer
 
 COMPONENT_PREFIXES = {"all": "", "attn": "self_attn.", "mlp": "mlp."}
 
@@ -38,14 +38,14 @@ def parse_layer_spec(spec: str, depth: int) -> list[int]:
 
 
 def text_encoder_depth(text_encoder) -> int:
-    return len(_text_transformer(text_encoder).encoder.layers)
+    return len(text_transformer(text_encoder).encoder.layers)
 
 
 def text_encoder_parameters(
     text_encoder, layers: list[int], component: str, final_norm: bool
 ) -> dict[str, torch.nn.Parameter]:
     """Trainable text-encoder parameters by their state-dict name (embeddings never included)."""
-    model = _text_transformer(text_encoder)
+    model = text_transformer(text_encoder)
     prefix = COMPONENT_PREFIXES[component]
     chosen = {}
     for index in layers:
