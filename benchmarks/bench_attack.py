@@ -159,7 +159,7 @@ def main(argv=None) -> dict:
     print(f"{result['model']} on {result['device']}, batch {args.batch_size}: "
           f"{result['s_per_prompt_per_block']:.2f} s per prompt per block of {args.steps_per_timestep} steps, "
           f"{result['s_per_prompt_per_judged_generation']:.2f} s per judged generation; peak {result['peak_mb']:.0f} MB; "
-          f"142 prompts x 50 blocks: {result['projected_i2p_nudity_s'] / 3600:.1f} h")
+          f"{I2P_NUDITY_PROMPTS} prompts x {PUBLISHED_BLOCKS} blocks: {result['projected_i2p_nudity_s'] / 3600:.1f} h")
     return result
 
 

@@ -32,7 +32,7 @@ def test_bad_training_input(sd_folder, tmp_path, args, message):
     # A bound on iterations keeps a wrongly accepted input from training for long.
     result = run_cli("train", "--model", sd_folder, "--out", out, "--iterations", 1, *FAST_ARGS, *args)
     assert_refused(result, message)
-    assert not (out / "text_encoder").exists()
+    assert not out.exists()  # stopped before --out is created
 
 
 def test_bad_models(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from helpers import FAST_ARGS, assert_refused, run_cli
@@ -59,16 +60,24 @@ def test_encoder_keeps_sd_layout_and_changes_only_layer_one(trained, sd_folder):
         torch.testing.assert_close(v, saved["text_model." + k], rtol=0, atol=0)
 
 
-def test_encoder_plugs_into_a_stable_diffusion_pipeline(trained, sd_folder):
+def test_encoder_plugs_into_a_stable_diffusion_pipeline(trained, sd_folder, tmp_path):
+    """The run's text_encoder/ in the model's own pipeline draws what `advunlearn export` of the
+    run draws, and not what the model's own encoder draws."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(
-        sd_folder, text_encoder=CLIPTextModel.from_pretrained(trained / "text_encoder"),
-        safety_checker=None, requires_safety_checker=False,
-    )
-    image = pipe("a photo of a cat", num_inference_steps=2, height=16, width=16,
-                 generator=torch.Generator().manual_seed(0), output_type="np").images
-    assert image.shape == (1, 16, 16, 3)
+    def image(folder, **parts):
+        pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False,
+                                                       local_files_only=True, **parts)
+        return pipe("a photo of a cat", num_inference_steps=2, height=16, width=16,
+                    generator=torch.Generator().manual_seed(0), output_type="np").images
+
+    plugged = image(sd_folder, text_encoder=CLIPTextModel.from_pretrained(trained / "text_encoder"))
+    assert plugged.shape == (1, 16, 16, 3)
+    assert not np.array_equal(plugged, image(sd_folder))
+    exported = tmp_path / "pipeline"
+    result = run_cli("export", "--model", sd_folder, "--encoder", trained, "--format", "diffusers", "--out", exported)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(plugged, image(exported))
 
 
 def test_our_loader_takes_the_run_folder_as_the_trained_encoder(trained, sd_folder):
