@@ -1,5 +1,6 @@
 """An interrupted-and-resumed run ends with the same weights as an uninterrupted one."""
 
+import pytest
 import torch
 from helpers import FAST_ARGS, assert_refused, run_cli
 from safetensors.torch import load_file
@@ -10,9 +11,15 @@ ARGS = ["--concept", "nudity", "--layers", "0-1", "--iterations", 4, "--warmup",
         "--attack-init", "latest", *FAST_ARGS]
 
 
-def test_resume_matches_uninterrupted_run(sd_folder, tmp_path, monkeypatch):
+# What --train trains, and the weights file the run writes for it.
+TRAINED = {"text-encoder": "text_encoder/model.safetensors", "unet-xattn": "unet/diffusion_pytorch_model.safetensors"}
+
+
+@pytest.mark.parametrize("train", TRAINED)
+def test_resume_matches_uninterrupted_run(sd_folder, tmp_path, monkeypatch, train):
+    args = [*ARGS, "--train", train]
     whole = tmp_path / "whole"
-    assert run_cli("train", "--model", sd_folder, "--out", whole, *ARGS).exit_code == 0
+    assert run_cli("train", "--model", sd_folder, "--out", whole, *args).exit_code == 0
 
     cut = tmp_path / "cut"
     real_step = trainer.defender_step
@@ -25,20 +32,23 @@ def test_resume_matches_uninterrupted_run(sd_folder, tmp_path, monkeypatch):
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "defender_step", interrupted_step)
-    result = run_cli("train", "--model", sd_folder, "--out", cut, *ARGS)
+    result = run_cli("train", "--model", sd_folder, "--out", cut, *args)
     assert result.exit_code == 130 and "--resume" in result.output
-    assert not (cut / "text_encoder").exists()  # nothing that looks finished
+    assert not (cut / TRAINED[train]).parent.exists()  # nothing that looks finished
     assert (cut / "checkpoints" / "step-000002" / "training_state.pt").is_file()
     monkeypatch.setattr(trainer, "defender_step", real_step)
-    result = run_cli("train", "--model", sd_folder, "--out", cut, *ARGS)  # without --resume: not started over
+    result = run_cli("train", "--model", sd_folder, "--out", cut, *args)  # without --resume: not started over
     assert_refused(result, f"--out {cut} holds an unfinished run (checkpoints up to step-000002): pass --resume")
 
-    result = run_cli("train", "--model", sd_folder, "--out", cut, *ARGS, "--resume")
+    result = run_cli("train", "--model", sd_folder, "--out", cut, *args, "--resume")
     assert result.exit_code == 0, result.output
-    a = load_file(str(whole / "text_encoder" / "model.safetensors"))
-    b = load_file(str(cut / "text_encoder" / "model.safetensors"))
+    a = load_file(str(whole / TRAINED[train]))
+    b = load_file(str(cut / TRAINED[train]))
+    assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    start = load_file(str(sd_folder / TRAINED[train]))
+    assert any(not torch.equal(a[key], start[key]) for key in a if key in start)  # the run trained it
     assert (whole / "log.jsonl").read_text().count("\n") == (cut / "log.jsonl").read_text().count("\n") == 4
 
 
