@@ -16,6 +16,15 @@ from advunlearn_fast.models.loading import load_model
 # seed 0, CPU, torch 2.13: a change to the algorithm, the sampling or the RNG order changes them.
 # The bank's trajectories are seeded by the prompt text, so float rounding that differs between
 # machines moves them by rounding only.
+# They detect change; they are not the oracle of fidelity. That the losses are the authors'
+# algorithm is checked elsewhere: the fast engine against the reference engine (test_engines.py),
+# z_t against a transcription of the authors' sampler (test_schedule.py), the losses by hand
+# (test_losses.py). A change that moves them on purpose re-records them, and its commit says why:
+#   python -c "import sys; sys.path.insert(0, 'tests'); from helpers import save_sd_folder; save_sd_folder('/tmp/tiny-sd')"
+#   advunlearn train --model /tmp/tiny-sd --concept "Van Gogh" --layers 1 --out /tmp/golden --iterations 3 \
+#       --warmup 1 --save-every 2 --bank --bank-dir /tmp/golden-bank --ddim-steps 4 --attack-steps 2 \
+#       --retain-batch 2 --device cpu --quiet
+# and take the "loss" of each line of /tmp/golden/log.jsonl.
 GOLDEN_LOSSES = [0.001160706509836018, 0.0010861948831006885, 0.0007271912763826549]
 
 
