@@ -46,7 +46,10 @@ def shared(folder: str) -> None:
     try:
         distributed.check_shared_folder(mine, "--out")
     except UserError as err:
-        print(f"rank {distributed.rank()}: {err}", flush=True)
+        # One write, newline included: with PYTHONUNBUFFERED print writes the line and its end
+        # separately, and the other rank's line could land between them.
+        sys.stdout.write(f"rank {distributed.rank()}: {err}\n")
+        sys.stdout.flush()
         sys.exit(2)
 
 
