@@ -19,7 +19,8 @@ from advunlearn_fast.errors import UserError
 from advunlearn_fast.training.config import TrainConfig
 from advunlearn_fast.training.graphs import GraphedStep
 from advunlearn_fast.training.optim import build_optimizer
-from advunlearn_fast.training.trainer import attack_step, attack_step_mode, build_setup, run_attack
+from advunlearn_fast.training.runfolder import attack_step_mode
+from advunlearn_fast.training.trainer import attack_step, build_setup, run_attack
 
 
 class ReplayingRecorder:

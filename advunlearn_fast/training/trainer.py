@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
-import platform
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from advunlearn_fast import __version__, distributed
+from advunlearn_fast import distributed
 from advunlearn_fast.device import cpu_policy, kernel_backend, resolve_device
 from advunlearn_fast.errors import Interrupted, UserError, notice
 from advunlearn_fast.models.attention import check_attention, set_unet_attention
@@ -32,14 +30,7 @@ from advunlearn_fast.models.diffusion import ddim_scheduler, predict_noise
 from advunlearn_fast.models.insertion import SpecialTokens, build_layout, prompt_words
 from advunlearn_fast.models.loading import ModelParts, load_model
 from advunlearn_fast.models.text_encoding import adversarial_condition, encode_ids, token_table, tokenize
-from advunlearn_fast.outputs import (
-    atomic_dir,
-    load_module_weights,
-    write_json_atomic,
-    write_text_encoder,
-    write_tokenizer,
-    write_unet,
-)
+from advunlearn_fast.outputs import write_json_atomic
 from advunlearn_fast.prompts import retain_prompts
 from advunlearn_fast.training.acceleration import (
     compile_models,
@@ -51,7 +42,7 @@ from advunlearn_fast.training.acceleration import (
 )
 from advunlearn_fast.training.attack import best_candidate, random_token_embeddings, soft_prompt_attack, with_gradient
 from advunlearn_fast.training.bank import TrajectoryBank
-from advunlearn_fast.training.config import TrainConfig, flag
+from advunlearn_fast.training.config import TrainConfig
 from advunlearn_fast.training.costs import (
     BACKWARD_COST,
     CONDITIONING_BACKWARD,
@@ -69,21 +60,19 @@ from advunlearn_fast.training.layers import (
 )
 from advunlearn_fast.training.losses import attack_loss, esd_target, retain_loss, total_loss, unlearn_loss
 from advunlearn_fast.training.modelcard import write_model_card
-from advunlearn_fast.training.optim import bitsandbytes_version, build_optimizer, resolve_optim
+from advunlearn_fast.training.optim import build_optimizer, resolve_optim
+from advunlearn_fast.training.runfolder import (
+    restore_checkpoint,
+    resume_hint,
+    resume_point,
+    run_summary,
+    save_checkpoint,
+    trained_folder_name,
+    write_final_outputs,
+)
 from advunlearn_fast.training.runlog import IterationLog, plot_losses
 from advunlearn_fast.training.sampling import FreshRollouts, FrozenModel, rank_seed, retain_indices, retain_prompts_used
 from advunlearn_fast.transfer import to_device
-
-# Settings a resumed run may change; every other one must match the checkpoint.
-RESUMABLE_CHANGES = {
-    "iterations", "out", "resume", "device", "save_every", "bank_dir", "compile", "checkpointing", "cuda_graphs",
-    "attention", "channels_last", "tf32",
-}
-STATE_FILE = "training_state.pt"
-# The layout and algorithm of the checkpoints written and read here: z_t paired with t as the
-# authors' sampler does, the run's settings under "config", and each process's generator and
-# latest adversarial tokens under "ranks". A checkpoint of another format is refused, never converted.
-TRAINING_FORMAT = 3
 
 
 @dataclass
@@ -308,15 +297,6 @@ def attack_step(s: Setup, concept: int):
     return s.attack_step_by_concept[concept]
 
 
-def attack_step_mode(s: Setup) -> str:
-    """How the attack steps ran, for run.json: eager, cuda-graph, or why a graph was not used
-    (each distinct answer once: concepts have their own graphs)."""
-    steps = s.attack_step_by_concept.values()
-    if not steps:
-        return "no attack step ran"
-    return "; ".join(sorted({step.describe() if isinstance(step, GraphedStep) else "eager" for step in steps}))
-
-
 def run_attack(s: Setup, concept: int, adv_init: torch.Tensor, generator: torch.Generator):
     """One attack round on the candidates `adv_init` [R, k, D]: the current model is frozen while
     they move. Returns the candidate with the lowest final loss [k, D], its loss at every step,
@@ -403,7 +383,7 @@ def divergence_message(err: Diverged, out: Path, s: Setup, attacked: bool) -> st
     loss = f"loss {err.loss:.4g}" + ("" if not math.isfinite(err.loss) else " with a gradient that is not finite")
     kept = sorted(c.name for c in (out / "checkpoints").glob("step-*"))
     lower = f"a lower --lr (it was {cfg.lr:g})" + (f" or --attack-lr (it was {cfg.attack_lr:g})" if attacked else "")
-    return (f"training diverged at iteration {err.iteration}: {loss}; no final {_trained_folder_name(s)}/ was written"
+    return (f"training diverged at iteration {err.iteration}: {loss}; no final {trained_folder_name(s)}/ was written"
             + (f"; the checkpoints up to {kept[-1]} are kept: start a new run in another --out with {lower}" if kept
                else f"; run it again with {lower}"))
 
@@ -534,183 +514,3 @@ def iteration_record(every_rank: list[dict]) -> dict:
         "unet_fwd_equiv": dict(sum((Counter(r["unet_fwd_equiv"]) for r in every_rank), Counter())),
         "ranks": every_rank,
     }
-
-
-def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
-    import diffusers
-    import transformers
-
-    return {
-        "status": status,
-        "config": cfg.to_dict(),
-        "world_size": distributed.world_size(),
-        "model_source": s.parts.source,
-        "device": str(s.device),
-        "trained_parameters": sorted(s.trainable),
-        "trained_parameter_count": sum(p.numel() for p in s.trainable.values()),
-        "layers": s.layer_indices,
-        "retain_prompt_count": len(s.retain_texts),
-        "unet_dtype": str(s.frozen.unet.dtype).replace("torch.", ""),
-        "attack_step": attack_step_mode(s),
-        "trajectories": s.trajectories,
-        "bank": {"entries_built": s.bank_built, "seconds": round(s.bank_seconds, 3)} if s.trajectories.get("source") == "bank" else None,
-        "unet_fwd_equiv_total": s.meter.totals(),
-        "versions": {
-            "advunlearn": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(),
-            **({"bitsandbytes": bitsandbytes_version()} if cfg.optim == "adam8bit" else {}),
-        },
-    }
-
-
-# ---------------------------------------------------------------- outputs and checkpoints
-
-
-def check_output(out: Path, cfg: TrainConfig) -> Path | None:
-    """Refuse an --out that holds something other than a run this command may write or continue;
-    with --resume, return the checkpoint to continue from. Creates nothing: the folder is made once
-    the inputs have been checked."""
-    run = read_run(out)
-    checkpoints = sorted((out / "checkpoints").glob("step-*")) if run else []
-    resumable = [c for c in checkpoints if (c / STATE_FILE).is_file()]
-    status = run.get("status") if run else None
-    if cfg.resume:
-        if run is None:
-            raise UserError(f"--resume: there is no training run in {out} to resume")
-        if status == "diverged":
-            raise UserError(f"--resume: the run in {out} diverged at iteration {divergence_point(run)}; with the same "
-                            "settings it would diverge again: start a new run in another --out with a lower --lr")
-        if not resumable:
-            raise UserError(f"--resume: no checkpoint to resume from in {out / 'checkpoints'} "
-                            "(the run stopped before its first one): run the command without --resume")
-        return resumable[-1]
-    if run is None:
-        present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-        if present:
-            shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
-            raise UserError(f"--out {out} is not empty and holds no training run ({shown}): choose a new or empty folder")
-        return None
-    if status == "complete":
-        raise UserError(f"--out {out} holds a finished run: choose another folder, or pass --resume with a higher "
-                        "--iterations to train it further")
-    if status == "diverged" and checkpoints:
-        raise UserError(f"--out {out} holds a run that diverged at iteration {divergence_point(run)}, its checkpoints "
-                        "kept: choose another folder")
-    if checkpoints:
-        raise UserError(f"--out {out} holds an unfinished run (checkpoints up to {checkpoints[-1].name}): pass --resume "
-                        "to continue it, or choose another folder")
-    # A run stopped before its first checkpoint left nothing to continue: it starts over.
-    return None
-
-
-def read_run(out: Path) -> dict | None:
-    """The run.json of a training run in `out`, None when `out` holds none."""
-    try:
-        run = json.loads((out / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return run if isinstance(run, dict) and "status" in run and isinstance(run.get("config"), dict) else None
-
-
-def divergence_point(run: dict):
-    return (run.get("diverged") or {}).get("iteration", "?")
-
-
-def resume_point(out: Path, cfg: TrainConfig) -> tuple[Path | None, dict | None]:
-    """The checkpoint to continue from (None: a new run) and where its run took z_t from. A run
-    continues with as many processes as it had: each holds its own random state."""
-    checkpoint = check_output(out, cfg)
-    if checkpoint is None:
-        return None, None
-    earlier = json.loads((out / "run.json").read_text())
-    processes = earlier.get("world_size", 1)
-    if processes != distributed.world_size():
-        raise UserError(f"--resume: the run in {out} ran as {processes} process(es), this is {distributed.world_size()}: "
-                        f"continue it with as many (torchrun --nproc-per-node and --nnodes as it had)")
-    return checkpoint, earlier.get("trajectories")
-
-
-def resume_hint(out: Path) -> str:
-    """What an interrupted training run can do next."""
-    resumable = sorted(c.name for c in (out / "checkpoints").glob("step-*") if (c / STATE_FILE).is_file())
-    if resumable:
-        return f"continue from {out / 'checkpoints' / resumable[-1]} with the same command and --resume"
-    return "no checkpoint was saved yet (one every --save-every iterations): run the same command again to start over"
-
-
-def _trained_folder_name(s: Setup) -> str:
-    return "text_encoder" if s.trained is s.te else "unet"
-
-
-def _write_trained(s: Setup, folder: Path) -> None:
-    if s.trained is s.te:
-        write_text_encoder(s.te, folder)
-    else:
-        write_unet(s.unet, folder)
-
-
-def save_checkpoint(out: Path, step: int, s: Setup, optimizer, generator, latest_adv) -> None:
-    """Written by rank 0: the weights and optimiser state (the same on every rank) and each rank's
-    random state and latest adversarial prompts."""
-    ranks = distributed.gather_to_main({"generator": generator.get_state(),
-                                        "latest_adv": {k: v.cpu() for k, v in latest_adv.items()}})
-    if ranks is None:
-        return
-    root = out / "checkpoints"
-    with atomic_dir(root / f"step-{step:06d}") as tmp:
-        _write_trained(s, tmp / _trained_folder_name(s))
-        torch.save(
-            {
-                "step": step,
-                "training_format": TRAINING_FORMAT,
-                "config": s.cfg.to_dict(),
-                "optimizer": optimizer.state_dict(),
-                "ranks": ranks,
-            },
-            tmp / STATE_FILE,
-        )
-    # Only the newest checkpoint keeps the (large) optimizer state needed to resume.
-    for older in root.glob("step-*"):
-        if older.name != f"step-{step:06d}":
-            (older / STATE_FILE).unlink(missing_ok=True)
-
-
-def restore_checkpoint(folder: Path, s: Setup, optimizer, generator, latest_adv) -> int:
-    try:
-        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"cannot read checkpoint {folder}: {str(err).splitlines()[0]}") from None
-    written = state.get("training_format", 1)  # format 1 did not name itself
-    if written != TRAINING_FORMAT:
-        raise UserError(
-            f"--resume: {folder} is a checkpoint of training format {written}, this advunlearn resumes format "
-            f"{TRAINING_FORMAT} only; start a new run (another --out, without --resume)"
-        )
-    # A setting the checkpoint does not name is compared at its default.
-    saved = {**TrainConfig().to_dict(), **state["config"]}
-    now = s.cfg.to_dict()
-    changed = [k for k, v in now.items() if k not in RESUMABLE_CHANGES and saved[k] != v]
-    if changed:
-        flags = [f"--{flag(k)}" for k in changed]
-        listed = flags[0] if len(flags) == 1 else ", ".join(flags[:-1]) + " and " + flags[-1]
-        values = "; ".join(f"{f} was {saved[k]!r}, now {now[k]!r}" for f, k in zip(flags, changed))
-        one = len(changed) == 1
-        raise UserError(f"--resume: {listed} {'differs' if one else 'differ'} from the checkpoint's run ({values}); "
-                        f"keep {'it as it was' if one else 'them as they were'}")
-    if state["step"] >= s.cfg.iterations:
-        raise UserError(f"--resume: the checkpoint is at iteration {state['step']}; raise --iterations to go further")
-    name = _trained_folder_name(s)
-    weights = folder / name / ("model.safetensors" if name == "text_encoder" else "diffusion_pytorch_model.safetensors")
-    load_module_weights(s.trained, weights)
-    optimizer.load_state_dict(state["optimizer"])
-    mine = state["ranks"][distributed.rank()]
-    generator.set_state(mine["generator"])
-    latest_adv.update({int(k): v.to(s.device) for k, v in mine["latest_adv"].items()})
-    return int(state["step"])
-
-
-def write_final_outputs(out: Path, s: Setup) -> None:
-    with atomic_dir(out / "tokenizer") as tmp:
-        write_tokenizer(s.parts.tokenizer, tmp)
-    with atomic_dir(out / _trained_folder_name(s)) as tmp:
-        _write_trained(s, tmp)
