@@ -58,8 +58,8 @@ def test_generate_names_the_first_wrong_path(given):
     fixes = [("--model", "world"), ("--encoder", WORLD_MODEL_DIR / "text_encoder"), ("--prompts", t / "prompts.txt"),
              ("--out", t / "out")]
     messages = {"--model": "no-model does not exist",
-                "--encoder": "some.txt is a text file; expected a text-encoder folder, a train run folder, or a "
-                             ".pt/.safetensors state dict",
+                "--encoder": "some.txt is a text file; expected a text-encoder folder, a train run folder, a "
+                             "pipeline folder (its text_encoder/), or a .pt/.safetensors state dict",
                 "--prompts": "prompt file not found", "--out": "a-file is a file, not a folder"}
     options = _first_named("generate", {**wrong, "--steps": 1}, fixes, messages)
     result = run_cli(*_args("generate", options))
