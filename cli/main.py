@@ -141,15 +141,28 @@ def _attention_option(func):
                              "memory-efficient attention (CUDA, needs the xformers package)")(func)
 
 
+def _model_options(required: bool, encoder: str, encoder_required: bool = False, model_default: str = ""):
+    """--model, --model-config and --encoder, the same in every command that loads a model."""
+    def add(func):
+        func = click.option("--encoder", required=encoder_required, default=None,
+                            help=f"{encoder}: a text-encoder folder, train run folder, pipeline folder (its "
+                                 "text_encoder/) or .pt/.safetensors state dict")(func)
+        func = click.option("--model-config", default=None,
+                            help="diffusers folder with the configs of a single-file --model")(func)
+        return click.option("--model", required=required, default=None,
+                            help="SD v1.x diffusers folder, single-file checkpoint, hub id, or a built-in model: "
+                                 f"'tiny', 'world' or 'sd-v1-random' {model_default}".rstrip())(func)
+
+    return add
+
+
 def _sampler_option(func):
     return click.option("--sampler", default=None,
                         help="lms, ddim, pndm or dpm, for every image [default: the model's, lms for SD as the authors]")(func)
 
 
 @cli.command()
-@click.option("--model", required=True, help="SD v1.x diffusers folder, single-file checkpoint, hub id, 'tiny' or 'world'")
-@click.option("--model-config", default=None, help="diffusers folder with the configs of a single-file --model")
-@click.option("--encoder", default=None, help="text encoder to plug in: diffusers folder, train run folder or .pt state dict")
+@_model_options(required=True, encoder="text encoder to plug in")
 @click.option("--prompt", "prompt_text", default=None, help="one prompt")
 @click.option("--prompts", "prompt_file", default=None, help=".txt (one per line) or .csv (prompt, evaluation_seed, evaluation_guidance)")
 @click.option("--out", required=True, help="folder for the PNGs and manifest.json (not one an earlier generate wrote to)")
@@ -175,9 +188,7 @@ def generate(model, model_config, encoder, prompt_text, prompt_file, out, seed, 
 
 
 @cli.command("eval")
-@click.option("--model", required=True, help="SD v1.x diffusers folder, single-file checkpoint, hub id, 'tiny' or 'world'")
-@click.option("--model-config", default=None, help="diffusers folder with the configs of a single-file --model")
-@click.option("--encoder", default=None, help="text encoder to plug in: diffusers folder, train run folder or .pt state dict")
+@_model_options(required=True, encoder="text encoder to plug in")
 @click.option("--prompts", required=True, help=".txt (one per line) or .csv (prompt, evaluation_seed, evaluation_guidance)")
 @click.option("--out", required=True, help="folder for eval.json and images/ (not one an earlier eval wrote to)")
 @click.option("--clip", default=None, help="local CLIP model folder for the CLIP score (e.g. a copy of openai/clip-vit-base-patch32)")
@@ -207,9 +218,8 @@ def eval_command(quiet, **values):
 
 
 @cli.command()
-@click.option("--model", default=None, help="SD v1.x model [default: the run's, when --encoder is a train run folder]")
-@click.option("--model-config", default=None, help="diffusers folder with the configs of a single-file --model")
-@click.option("--encoder", default=None, help="encoder under attack: diffusers folder, train run folder or .pt; omitted: the model's own")
+@_model_options(required=False, encoder="encoder under attack [default: the model's own]",
+                model_default="[default: the run's, when --encoder is a train run folder]")
 @click.option("--prompts", default=None, help=".txt or .csv prompt set [default: the run concept's, where one ships]")
 @click.option("--method", type=click.Choice(["unlearndiffatk", "softprompt", "none"]), default="unlearndiffatk", show_default=True)
 @click.option("--judge", default=None, help="world:<attr>=<value>, nudenet[:threshold[:CLASSES]] (counted as the authors), "
@@ -265,10 +275,8 @@ def attack(quiet, **values):
 
 
 @cli.command("export")
-@click.option("--model", required=True, help="the SD v1.x model the encoder was erased from: diffusers folder, "
-              "single-file checkpoint, hub id or 'tiny'")
-@click.option("--model-config", default=None, help="diffusers folder with the configs of a single-file --model")
-@click.option("--encoder", required=True, help="erased text encoder: train run folder, text-encoder folder or .pt state dict")
+@_model_options(required=True, encoder="erased text encoder", encoder_required=True,
+                model_default="(the model the encoder was erased from)")
 @click.option("--format", "format_", required=True, help="diffusers (pipeline folder), single-file (.safetensors, "
               "CompVis layout, for web UIs) or authors-pt (the AdvUnlearn authors' .pt)")
 @click.option("--out", required=True, help="new folder (diffusers) or file (.safetensors, .pt); never overwritten")

@@ -82,8 +82,8 @@ class Pipeline:
         return tokenize(self.tokenizer, prompts).to(self.device)
 
     @torch.no_grad()
-    def encode(self, prompts: list[str], text_encoder: torch.nn.Module | None = None) -> torch.Tensor:
-        return encode_ids(text_encoder or self.text_encoder, self.tokenize(prompts))
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        return encode_ids(self.text_encoder, self.tokenize(prompts))
 
     def with_encoder(self, text_encoder: torch.nn.Module) -> "Pipeline":
         return replace(self, text_encoder=text_encoder)
