@@ -4,12 +4,7 @@ Importing this package never imports triton; see functional.py for how a backend
 """
 
 from .dispatch import BACKENDS, interpreter_enabled, triton_available
-from .functional import (
-    adversarial_adam_step_,
-    assemble_prompt_embeddings,
-    onehot_embedding,
-    project_simplex,
-)
+from .functional import adversarial_adam_step_, assemble_prompt_embeddings, onehot_embedding, project_simplex
 from .reference import PROJECT_SIMPLEX_ITERS
 
 __all__ = [

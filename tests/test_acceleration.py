@@ -13,7 +13,7 @@ from test_train_cli import GOLDEN_LOSSES
 
 import advunlearn_fast.training.trainer as trainer
 from advunlearn_fast.models.diffusion import predict_noise
-from advunlearn_fast.models.text_encoding import text_transformer, encode_ids
+from advunlearn_fast.models.text_encoding import encode_ids, text_transformer
 from advunlearn_fast.training.acceleration import resolve_layout_and_precision
 from advunlearn_fast.training.config import TrainConfig
 from advunlearn_fast.training.losses import attack_loss, retain_loss
