@@ -223,7 +223,7 @@ def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
         "profile": profile,
     }
     if not fast:
-        result.update(normalised_reference(timed, cfg))
+        result.update(normalised_reference(timed, cfg, summary["train_timesteps"]))
     elif summary.get("bank"):
         result["end_to_end_1000"] = project_published_run(result, summary, cfg)
     return result
@@ -255,20 +255,21 @@ def phase_rates(attacked: list[dict], rounds: list[tuple[float, float]], summary
     }
 
 
-def expected_iteration_work(cfg: TrainConfig) -> float:
+def expected_iteration_work(cfg: TrainConfig, train_timesteps: int) -> float:
     """The reference engine's expected UNet forward-equivalents per attacked iteration: fresh
     rollouts and targets (their length random per draw), the attack and the defender step."""
     rollouts = fresh_rollout_cost(iterations=1, warmup=0, attacking=True, attack_every=1, attack_steps=cfg.attack_steps,
-                                  retain_batch=cfg.retain_batch, ddim_steps=cfg.ddim_steps)
+                                  retain_batch=cfg.retain_batch, ddim_steps=cfg.ddim_steps,
+                                  train_timesteps=train_timesteps)
     return rollouts + (cfg.attack_steps + 1 + cfg.retain_batch) * (1 + CONDITIONING_BACKWARD)
 
 
-def normalised_reference(timed: list[dict], cfg: TrainConfig) -> dict:
+def normalised_reference(timed: list[dict], cfg: TrainConfig, train_timesteps: int) -> dict:
     """The reference's seconds per iteration at its expected work: its seconds per forward-equivalent
     over the timed iterations, times the expected forward-equivalents of an iteration."""
     seconds = sum(r["seconds"] for r in timed)
     work = sum(sum(r["unet_fwd_equiv"].values()) for r in timed)
-    expected = expected_iteration_work(cfg)
+    expected = expected_iteration_work(cfg, train_timesteps)
     return {"expected_unet_fwd_equiv": expected, "s_per_iter_normalised": seconds / work * expected}
 
 

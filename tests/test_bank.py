@@ -102,15 +102,17 @@ def test_only_the_retain_prompts_a_run_draws_are_built(setup, tmp_path):
 
 
 def test_entries_of_an_older_format_are_named_and_never_read(setup, tmp_path, capsys):
-    old = tmp_path / "0123456789abcdef01234567"
-    old.mkdir(parents=True)
-    (old / "meta.json").write_text(json.dumps({"size": 2, "steps": 3, "preds": 2}))  # format 1 had no field
+    # Format 1 (no field) paired z_t with the wrong timestep; format 2 walked from ldm's top timestep.
+    older = {"0123456789abcdef01234567": {}, "89abcdef0123456789abcdef": {"format": 2}}
+    for name, fields in older.items():
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "meta.json").write_text(json.dumps({"size": 2, "steps": 3, "preds": 2, **fields}))
     bank = _bank(setup, tmp_path)
-    assert all(e["folder"] != old for e in bank.entries())
+    assert not {e["folder"].name for e in bank.entries()} & set(older)
     bank.build(progress=False)
     captured = capsys.readouterr()
     err = captured.out + captured.err
-    assert "1 entries" in err and "wrong timestep" in err and str(tmp_path) in err
+    assert "2 entries" in err and "authors' sampler" in err and str(tmp_path) in err
 
 
 def _unet_calls(unet, build) -> list[int]:

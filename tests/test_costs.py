@@ -4,7 +4,17 @@ import pytest
 import torch
 
 from advunlearn_fast.models.tiny import build_sd_v1_random, build_tiny_model
-from advunlearn_fast.training.costs import BACKWARD_COST, CostMeter, unet_flops
+from advunlearn_fast.training.bank import TrajectoryBank
+from advunlearn_fast.training.config import TrainConfig
+from advunlearn_fast.training.costs import (
+    BACKWARD_COST,
+    CostMeter,
+    bank_build_cost,
+    expected_walk_steps,
+    fresh_rollout_cost,
+    unet_flops,
+)
+from advunlearn_fast.training.trainer import build_setup
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +60,26 @@ def test_the_meter_counts_forward_equivalents_without_float_noise():
     assert meter.take_window() == {"attack": 63.0, "retain": 15.0, "bank": 7}
     assert meter.take_window() == {}
     assert meter.totals() == {"attack": 63.0, "retain": 15.0, "bank": 7}
+
+
+@pytest.mark.parametrize("K, mean_steps", [(50, 25.48), (10, 5.4), (6, 26 / 6), (30, 494 / 30)])
+def test_a_rollout_to_z_t_costs_the_authors_number_of_steps(K, mean_steps):
+    """The authors' sampler walks ldm's timesteps less the top one: K - k steps for k >= 1 and
+    K - 1 for k = 0 when K divides 1000 (25.48 on average at 50), one more each when it does not
+    (ldm then makes K + 1 timesteps): K - k + 1, and K for k = 0."""
+    assert expected_walk_steps(K, 1000) == pytest.approx(mean_steps)
+    per_draw = fresh_rollout_cost(iterations=1, warmup=0, attacking=False, attack_every=1, attack_steps=0,
+                                  retain_batch=5, ddim_steps=K, train_timesteps=1000)
+    assert per_draw == pytest.approx(2 * 6 * mean_steps + 2 + 5)
+
+
+def test_the_bank_build_costs_what_its_meter_counts(sd_folder, tmp_path):
+    """One guided walk of 49 steps per trajectory at K = 50 (not 50), then the predictions."""
+    cfg = TrainConfig(model=str(sd_folder), concepts=["church"], out="unused", ddim_steps=50, bank=False,
+                      retain_batch=2, device="cpu").validate()
+    s = build_setup(cfg)
+    bank = TrajectoryBank(s.frozen, tmp_path, ["church"], s.retain_texts, 2, 1, retain_used=[0, 1, 2])
+    bank.build(progress=False)
+    assert s.meter.totals()["bank"] == bank_build_cost(1, 3, 2, 1, 50, 1000)
+    assert bank_build_cost(1, 0, 1, 0, 50, 1000) == 2 * 49 + 2 * 50
+    assert bank_build_cost(0, 1, 0, 1, 50, 1000) == 2 * 49 + 50

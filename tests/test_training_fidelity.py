@@ -126,7 +126,7 @@ def test_reference_engine_rolls_out_with_the_trained_unet_in_the_ablations(sd_fo
     assert source("reference", "text-encoder")[1] is None
 
 
-@pytest.mark.parametrize("written", [None, 2])
+@pytest.mark.parametrize("written", [None, 3])
 def test_resume_refuses_a_checkpoint_of_another_training_format(sd_folder, tmp_path, written):
     """A checkpoint without training_format, or of an earlier format, is refused in one line."""
     out = tmp_path / "run"
@@ -139,5 +139,5 @@ def test_resume_refuses_a_checkpoint_of_another_training_format(sd_folder, tmp_p
     result = run_cli(*args, "--iterations", 2, "--resume")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1].endswith(
-        f"is a checkpoint of training format {written or 1}, this advunlearn resumes format 3 only; "
+        f"is a checkpoint of training format {written or 1}, this advunlearn resumes format 4 only; "
         "start a new run (another --out, without --resume)")

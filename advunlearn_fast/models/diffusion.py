@@ -1,4 +1,5 @@
-"""Running the diffusion model: DDIM schedulers, noise predictions, guided rollouts.
+"""Running the diffusion model: DDIM schedulers, noise predictions, guided rollouts, and the
+walk the authors' sampler takes to a training latent z_t.
 
 Shared by training (z_t from partial rollouts) and evaluation (generation).
 """
@@ -49,21 +50,41 @@ def guided_noise(unet, z: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Ten
 
 
 @torch.no_grad()
-def rollout_steps(unet, scheduler: DDIMScheduler, cond, uncond, noise, steps: int, guidance: float | torch.Tensor):
-    """Yield z after 0, 1, ..., `steps` DDIM steps from `noise`, guided toward `cond` [B, L, D]."""
+def rollout_steps(unet, scheduler: DDIMScheduler, cond, uncond, noise, timesteps, guidance: float | torch.Tensor):
+    """Yield z from `noise` and after each DDIM step at `timesteps` (top first), guided toward
+    `cond` [B, L, D]. Each step goes from t to t - T/K, K being the scheduler's step count."""
     z = noise
     yield z
-    for t in scheduler.timesteps[:steps]:
+    for t in timesteps:
         eps = guided_noise(unet, z, t, cond, uncond, guidance)
         z = scheduler.step(eps, t, z).prev_sample
         yield z
 
 
-def partial_rollout(unet, scheduler, cond, uncond, noise, steps: int, guidance: float | torch.Tensor) -> torch.Tensor:
-    """z after the first `steps` DDIM steps from noise."""
-    for z in rollout_steps(unet, scheduler, cond, uncond, noise, steps, guidance):
+def partial_rollout(unet, scheduler, cond, uncond, noise, timesteps, guidance: float | torch.Tensor) -> torch.Tensor:
+    """z after DDIM steps at `timesteps` from noise."""
+    for z in rollout_steps(unet, scheduler, cond, uncond, noise, timesteps, guidance):
         pass
     return z
+
+
+def walk_timesteps(ddim_steps: int, train_timesteps: int) -> list[int]:
+    """The timesteps the authors' sampler walks to a training latent z_t, top first: ldm's DDIM
+    timesteps 1, 1 + T//K, ..., one per entry of range(0, T, T//K), less the top one, which their
+    sampler drops (ldm's ddim.py `timesteps[:t_start]` with t_start = -1, as their training calls
+    it). When K divides T that leaves K - 1 timesteps (981 is never run at K = 50); otherwise ldm
+    makes more than K and the walk keeps one fewer (K at K = 6 or 30)."""
+    stride = train_timesteps // ddim_steps
+    count = len(range(0, train_timesteps, stride)) - 1
+    return [j * stride + 1 for j in reversed(range(count))]
+
+
+def walk_steps(k: int, walk_length: int) -> int:
+    """How many steps of the walk produce z_t for DDIM index k. The authors' sampler stops right
+    after the step whose index (its position in ldm's list, 0 at the bottom) is k - 1, and runs
+    the whole walk for k = 0: z ends near timestep (k - 2) * T/K, next to t in
+    [k*T/K, (k+1)*T/K). Small k, a nearly clean latent."""
+    return walk_length if k == 0 else walk_length - k + 1
 
 
 def draw_noise(generator: torch.Generator, batch: int, shape: tuple[int, ...], device, dtype) -> torch.Tensor:

@@ -3,7 +3,7 @@
 With the text encoder trained and the UNet frozen, z_t and the targets e_0, e_p and
 the retain targets do not depend on the training state (DESIGN.md). The bank holds,
 for each prompt, a few guided DDIM trajectories: for every DDIM index k the latent z_t that
-the authors' sampler ends at for k (`sampling.walk_steps`), a training timestep t drawn in
+the authors' sampler ends at for k (`diffusion.walk_steps`), a training timestep t drawn in
 k's bucket, and the frozen predictions at (z_t, t). Training then samples (trajectory, k)
 pairs instead of re-running rollouts.
 
@@ -31,15 +31,15 @@ from tqdm.auto import tqdm
 
 from advunlearn_fast import distributed
 from advunlearn_fast.errors import notice
-from advunlearn_fast.models.diffusion import predict_noise, rollout_steps
+from advunlearn_fast.models.diffusion import predict_noise, rollout_steps, walk_steps
 from advunlearn_fast.outputs import atomic_dir
-from advunlearn_fast.training.sampling import DefenderDraw, FrozenModel, draw_timestep, walk_steps
+from advunlearn_fast.training.sampling import DefenderDraw, FrozenModel, draw_timestep
 from advunlearn_fast.transfer import to_device
 
-# What an entry holds: z_t for index k is where the authors' walk from noise ends for k, paired
-# with a t in k's bucket. The format is part of every entry's key: an entry of another format
-# (1 when its meta.json names none) is never read.
-BANK_FORMAT = 2
+# What an entry holds: z_t for index k is where the authors' walk from noise ends for k (over
+# ldm's timesteps less the top one), paired with a t in k's bucket. The format is part of every
+# entry's key: an entry of another format (1 when its meta.json names none) is never read.
+BANK_FORMAT = 3
 
 # UNet samples per call while building. At SD v1's 64x64 latents a bf16 forward without gradients
 # holds about 65 MB of activations per sample at its peak (benchmarks/README.md), so 64 samples
@@ -142,8 +142,8 @@ class TrajectoryBank:
         todo = [e for e in self.entries() if e["key"] in missing]
         if todo and self.root.is_dir() and (old := older_entries(self.root)):
             notice(
-                f"trajectory bank: {old} entries in {self.root} are from an earlier advunlearn that paired z_t with "
-                "the wrong timestep; they are not used (delete them to free the space) and new ones are built"
+                f"trajectory bank: {old} entries in {self.root} are from an earlier advunlearn whose z_t did not end "
+                "where the authors' sampler ends; they are not used (delete them to free the space) and new ones are built"
             )
         # Guided: each trajectory is two samples per UNet call.
         groups = [group for kind in (self.concepts, list(self.retain.values()))
@@ -173,18 +173,18 @@ class TrajectoryBank:
     def _build_entries(self, entries: list[dict]) -> None:
         """Entries of one kind (same size and predictions) in batched rollouts."""
         f = self.frozen
-        K = f.ddim_steps
+        K, walk = f.ddim_steps, f.walk
         size, preds = entries[0]["size"], entries[0]["preds"]
         drawn = [self.entry_noise_and_timesteps(e) for e in entries]  # each entry's own: independent of the batching
         n = len(entries) * size
         noise = torch.cat([d[0] for d in drawn]).to(f.uncond.device, f.unet.dtype)
         cond = torch.cat([e["cond"].expand(size, -1, -1) for e in entries])
-        f.meter.add("bank", 2 * n * K)
+        f.meter.add("bank", 2 * n * len(walk))
         calls = self.samples_per_call
         walked = []
         for noise_part, cond_part in zip(noise.split(calls // 2), cond.split(calls // 2)):
-            walk = list(rollout_steps(f.unet, f.scheduler, cond_part, f.uncond, noise_part, K, f.guidance))
-            walked.append(torch.stack([walk[walk_steps(k, K)] for k in range(K)], 1))  # [part, K, *latent]
+            path = list(rollout_steps(f.unet, f.scheduler, cond_part, f.uncond, noise_part, walk, f.guidance))
+            walked.append(torch.stack([path[walk_steps(k, len(walk))] for k in range(K)], 1))  # [part, K, *latent]
         latents = torch.cat(walked)
         z = latents.reshape(n * K, *f.latent_shape)
         t = torch.cat([d[1] for d in drawn]).reshape(-1).to(z.device)

@@ -11,6 +11,7 @@ from collections import Counter
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from advunlearn_fast.models.diffusion import walk_steps, walk_timesteps
 from advunlearn_fast.training.layers import unet_parameters
 
 PHASES = ("rollout", "targets", "attack", "train", "retain", "bank")
@@ -77,17 +78,18 @@ def unet_flops(unet, latent_shape: tuple, context_shape: tuple, train: str = "te
 # What the trajectory bank replaces, in the same units: a fast run chooses the cheaper of the two.
 
 
-def expected_walk_steps(ddim_steps: int) -> float:
-    """Mean DDIM steps of one rollout to z_t, over the K DDIM indices (sampling.walk_steps)."""
-    return (ddim_steps + sum(ddim_steps - k + 1 for k in range(1, ddim_steps))) / ddim_steps
+def expected_walk_steps(ddim_steps: int, train_timesteps: int) -> float:
+    """Mean DDIM steps of one rollout to z_t, over the K DDIM indices (diffusion.walk_steps)."""
+    length = len(walk_timesteps(ddim_steps, train_timesteps))
+    return sum(walk_steps(k, length) for k in range(ddim_steps)) / ddim_steps
 
 
 def fresh_rollout_cost(*, iterations: int, warmup: int, attacking: bool, attack_every: int, attack_steps: int,
-                       retain_batch: int, ddim_steps: int) -> float:
+                       retain_batch: int, ddim_steps: int, train_timesteps: int) -> float:
     """Expected forward-equivalents that fresh rollouts and frozen targets cost a run of
     `iterations`: per defender step a guided rollout of the concept and retain latents and 2 + R
     targets; per attack step (when `attacking`) a guided rollout of one latent and one target."""
-    walk = expected_walk_steps(ddim_steps)
+    walk = expected_walk_steps(ddim_steps, train_timesteps)
     defender = 2 * (1 + retain_batch) * walk + 2 + retain_batch
     rounds = 0
     if attacking:
@@ -96,7 +98,10 @@ def fresh_rollout_cost(*, iterations: int, warmup: int, attacking: bool, attack_
 
 
 def bank_build_cost(concept_entries: int, retain_entries: int, concept_size: int, retain_size: int,
-                    ddim_steps: int) -> int:
-    """Forward-equivalents of building bank entries: per trajectory a guided K-step rollout, then
-    the frozen predictions at every k (2 for a concept prompt, 1 for a retain prompt)."""
-    return ddim_steps * (concept_entries * concept_size * 4 + retain_entries * retain_size * 3)
+                    ddim_steps: int, train_timesteps: int) -> int:
+    """Forward-equivalents of building bank entries: per trajectory one guided rollout over the
+    whole walk, then the frozen predictions at each of the K DDIM indices (2 for a concept prompt,
+    1 for a retain prompt)."""
+    rollout = 2 * len(walk_timesteps(ddim_steps, train_timesteps))
+    return (concept_entries * concept_size * (rollout + 2 * ddim_steps)
+            + retain_entries * retain_size * (rollout + ddim_steps))

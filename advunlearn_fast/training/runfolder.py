@@ -26,10 +26,11 @@ RESUMABLE_CHANGES = {
     "attention", "channels_last", "tf32",
 }
 STATE_FILE = "training_state.pt"
-# The layout and algorithm of the checkpoints written and read here: z_t paired with t as the
-# authors' sampler does, the run's settings under "config", and each process's generator and
-# latest adversarial tokens under "ranks". A checkpoint of another format is refused, never converted.
-TRAINING_FORMAT = 3
+# The layout and algorithm of the checkpoints written and read here: z_t where the authors' sampler
+# ends for the drawn index (over ldm's timesteps less the top one), the run's settings under
+# "config", and each process's generator and latest adversarial tokens under "ranks". A checkpoint
+# of another format is refused, never converted.
+TRAINING_FORMAT = 4
 
 
 def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
@@ -47,6 +48,7 @@ def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
         "layers": s.layer_indices,
         "retain_prompt_count": len(s.retain_texts),
         "unet_dtype": str(s.frozen.unet.dtype).replace("torch.", ""),
+        "train_timesteps": s.frozen.train_timesteps,  # the model's T: with --ddim-steps, the walk to z_t
         "attack_step": attack_step_mode(s),
         "trajectories": s.trajectories,
         "bank": {"entries_built": s.bank_built, "seconds": round(s.bank_seconds, 3)} if s.trajectories.get("source") == "bank" else None,

@@ -4,7 +4,7 @@ latent z_t and the frozen model's predictions there.
 The algorithm (losses, attack, schedule) never touches a scheduler: it asks a trajectory
 source for (t, z_t, predictions). `FreshRollouts` runs the rollouts every time (the authors'
 structure); `bank.TrajectoryBank` reads them from a cache built once. Both pair z_t with t
-as the authors' sampler does (`walk_steps`).
+as the authors' sampler does (`diffusion.walk_timesteps`, `diffusion.walk_steps`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler
 
-from advunlearn_fast.models.diffusion import draw_noise, partial_rollout, predict_noise
+from advunlearn_fast.models.diffusion import draw_noise, partial_rollout, predict_noise, walk_steps, walk_timesteps
 from advunlearn_fast.training.costs import CostMeter
 from advunlearn_fast.transfer import to_device
 
@@ -30,14 +30,6 @@ def draw_timestep(generator: torch.Generator, k: int, ddim_steps: int, train_tim
     low = round(k * train_timesteps / ddim_steps)
     high = round((k + 1) * train_timesteps / ddim_steps)
     return int(torch.randint(low, high, (1,), generator=generator))
-
-
-def walk_steps(k: int, ddim_steps: int) -> int:
-    """How many DDIM steps produce z_t for DDIM index k. The authors' sampler walks the indices
-    K-1, K-2, ..., 0 from noise and stops right after index k-1 (for k = 0 it runs all K), so z
-    ends near timestep (k-2)*T/K, next to t in [k*T/K, (k+1)*T/K): small k, a nearly clean
-    latent. (Running the first k steps instead pairs pure noise with t near 0.)"""
-    return ddim_steps if k == 0 else ddim_steps - k + 1
 
 
 def retain_indices(seed: int, iteration: int, count: int, batch: int) -> torch.Tensor:
@@ -91,13 +83,19 @@ class FrozenModel:
     def train_timesteps(self) -> int:
         return self.scheduler.config.num_train_timesteps
 
+    @property
+    def walk(self) -> list[int]:
+        """The timesteps of the authors' walk from noise to z_t, top first."""
+        return walk_timesteps(self.ddim_steps, self.train_timesteps)
+
     def rollout(self, cond, k: int, generator, unet=None) -> torch.Tensor:
         """z_t for DDIM index k from fresh noise, guided toward `cond`; by the original UNet
         unless another (the one being trained, in the UNet ablations) is given."""
         noise = draw_noise(generator, cond.shape[0], self.latent_shape, cond.device, self.unet.dtype)
-        steps = walk_steps(k, self.ddim_steps)
-        self.meter.add("rollout", 2 * cond.shape[0] * steps)
-        return partial_rollout(unet or self.unet, self.scheduler, cond, self.uncond, noise, steps, self.guidance)
+        walk = self.walk
+        timesteps = walk[: walk_steps(k, len(walk))]
+        self.meter.add("rollout", 2 * cond.shape[0] * len(timesteps))
+        return partial_rollout(unet or self.unet, self.scheduler, cond, self.uncond, noise, timesteps, self.guidance)
 
     @torch.no_grad()
     def predict(self, z, t, cond) -> torch.Tensor:

@@ -116,19 +116,22 @@ def rollout_unet(cfg: TrainConfig, unet: torch.nn.Module):
     return unet if cfg.train != "text-encoder" and cfg.engine == "reference" else None
 
 
-def choose_trajectories(cfg: TrainConfig, retain_count: int, processes: int = 1) -> dict:
+def choose_trajectories(cfg: TrainConfig, retain_count: int, train_timesteps: int, processes: int = 1) -> dict:
     """Where z_t comes from: the trajectory bank, or fresh rollouts when the run is too short for
     a bank to pay for itself (counted in UNet forward-equivalents for the whole run, all `processes`
-    together, whatever is already cached, so that the same command always samples the same way)."""
+    together, whatever is already cached, so that the same command always samples the same way).
+    `train_timesteps`: the model's T, which sets the length of the walk to z_t."""
     if cfg.engine == "reference":
         return {"source": "fresh", "why": "fresh rollouts (the reference engine)"}
     if cfg.bank is False:
         return {"source": "fresh", "why": "fresh rollouts (--no-bank)"}
     used = retain_prompts_used(cfg.seed, retain_draws(cfg, processes), retain_count, cfg.retain_batch)
-    bank = bank_build_cost(len(cfg.concepts), len(used), cfg.bank_size, cfg.retain_bank_size, cfg.ddim_steps)
+    bank = bank_build_cost(len(cfg.concepts), len(used), cfg.bank_size, cfg.retain_bank_size, cfg.ddim_steps,
+                           train_timesteps)
     fresh = processes * round(fresh_rollout_cost(
         iterations=cfg.iterations, warmup=cfg.warmup, attacking=cfg.attack != "none", attack_every=cfg.attack_every,
-        attack_steps=cfg.attack_steps, retain_batch=cfg.retain_batch, ddim_steps=cfg.ddim_steps))
+        attack_steps=cfg.attack_steps, retain_batch=cfg.retain_batch, ddim_steps=cfg.ddim_steps,
+        train_timesteps=train_timesteps))
     costs = {"bank_cost": bank, "fresh_cost": fresh}
     if cfg.bank is True:
         return {"source": "bank", "why": "the trajectory bank (--bank)", **costs}
@@ -217,7 +220,8 @@ def build_setup(cfg: TrainConfig, progress: bool = False, trajectories: dict | N
         concept_ids=concept_ids, layouts=layouts,
         retain_texts=retain_texts, retain_ids=retain_ids, layer_indices=layer_indices,
     )
-    s.trajectories = trajectories or choose_trajectories(cfg, len(retain_texts), distributed.world_size())
+    s.trajectories = trajectories or choose_trajectories(cfg, len(retain_texts), frozen.train_timesteps,
+                                                         distributed.world_size())
     notice(f"trajectories: {s.trajectories['why']}")
     if s.trajectories["source"] == "bank":
         began = time.time()

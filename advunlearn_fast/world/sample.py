@@ -48,6 +48,6 @@ def generate(
         chunk = prompts[start : start + batch_size]
         cond = encode_prompts(tokenizer, text_encoder, chunk)
         x = noise[start : start + len(chunk)].to(device=unet.device, dtype=unet.dtype)
-        x = partial_rollout(unet, ddim, cond, empty, x, steps, guidance)
+        x = partial_rollout(unet, ddim, cond, empty, x, ddim.timesteps, guidance)
         images.append(x.float().clamp(-1.0, 1.0).cpu())
     return torch.cat(images)
