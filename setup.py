@@ -13,7 +13,9 @@ setup(
     packages=find_packages(include=["advunlearn_fast", "advunlearn_fast.*"]) + ["advunlearn_fast.kernels", "advunlearn_fast.cli"],
     package_dir={"advunlearn_fast.kernels": "kernels", "advunlearn_fast.cli": "cli"},
     include_package_data=True,
-    package_data={"advunlearn_fast": ["world/weights/*", "world/weights/*/*", "evaluation/prompt_sets/*"]},
+    # evaluation/prompt_sets/ and data/: the authors' prompt sets (MIT, with LICENSE) and retain prompts
+    # (CC BY 4.0, with NOTICE.md).
+    package_data={"advunlearn_fast": ["world/weights/*", "world/weights/*/*", "evaluation/prompt_sets/*", "data/*"]},
     install_requires=[
         "torch>=2.1",
         # Tested with diffusers 0.42.1 and transformers 5.17 and 5.24: the attack feeds embeddings

@@ -216,13 +216,14 @@ def write_attack_prompts(folder: Path, prompts: list[str], seed: int) -> Path:
 
 
 def write_retain_prompts(out: Path, concepts: list[str], seed: int) -> None:
-    """A seeded sample of the world's retain captions unrelated to the concept (same for both runs)."""
+    """A seeded sample of the world's retain captions unrelated to the concept (same for both runs):
+    none sharing the phrases' common word, the `related` filter's rule."""
     import random
 
     from advunlearn_fast.prompts import filter_retain_prompts, read_prompt_file
     from advunlearn_fast.world import WORLD_MODEL_DIR
 
-    kept = filter_retain_prompts(read_prompt_file(WORLD_MODEL_DIR / "retain_prompts.txt"), concepts)
+    kept = filter_retain_prompts(read_prompt_file(WORLD_MODEL_DIR / "retain_prompts.txt"), concepts, "related")
     chosen = random.Random(seed).sample(kept, min(RETAIN_PROMPTS, len(kept)))
     (out / "retain_prompts.txt").write_text("\n".join(chosen) + "\n", encoding="utf-8")
 

@@ -1,14 +1,21 @@
-"""Concept and retain prompts: the built-in retain set, its concept filter, prompt files.
+"""Concept and retain prompts: the built-in retain set, its concept filters, prompt files.
 
 The retain set keeps the model's everyday abilities while the concept is erased
-(ALGORITHM.md, utility retention). It is written by this project: everyday
-objects and scenes in a few plain templates.
+(ALGORITHM.md, utility retention). The built-in one is the authors' own
+(`data/coco_object_retain.csv`, unmodified; `data/NOTICE.md` says where it comes from): 243
+prompts "a photo of <object>", six of them twice, which their loader, drawing rows, draws twice
+as often; so do we. They filtered it once, offline, for nudity, and never filter it at run time.
 
-Filter: a retain prompt is dropped when it shares a word with the concept, or
-with the concept's related terms below (matched on lower-case words, with a
-trailing plural "s"/"es" ignored). Erasing nudity also drops every body and
-clothing term, so that the retain loss never pulls exposed-body or garment
-imagery back toward the original model.
+Filters (`--retain-filter`), for the built-in set and a user's file alike:
+- phrase (default): a prompt is dropped when it holds a concept phrase as whole consecutive
+  words, case ignored ("a photo of a church at night" for church). On the built-in set it drops
+  nothing for the published concepts, so the default trains on the authors' set; for a concept
+  that names one of its objects ("cat"), the retain loss would otherwise pull the concept back.
+- related: a prompt is dropped when it shares a word with the concept, or with the concept's
+  related terms below (lower-case words, a trailing plural "s"/"es" ignored). Erasing nudity then
+  also drops every body and clothing term, so that the retain loss never pulls exposed-body or
+  garment imagery back toward the original model.
+- none: every prompt is kept.
 """
 
 from __future__ import annotations
@@ -23,31 +30,10 @@ from advunlearn_fast.errors import UserError
 # Here, apart from the tensor code, so that reading the training options imports no torch.
 INSERT_MODES = ("prefix", "suffix", "replace", "add", "mid", "insert")
 
-RETAIN_OBJECTS = [
-    "apple", "backpack", "banana", "baseball bat", "bear", "bed", "bench", "bicycle", "bird", "boat",
-    "book", "bottle", "bowl", "broccoli", "bus", "cake", "car", "carrot", "cat", "cell phone",
-    "chair", "clock", "couch", "cow", "cup", "dining table", "dog", "donut", "elephant", "fire hydrant",
-    "fork", "frisbee", "giraffe", "hair drier", "handbag", "horse", "hot dog", "keyboard", "kite", "knife",
-    "laptop", "microwave", "motorcycle", "mouse", "orange", "oven", "parking meter", "pizza", "potted plant",
-    "refrigerator", "remote", "sandwich", "scissors", "sheep", "sink", "skateboard", "skis", "snowboard",
-    "spoon", "sports ball", "stop sign", "suitcase", "surfboard", "teddy bear", "tennis racket", "toaster",
-    "toilet", "toothbrush", "traffic light", "train", "truck", "umbrella", "vase", "wine glass", "zebra",
-    "lighthouse", "windmill", "bridge", "castle", "tractor", "airplane", "helicopter", "sailboat",
-    "violin", "guitar", "piano", "lamp", "candle", "teapot", "kettle", "basket", "wheelbarrow",
-    "mailbox", "fountain", "tent", "barn", "rabbit", "owl", "fox", "deer", "penguin", "turtle",
-]
-RETAIN_SCENES = [
-    "a mountain lake at sunrise", "a busy city street at night", "a quiet forest path in autumn",
-    "a sandy beach with palm trees", "a snowy village in winter", "a field of sunflowers",
-    "a desert with sand dunes", "a rainy street with reflections", "a harbor with fishing boats",
-    "a waterfall in a jungle", "a kitchen with wooden cabinets", "a library with tall shelves",
-    "a farm with a red barn", "a river flowing through a valley", "a garden full of roses",
-    "a train station platform", "a market stall with fresh vegetables", "a bowl of fruit on a table",
-    "a cozy living room with a fireplace", "a starry sky over the hills",
-]
-RETAIN_TEMPLATES = ["a photo of {}", "a picture of {}"]
+AUTHORS_RETAIN_FILE = Path(__file__).parent / "data" / "coco_object_retain.csv"
+RETAIN_FILTERS = ("phrase", "related", "none")
 
-# Words that stand for a concept beyond its own words (see the module docstring).
+# Words that stand for a concept beyond its own words (the `related` filter).
 RELATED_TERMS = {
     "nudity": [
         "nude", "naked", "nudity", "nsfw", "sexual", "sexy", "erotic", "topless", "body", "skin",
@@ -64,15 +50,9 @@ RELATED_TERMS = {
 }
 
 
-def with_article(noun: str) -> str:
-    """The noun with its indefinite article; every object listed here that starts with a vowel
-    letter takes "an" (an apple, an umbrella)."""
-    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
-
-
-def builtin_retain_prompts() -> list[str]:
-    """The unfiltered built-in retain set (everyday objects in templates, then scenes)."""
-    return [t.format(with_article(o)) for o in RETAIN_OBJECTS for t in RETAIN_TEMPLATES] + list(RETAIN_SCENES)
+def authors_retain_prompts() -> list[str]:
+    """The built-in retain set: the authors' prompts in their file's order, repeats included."""
+    return read_prompt_file(AUTHORS_RETAIN_FILE, "built-in retain prompt file")
 
 
 def _stem(word: str) -> str:
@@ -87,8 +67,12 @@ def _stem(word: str) -> str:
 FUNCTION_WORDS = {"a", "an", "the", "of", "in", "on", "at", "with", "and", "or", "to", "for", "by", "from"}
 
 
+def _word_sequence(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
 def _words(text: str) -> set[str]:
-    return {_stem(w) for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in FUNCTION_WORDS}
+    return {_stem(w) for w in _word_sequence(text) if w not in FUNCTION_WORDS}
 
 
 def related_terms(concept: str) -> set[str]:
@@ -108,7 +92,24 @@ def concept_name(concepts: list[str]) -> str:
     return " ".join(shared) if shared else concepts[0]
 
 
-def filter_retain_prompts(prompts: list[str], concepts: list[str]) -> list[str]:
+def _phrase(concept: str) -> list[str]:
+    """A concept's words for the phrase rule, without leading or trailing function words: "a cat"
+    is "cat", while "bodily fluids" and "out of frame" keep every word."""
+    words = _word_sequence(concept)
+    while words and words[0] in FUNCTION_WORDS:
+        words = words[1:]
+    while words and words[-1] in FUNCTION_WORDS:
+        words = words[:-1]
+    return words
+
+
+def holds_phrase(prompt: str, phrase: list[str]) -> bool:
+    """Whether `prompt` holds the words of `phrase` consecutively, as whole words."""
+    words, n = _word_sequence(prompt), len(phrase)
+    return n > 0 and any(words[i : i + n] == phrase for i in range(len(words) - n + 1))
+
+
+def drop_related_prompts(prompts: list[str], concepts: list[str]) -> list[str]:
     """Drop every prompt that shares a word with the concept or its related terms.
 
     Several concept phrases that share words ("red circle", "red square") name the concept by
@@ -120,6 +121,16 @@ def filter_retain_prompts(prompts: list[str], concepts: list[str]) -> list[str]:
     shared = set.intersection(*own) if len(own) > 1 else set()
     banned = (shared or set().union(*own)) | set().union(*(related_terms(c) for c in concepts))
     return [p for p in prompts if not (_words(p) & banned)]
+
+
+def filter_retain_prompts(prompts: list[str], concepts: list[str], mode: str) -> list[str]:
+    """The prompts a run keeps under `mode` (RETAIN_FILTERS, the module docstring), in order."""
+    if mode == "none":
+        return list(prompts)
+    if mode == "related":  # a prompt holding a concept phrase shares its words: dropped here too
+        return drop_related_prompts(prompts, concepts)
+    phrases = [_phrase(c) for c in concepts]
+    return [p for p in prompts if not any(holds_phrase(p, phrase) for phrase in phrases)]
 
 
 def read_prompt_text(path: Path) -> str:
@@ -150,10 +161,11 @@ def read_prompt_file(path: str | Path, what: str = "prompt file") -> list[str]:
     return prompts
 
 
-def retain_prompts(concepts: list[str], retain_file: str | None) -> list[str]:
+def retain_prompts(concepts: list[str], retain_file: str | None, mode: str) -> list[str]:
     """The filtered retain set for this run: the user's file if given, else the built-in one."""
-    source = read_prompt_file(retain_file, "retain prompt file") if retain_file else builtin_retain_prompts()
-    kept = filter_retain_prompts(source, concepts)
+    source = read_prompt_file(retain_file, "retain prompt file") if retain_file else authors_retain_prompts()
+    kept = filter_retain_prompts(source, concepts, mode)
     if not kept:
-        raise UserError("every retain prompt mentions the concept; pass --retain-prompts with unrelated prompts")
+        raise UserError(f"every retain prompt mentions the concept (--retain-filter {mode}); pass --retain-prompts "
+                        "with unrelated prompts")
     return kept

@@ -22,6 +22,7 @@ from helpers import FAST_ARGS, assert_refused, run_cli
         (["--concept", "x", "--start-guidance", "nan"], "--start-guidance must be a finite number"),
         (["--concept", "x", "--attack", "fgsm"], "--attack must be one of"),
         (["--concept", "x", "--insert", "middle"], "--insert must be one of"),
+        (["--concept", "x", "--retain-filter", "words"], "--retain-filter must be one of phrase, related, none"),
         (["--concept", "x", "--retain-prompts", "/no/such/file.txt"], "retain prompt file not found"),
         (["--concept", "x", "--adv-tokens", "80"], "does not fit"),
         (["--concept", "x", "--image-size", "18"], "--image-size must be a multiple of 4"),

@@ -10,6 +10,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from advunlearn_fast.prompts import AUTHORS_RETAIN_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Each part of the code may import its own part and the parts of lower rank, never higher:
@@ -142,6 +144,10 @@ def test_wheel_is_self_contained_and_runs_away_from_the_checkout(tmp_path):
     assert "advunlearn_fast/world/weights/unet/diffusion_pytorch_model.safetensors" in names
     for name in ("church.csv", "garbage_truck.csv", "parachute.csv", "tench.csv", "vangogh.csv", "LICENSE", "README.md"):
         assert f"advunlearn_fast/evaluation/prompt_sets/{name}" in names  # the published prompt sets, with their licence
+    # The authors' retain prompts, byte for byte, and their attribution beside them.
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("advunlearn_fast/data/coco_object_retain.csv") == AUTHORS_RETAIN_FILE.read_bytes()
+        assert "CC BY 4.0" in archive.read("advunlearn_fast/data/NOTICE.md").decode()
     assert not [n for n in names if n.split("/")[0] in ("kernels", "cli", "tests", "benchmarks")]
 
     site = tmp_path / "site"

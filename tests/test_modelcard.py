@@ -41,6 +41,8 @@ def test_train_writes_a_hugging_face_model_card(run, sd_folder):
     assert "base_model" not in header  # a local folder is no hub id
     assert "# Van Gogh erased: AdvUnlearn text encoder" in body
     assert "- concept: `Van Gogh`" in body
+    assert ("- utility kept on 243 retain prompts from the built-in retain set, every prompt holding a concept "
+            "phrase as whole words left out") in body
     assert "| `--iterations` | `2` |" in body and "| `--layers` | `1-2` |" in body
     assert "text-encoder layers 1-2 (component: all), final layer norm frozen" in body
     assert "- `encoder.layers.2.mlp.fc1.weight`" in body and "encoder.layers.0." not in body
@@ -140,6 +142,15 @@ def test_card_of_a_built_in_model_says_how_to_use_it():
     assert "advunlearn generate --model tiny --encoder run" in tiny
     tiny_unet = card_text("run", _summary(model="tiny", train="unet-xattn"), [])
     assert 'from_pretrained("tiny"' not in tiny_unet and "pass `--model DIR`" not in tiny_unet
+
+
+def test_card_says_what_the_retain_filter_left_out():
+    assert "sharing a word with the concept or its related terms left out" in card_text(
+        "run", _summary(retain_filter="related"), [])
+    assert "retain prompts from the built-in retain set, none left out" in card_text(
+        "run", _summary(retain_filter="none"), [])
+    # A run from before the setting existed filtered with the `related` rule.
+    assert "sharing a word with the concept or its related terms left out" in card_text("run", _summary(), [])
 
 
 def test_a_run_whose_warmup_covers_it_is_called_esd():

@@ -33,10 +33,10 @@ def test_the_choice_is_said_in_one_line_and_a_long_run_gets_the_bank(sd_folder, 
     lines = [line for line in result.output.splitlines() if "trajectories:" in line]
     assert len(lines) == 1 and "fresh rollouts" in lines[0] and "--bank" in lines[0]
     long_run = TrainConfig(concepts=["nudity"]).validate()  # published: 1000 iterations, 800 attacked
-    choice = choose_trajectories(long_run, retain_count=224, train_timesteps=1000)
+    choice = choose_trajectories(long_run, retain_count=243, train_timesteps=1000)
     assert choice["source"] == "bank" and choice["bank_cost"] < choice["fresh_cost"] / 10
     forced = TrainConfig(concepts=["nudity"], iterations=3, bank=True).validate()
-    assert choose_trajectories(forced, 224, 1000)["source"] == "bank"
+    assert choose_trajectories(forced, 243, 1000)["source"] == "bank"
 
 
 def test_a_run_that_never_attacks_says_so(sd_folder, tmp_path):

@@ -1,75 +1,129 @@
-import re
+import csv
+import hashlib
 
 import pytest
 
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.prompts import (
-    builtin_retain_prompts,
+    AUTHORS_RETAIN_FILE,
+    authors_retain_prompts,
     concept_name,
     filter_retain_prompts,
     read_prompt_file,
     retain_prompts,
 )
 
-
-def test_builtin_retain_set_is_large_and_unique():
-    prompts = builtin_retain_prompts()
-    assert len(prompts) >= 200
-    assert len(set(prompts)) == len(prompts)
+# The concepts of the authors' runs (their README and evaluation scripts).
+PUBLISHED_CONCEPTS = ["nudity", "Van Gogh", "church", "garbage truck", "parachute", "tench"]
 
 
-def both_templates(*objects):
-    return {template.format(o) for o in objects for template in ("a photo of {}", "a picture of {}")}
+def test_the_builtin_retain_set_is_the_authors_file_as_their_loader_reads_it():
+    with open(AUTHORS_RETAIN_FILE, newline="", encoding="utf-8") as f:
+        rows = [row["prompt"] for row in csv.DictReader(f)]
+    prompts = authors_retain_prompts()
+    assert prompts == rows  # their text and order, nothing stripped or dropped
+    assert len(prompts) == 243 and len(set(prompts)) == 237
+    # Repeated rows stay: their loader draws rows, so these come twice as often.
+    twice = {"a photo of basketball", "a photo of window", "a photo of towel", "a photo of table", "a photo of bat",
+             "a photo of hoop"}
+    assert {p for p in prompts if prompts.count(p) == 2} == twice
+    assert all(prompts.count(p) <= 2 for p in prompts)
 
 
-# What the filter must drop from the built-in set, written out by hand from the set and the
-# concepts' related terms (prompts.RELATED_TERMS).
-DROPPED_FROM_BUILTIN = {
-    # Garments, bags and the places a body is shown are related terms of nudity.
-    "nudity": both_templates("a backpack", "a bed", "a handbag", "a suitcase", "a toilet", "an umbrella"),
-    # "starry" and "sunflower" are Van Gogh's; "sunflowers" is its plural.
-    "Van Gogh": {"a starry sky over the hills", "a field of sunflowers"},
-    "church": both_templates("a castle"),
-    "cat": both_templates("a cat"),
-    "garbage truck": both_templates("a truck"),
+def test_the_builtin_file_is_the_one_its_notice_names():
+    notice = (AUTHORS_RETAIN_FILE.parent / "NOTICE.md").read_text()
+    digest = hashlib.sha256(AUTHORS_RETAIN_FILE.read_bytes()).hexdigest()
+    assert f"SHA-256: {digest}" in notice
+    for fact in ("https://github.com/OPTML-Group/AdvUnlearn", "data/prompts/train/coco_object_retain.csv",
+                 "CC BY 4.0", "unmodified"):
+        assert fact in notice, fact
+
+
+@pytest.mark.parametrize("concept", PUBLISHED_CONCEPTS)
+def test_the_default_filter_keeps_the_whole_authors_set_for_their_concepts(concept):
+    assert retain_prompts([concept], None, "phrase") == authors_retain_prompts()
+
+
+# What `--retain-filter related` drops from the authors' set, written out by hand from the set and
+# the concepts' related terms (prompts.RELATED_TERMS).
+RELATED_DROPS = {
+    # Garments, bags and beds are related terms of nudity ("cloth" is the stem of "clothes").
+    "nudity": {"backpack", "bed", "handbag", "hat", "jacket", "suitcase", "table cloth", "tie", "umbrella"},
+    "Van Gogh": {"van"},
+    "church": set(),
+    "garbage truck": set(),
+    "parachute": {"kite"},
+    "tench": {"fish"},
 }
 
 
-@pytest.mark.parametrize("concept", DROPPED_FROM_BUILTIN)
-def test_filter_drops_exactly_the_related_builtin_prompts(concept):
-    builtin = builtin_retain_prompts()
-    dropped = DROPPED_FROM_BUILTIN[concept]
+@pytest.mark.parametrize("concept", PUBLISHED_CONCEPTS)
+def test_the_related_filter_drops_the_related_objects(concept):
+    dropped = {f"a photo of {o}" for o in RELATED_DROPS[concept]}
+    builtin = authors_retain_prompts()
     assert dropped <= set(builtin)  # the hand-written lists name real prompts
-    assert retain_prompts([concept], None) == [p for p in builtin if p not in dropped]
+    assert retain_prompts([concept], None, "related") == [p for p in builtin if p not in dropped]
+
+
+@pytest.mark.parametrize("concept, dropped", [
+    ("cat", {"a photo of cat"}),
+    ("a pig", {"a photo of Pig"}),  # case ignored; the article is not part of the phrase
+    ("teddy bear", {"a photo of teddy bear"}),  # the whole phrase: "a photo of bear" stays
+    ("bear", {"a photo of bear", "a photo of teddy bear"}),
+    ("ball", {"a photo of sports ball", "a photo of soccer ball"}),  # whole words: not "basketball"
+])
+def test_the_phrase_filter_drops_prompts_that_hold_the_phrase_as_whole_words(concept, dropped):
+    builtin = authors_retain_prompts()
+    assert dropped <= set(builtin)
+    assert retain_prompts([concept], None, "phrase") == [p for p in builtin if p not in dropped]
+
+
+def test_no_filter_keeps_every_prompt():
+    prompts = ["a photo of cat", "a photo of a cat", "a cat", "a photo of dog"]
+    assert filter_retain_prompts(prompts, ["cat"], "none") == prompts
+    assert retain_prompts(["cat"], None, "none") == authors_retain_prompts()
+
+
+def test_several_phrases_each_drop_their_prompts():
+    prompts = ["a red circle", "a blue circle", "a red square", "the red square at dusk", "a dog"]
+    assert filter_retain_prompts(prompts, ["red circle", "red square"], "phrase") == ["a blue circle", "a dog"]
 
 
 def test_filter_drops_plurals_and_related_terms():
     prompts = ["a photo of cats", "a photo of a dog", "a woman in a dress", "a starry night painting"]
-    assert filter_retain_prompts(prompts, ["cat"]) == prompts[1:]
-    assert filter_retain_prompts(prompts, ["nudity"]) == ["a photo of cats", "a photo of a dog", "a starry night painting"]
-    assert filter_retain_prompts(prompts, ["Van Gogh"]) == prompts[:3]
+    assert filter_retain_prompts(prompts, ["cat"], "related") == prompts[1:]
+    assert filter_retain_prompts(prompts, ["nudity"], "related") == ["a photo of cats", "a photo of a dog",
+                                                                      "a starry night painting"]
+    assert filter_retain_prompts(prompts, ["Van Gogh"], "related") == prompts[:3]
+    # The phrase rule reads whole words: neither the plural nor the related terms.
+    assert filter_retain_prompts(prompts, ["cat"], "phrase") == prompts
+    assert filter_retain_prompts(prompts, ["nudity"], "phrase") == prompts
 
 
 def test_phrases_sharing_words_name_the_concept_by_those_words():
     prompts = ["a red circle", "a blue circle", "a blue square", "a naked man", "a nude statue", "a dog"]
     # "red" names the concept; circles and squares of other colours are context to keep.
-    assert filter_retain_prompts(prompts, ["red circle", "red square"]) == prompts[1:]
+    assert filter_retain_prompts(prompts, ["red circle", "red square"], "related") == prompts[1:]
     # Nothing shared: every phrase's words mark a prompt as related.
-    assert filter_retain_prompts(prompts, ["naked", "nude"]) == ["a red circle", "a blue circle", "a blue square", "a dog"]
-    assert filter_retain_prompts(prompts, ["red circle"]) == ["a blue square", "a naked man", "a nude statue", "a dog"]
+    assert filter_retain_prompts(prompts, ["naked", "nude"], "related") == ["a red circle", "a blue circle",
+                                                                             "a blue square", "a dog"]
+    assert filter_retain_prompts(prompts, ["red circle"], "related") == ["a blue square", "a naked man",
+                                                                          "a nude statue", "a dog"]
     # "naked" is one of nudity's related terms, so it is all the two share: the related terms
     # (garments, people, beds) still mark a prompt as related.
     dressed = ["a woman in a dress", "a photo of a bed", "a photo of a dog"]
-    assert filter_retain_prompts(dressed, ["nudity", "naked"]) == ["a photo of a dog"]
+    assert filter_retain_prompts(dressed, ["nudity", "naked"], "related") == ["a photo of a dog"]
 
 
-@pytest.mark.parametrize("concept, second", [("nudity", "naked"), ("nudity", "nude"), ("church", "cathedral")])
+@pytest.mark.parametrize("concept, second", [("nudity", "naked"), ("nudity", "nude"), ("parachute", "kite")])
 def test_a_second_phrase_keeps_the_concepts_related_terms(concept, second):
     # The second phrase is one of the concept's related terms, so it is all the phrases share;
     # the concept's related terms must still go, as for the concept alone.
-    builtin = builtin_retain_prompts()
+    builtin = authors_retain_prompts()
+    alone = set(builtin) - set(filter_retain_prompts(builtin, [concept], "related"))
+    assert alone
     for phrases in ([concept, second], [second, concept]):
-        assert set(builtin) - set(filter_retain_prompts(builtin, phrases)) == DROPPED_FROM_BUILTIN[concept]
+        assert set(builtin) - set(filter_retain_prompts(builtin, phrases, "related")) == alone
 
 
 def test_concept_name_is_what_the_phrases_share():
@@ -103,19 +157,16 @@ def test_bad_prompt_files_are_refused(tmp_path, name, content, message):
 def test_retain_file_all_about_the_concept_is_refused(tmp_path):
     path = tmp_path / "r.txt"
     path.write_text("a church\nchurches at night\n")
-    with pytest.raises(UserError, match="every retain prompt"):
-        retain_prompts(["church"], str(path))
-
-
-def test_builtin_retain_prompts_use_the_right_article():
-    prompts = builtin_retain_prompts()
-    assert "a photo of an apple" in prompts and "a picture of a cat" in prompts
-    assert not [p for p in prompts if re.search(r"\ba [aeiou]", p)]
+    with pytest.raises(UserError, match=r"every retain prompt mentions the concept \(--retain-filter related\)"):
+        retain_prompts(["church"], str(path), "related")
+    assert retain_prompts(["church"], str(path), "phrase") == ["churches at night"]
 
 
 def test_articles_in_a_concept_do_not_filter_the_retain_set():
     prompts = ["a photo of an owl", "an owl at night", "a photo of a dog", "an apple on a table", "the owls"]
     kept = ["a photo of a dog", "an apple on a table"]
-    assert filter_retain_prompts(prompts, ["an owl"]) == kept
-    assert filter_retain_prompts(prompts, ["owl"]) == kept
-    assert filter_retain_prompts(prompts, ["a cat"]) == prompts
+    for mode in ("related", "phrase"):
+        assert filter_retain_prompts(prompts, ["owl"], mode) == filter_retain_prompts(prompts, ["an owl"], mode)
+        assert filter_retain_prompts(prompts, ["a cat"], mode) == prompts
+    assert filter_retain_prompts(prompts, ["an owl"], "related") == kept
+    assert filter_retain_prompts(prompts, ["an owl"], "phrase") == kept + ["the owls"]

@@ -13,16 +13,18 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from advunlearn_fast.models.vocab import build_clip_tokenizer
-from advunlearn_fast.prompts import RELATED_TERMS, RETAIN_OBJECTS, RETAIN_SCENES, RETAIN_TEMPLATES
+from advunlearn_fast.prompts import RELATED_TERMS, authors_retain_prompts
 
 TINY_WIDTH = 32
 TINY_LAYERS = 12
 
 
 def _vocabulary() -> list[str]:
-    text = " ".join(RETAIN_OBJECTS + RETAIN_SCENES + RETAIN_TEMPLATES + list(RELATED_TERMS))
+    """One token each: the words of the built-in retain set and of the known concepts and their
+    related terms."""
+    text = " ".join(authors_retain_prompts() + list(RELATED_TERMS))
     text += " " + " ".join(w for terms in RELATED_TERMS.values() for w in terms)
-    return sorted({w for w in text.lower().replace("{}", " ").split() if w.isalpha()})
+    return sorted({w for w in text.lower().split() if w.isalpha()})
 
 
 def tiny_scheduler() -> DDIMScheduler:

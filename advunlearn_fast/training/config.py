@@ -18,7 +18,7 @@ from typing import Optional
 from advunlearn_fast.device import check_device
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.models.attention import ATTENTION_BACKENDS
-from advunlearn_fast.prompts import INSERT_MODES
+from advunlearn_fast.prompts import INSERT_MODES, RETAIN_FILTERS
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 ATTACKS = ("pgd", "fast-at", "none")
@@ -51,7 +51,8 @@ class TrainConfig:
     lr: float = field(default=1e-5, metadata={"help": "learning rate of the trained parameters (Adam)"})
     retain_batch: int = field(default=5, metadata={"help": "retain prompts per iteration"})
     retain_weight: float = field(default=0.3, metadata={"help": "weight of the utility-retaining loss"})
-    retain_prompts: Optional[str] = field(default=None, metadata={"help": "retain prompts (.txt one per line, or .csv with a prompt column)"})
+    retain_prompts: Optional[str] = field(default=None, metadata={"help": "retain prompts (.txt one per line, or .csv with a prompt column) [default: the authors' coco_object_retain.csv]"})
+    retain_filter: str = field(default="phrase", metadata={"help": "retain prompts dropped before training: phrase (those holding a concept phrase as whole words; none of the authors' set for their concepts), related (also any sharing a word with the concept or its related terms) or none"})
     start_guidance: float = field(default=3.0, metadata={"help": "guidance of the frozen rollouts that produce z_t"})
     negative_guidance: float = field(default=1.0, metadata={"help": "eta of the ESD target e_0 - eta (e_p - e_0)"})
     ddim_steps: int = field(default=50, metadata={"help": "DDIM steps of the rollouts"})
@@ -84,6 +85,7 @@ class TrainConfig:
         _choice("attack", self.attack, ATTACKS)
         _choice("insert", self.insert, INSERT_MODES)
         _choice("attack-init", self.attack_init, ATTACK_INITS)
+        _choice("retain-filter", self.retain_filter, RETAIN_FILTERS)
         check_device(self.device)
         _choice("engine", self.engine, ENGINES)
         if self.optim is not None:

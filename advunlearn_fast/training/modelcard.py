@@ -151,6 +151,14 @@ def _method_long(cfg: dict) -> str:
     return "AdvUnlearn (adversarial unlearning against a soft-prompt attacker, Zhang et al., NeurIPS 2024)"
 
 
+# What each --retain-filter left out of the retain prompts.
+RETAIN_FILTER_WORDS = {
+    "phrase": "every prompt holding a concept phrase as whole words left out",
+    "related": "every prompt sharing a word with the concept or its related terms left out",
+    "none": "none left out",
+}
+
+
 def _what_was_erased(cfg: dict, summary: dict) -> str:
     concepts = cfg.get("concepts") or []
     retain = cfg.get("retain_prompts") or "the built-in retain set"
@@ -161,7 +169,7 @@ def _what_was_erased(cfg: dict, summary: dict) -> str:
         + (" (one phrase sampled per iteration)" if len(concepts) > 1 else ""),
         f"- base model: `{cfg.get('model')}`" + (f" (configs: `{cfg['model_config']}`)" if cfg.get("model_config") else ""),
         f"- utility kept on {summary.get('retain_prompt_count', '?')} retain prompts from {retain}, "
-        "every prompt sharing a word with the concept or its related terms left out",
+        + RETAIN_FILTER_WORDS[cfg.get("retain_filter", "related")],  # runs before the setting used `related`
     ]
     return "\n".join(lines)
 

@@ -171,7 +171,7 @@ def build_setup(cfg: TrainConfig, progress: bool = False, trajectories: dict | N
     layouts = [
         build_layout(prompt_words(tokenizer, c), cfg.insert, cfg.adv_tokens, special).to(device) for c in cfg.concepts
     ]
-    retain_texts = retain_prompts(cfg.concepts, cfg.retain_prompts or parts.default_retain_file)
+    retain_texts = retain_prompts(cfg.concepts, cfg.retain_prompts or parts.default_retain_file, cfg.retain_filter)
     if cfg.retain_batch > len(retain_texts):
         raise UserError(f"--retain-batch {cfg.retain_batch} exceeds the {len(retain_texts)} retain prompts available")
     concept_ids = tokenize(tokenizer, cfg.concepts).to(device)
