@@ -73,7 +73,7 @@ def parse_args(argv=None):
     p.add_argument("--retain-prompts", default=None, help="retain prompt file (a short one keeps the bank small)")
     p.add_argument("--bank-dir", default=None, help="default: a fresh temporary folder (bank built from scratch)")
     p.add_argument("--engines", default="reference,fast")
-    p.add_argument("--optim", default=None, choices=["adam", "adam8bit"], help="fast engine's optimiser (default: its own)")
+    p.add_argument("--optim", default="adam", choices=["adam", "adam8bit"], help="fast engine's optimiser")
     p.add_argument("--checkpointing", action="store_true", help="fast engine: activation checkpointing")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="fast engine: run the attack step eagerly instead of replaying a CUDA graph")
@@ -175,7 +175,7 @@ def run_engine(engine: str, args, out: Path, bank_dir: str) -> dict:
         image_size=args.image_size, bank_size=args.bank_size, retain_bank_size=args.retain_bank_size,
         retain_prompts=args.retain_prompts, bank=True if fast else None, bank_dir=bank_dir, engine=engine,
         save_every=10**9,
-        device=args.device, layers=args.layers, optim=args.optim if fast else None,
+        device=args.device, layers=args.layers, optim=args.optim if fast else "adam",
         checkpointing=fast and args.checkpointing, compile=fast and args.compile,
         cuda_graphs=fast and args.cuda_graphs, attention=args.attention if fast else "sdpa",
         channels_last=args.channels_last if fast else None, tf32=args.tf32 if fast else None,

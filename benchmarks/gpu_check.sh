@@ -18,8 +18,8 @@
 #                  with --no-tf32, --no-channels-last, --attention xformers, --compile (regional;
 #                  the first iterations hold the compiling), same seed, reusing the step's bank:
 #                  their losses against the step's, and their s/iter;
-#   eager, adam, checkpointing, profile   (on request) the same short run with --no-cuda-graphs,
-#                  --optim adam, --checkpointing, or under torch.profiler (GPU busy time, top kernels);
+#   eager, adam8bit, checkpointing, profile   (on request) the same short run with --no-cuda-graphs,
+#                  --optim adam8bit, --checkpointing, or under torch.profiler (GPU busy time, top kernels);
 #   kernels        (on request) the Triton kernel tests, natively;
 #   kernel-bench   (on request) the Triton kernels against their PyTorch references in bf16;
 #   attack         (on request) `advunlearn attack` (UnlearnDiffAtk, LMS) on the same architecture at
@@ -29,7 +29,7 @@
 #                  the NCCL process group and the gradient all-reduce of data-parallel training).
 # Everything goes to $OUT (default ./gpu-check-out), at most eight files (what the device tool brings
 # back): gpu_check.log, summary.txt (the environment first) and one JSON per step run (attention,
-# step, fast-fp32, fast-nchw, fast-xformers, fast-compile, fast-eager, fast-adam, fast-checkpointing,
+# step, fast-fp32, fast-nchw, fast-xformers, fast-compile, fast-eager, fast-adam8bit, fast-checkpointing,
 # fast-profile, fast-torchrun, kernels-bench, attack), plus compile-log.jsonl when the compile step ran out of time:
 # name at most six JSON-writing steps.
 #
@@ -85,7 +85,7 @@ short=(--engines fast --iterations $((warmup + 6)))
 default_steps="attention step fp32 nchw xformers compile"
 [ "${GPU_CHECK_DRY:-0}" = 1 ] && default_steps="attention step fp32 nchw xformers"
 steps=" ${GPU_CHECK_STEPS:-$default_steps} "
-known=" attention step fp32 nchw xformers compile eager adam checkpointing profile torchrun kernels kernel-bench attack "
+known=" attention step fp32 nchw xformers compile eager adam8bit checkpointing profile torchrun kernels kernel-bench attack "
 for key in $steps; do
     if [[ $known != *" $key "* ]]; then
         echo "gpu_check: unknown step '$key' in GPU_CHECK_STEPS (steps:$known)"
@@ -137,8 +137,8 @@ if [ ! -f "$OUT/fast-compile.json" ] && [ -f "$scratch/compile/fast/log.jsonl" ]
 fi
 step eager "fast, eager attack step" 60 python3 -m benchmarks.bench_step "${common[@]}" "${short[@]}" \
     --no-cuda-graphs --json "$OUT/fast-eager.json"
-step adam "fast, torch Adam" 60 python3 -m benchmarks.bench_step "${common[@]}" "${short[@]}" --optim adam \
-    --json "$OUT/fast-adam.json"
+step adam8bit "fast, 8-bit Adam" 60 python3 -m benchmarks.bench_step "${common[@]}" "${short[@]}" \
+    --optim adam8bit --json "$OUT/fast-adam8bit.json"
 step checkpointing "fast, checkpointing" 60 python3 -m benchmarks.bench_step "${common[@]}" "${short[@]}" \
     --checkpointing --json "$OUT/fast-checkpointing.json"
 step profile "fast, profiled" 90 python3 -m benchmarks.bench_step "${common[@]}" "${short[@]}" --profile \

@@ -17,7 +17,7 @@ from benchmarks.bench_step import end_to_end_line, profile_line, rates_line
 
 TARGETS = {"s_per_iter": 0.5, "reserved_gib": 8.0, "end_to_end_s": 12 * 60, "bank_s": 120, "compile_s": 120}
 VARIANTS = {"fast-fp32": "--no-tf32", "fast-nchw": "--no-channels-last", "fast-xformers": "--attention xformers",
-            "fast-compile": "--compile", "fast-eager": "--no-cuda-graphs", "fast-adam": "--optim adam",
+            "fast-compile": "--compile", "fast-eager": "--no-cuda-graphs", "fast-adam8bit": "--optim adam8bit",
             "fast-checkpointing": "--checkpointing", "fast-profile": "under the profiler",
             "fast-torchrun": "one process under torchrun"}
 

@@ -27,7 +27,7 @@ def _fast(losses, s_per_iter, first_warmup, first_attacked, warmup_s=0.1, **extr
         "s_per_iter": s_per_iter, "warmup_s_per_iter": warmup_s, "peak_mb": 1024.0, "peak_reserved_mb": 2048.0,
         "first_iteration_s": {"warmup": first_warmup, "attacked": first_attacked},
         "loss_all": losses, "attack_loss_end_all": [None] * 2 + [1.0] * (len(losses) - 2), "profile": None,
-        "attention": "sdpa", "channels_last": True, "tf32": True, "compile": False, "optim": "adam8bit",
+        "attention": "sdpa", "channels_last": True, "tf32": True, "compile": False, "optim": "adam",
         "checkpointing": False, "attack_step": "cuda-graph", **extra,
     }}}
 

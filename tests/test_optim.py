@@ -22,11 +22,22 @@ def test_adam8bit_without_bitsandbytes_is_one_clear_line(sd_folder, tmp_path, mo
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert "pip install bitsandbytes" in lines[0]
     assert not (tmp_path / "run").exists()  # refused before anything was written
-    # the default falls back quietly, on a CPU whatever is installed
-    assert optim.resolve_optim(None, "fast", torch.device("cuda")) == "adam"
-    monkeypatch.undo()
-    assert optim.resolve_optim(None, "fast", torch.device("cpu")) == "adam"
-    assert optim.resolve_optim(None, "reference", torch.device("cuda")) == "adam"
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_the_default_is_torch_adam_on_cuda_too(engine, monkeypatch):
+    """The authors' torch.optim.Adam, whatever the engine, on a GPU machine with bitsandbytes installed."""
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install -e '.[dev]')")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(trainer, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(trainer.distributed, "start", lambda device: None)
+    ran = []
+    monkeypatch.setattr(trainer, "_train", lambda cfg, progress, after: ran.append(cfg))
+    trainer.train(trainer.TrainConfig(concepts=["nudity"], engine=engine, device="cuda"))
+    (cfg,) = ran
+    assert cfg.optim == "adam"
+    built = optim.build_optimizer(cfg.optim, [torch.nn.Parameter(torch.zeros(2))], cfg.lr)
+    assert type(built) is torch.optim.Adam and built.defaults["lr"] == 1e-5
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def test_outputs_are_written(trained):
     run = json.loads((trained / "run.json").read_text())
     assert run["status"] == "complete" and run["layers"] == [1]
     assert run["config"]["concepts"] == ["Van Gogh"]
-    assert run["config"]["optim"] == "adam"  # the default without CUDA, recorded resolved
+    assert run["config"]["optim"] == "adam"  # the default, the authors' torch Adam
     log = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
     assert [r["adversarial"] for r in log] == [False, True, True]

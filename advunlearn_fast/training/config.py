@@ -67,7 +67,7 @@ class TrainConfig:
     bank_size: int = field(default=32, metadata={"help": "bank trajectories per concept prompt"})
     bank_seed: int = field(default=0, metadata={"help": "seed of the bank's trajectories (part of its key: studies over seeds should vary it too)"})
     retain_bank_size: int = field(default=2, metadata={"help": "bank trajectories per retain prompt"})
-    optim: Optional[str] = field(default=None, metadata={"help": "optimiser of the trained parameters: adam, or adam8bit (bitsandbytes 8-bit Adam state) [default: adam8bit for the fast engine on CUDA when bitsandbytes imports, else adam]"})
+    optim: str = field(default="adam", metadata={"help": "optimiser of the trained parameters: adam (torch's, as the authors), or adam8bit (bitsandbytes 8-bit Adam state: less memory, other updates)"})
     compile: bool = field(default=False, metadata={"help": "fast engine: torch.compile the UNet's transformer blocks and the text encoder's layers, each block on its own (compiling first; for long GPU runs)"})
     attention: str = field(default="sdpa", metadata={"help": "the UNet's attention kernel: sdpa (PyTorch's scaled_dot_product_attention) or xformers (CUDA, needs the xformers package)"})
     channels_last: Optional[bool] = field(default=None, metadata={"help": "fast engine: the UNet in channels_last (NHWC) memory layout [default: on CUDA]"})
@@ -88,8 +88,7 @@ class TrainConfig:
         _choice("retain-filter", self.retain_filter, RETAIN_FILTERS)
         check_device(self.device)
         _choice("engine", self.engine, ENGINES)
-        if self.optim is not None:
-            _choice("optim", self.optim, OPTIMS)
+        _choice("optim", self.optim, OPTIMS)
         _choice("attention", self.attention, ATTENTION_BACKENDS)
         for name in ("compile", "channels_last", "tf32"):
             if getattr(self, name) and self.engine == "reference":

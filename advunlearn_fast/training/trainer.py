@@ -60,7 +60,7 @@ from advunlearn_fast.training.layers import (
 )
 from advunlearn_fast.training.losses import attack_loss, esd_target, retain_loss, total_loss, unlearn_loss
 from advunlearn_fast.training.modelcard import write_model_card
-from advunlearn_fast.training.optim import build_optimizer, resolve_optim
+from advunlearn_fast.training.optim import build_optimizer, check_optim
 from advunlearn_fast.training.runfolder import (
     restore_checkpoint,
     resume_hint,
@@ -404,10 +404,9 @@ def train(cfg: TrainConfig, progress: bool = True,
     cfg.validate()
     device = resolve_device(cfg.device)
     distributed.start(device)
-    # Decided once and saved with the config: a resumed run must rebuild the same optimiser state.
+    check_optim(cfg.optim)
     # Layout and precision are decided for run.json to say what ran (a resumed run may change them).
-    cfg = dataclasses.replace(cfg, optim=resolve_optim(cfg.optim, cfg.engine, device),
-                              **resolve_layout_and_precision(cfg, device))
+    cfg = dataclasses.replace(cfg, **resolve_layout_and_precision(cfg, device))
     with tf32_matmuls(cfg.tf32):
         return _train(cfg, progress and distributed.is_main(), after_iteration)
 
