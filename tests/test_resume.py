@@ -15,9 +15,14 @@ ARGS = ["--concept", "nudity", "--layers", "0-1", "--iterations", 4, "--warmup",
 TRAINED = {"text-encoder": "text_encoder/model.safetensors", "unet-xattn": "unet/diffusion_pytorch_model.safetensors"}
 
 
-@pytest.mark.parametrize("train", TRAINED)
-def test_resume_matches_uninterrupted_run(sd_folder, tmp_path, monkeypatch, train):
-    args = [*ARGS, "--train", train]
+@pytest.mark.parametrize("train, extra", [
+    ("text-encoder", []),
+    ("unet-xattn", []),
+    # Resumed at iteration 2, between two draws: the concept drawn at 0 must be the one held.
+    ("text-encoder", ["--concept", "naked", "--attack-every", 3]),
+], ids=["text-encoder", "unet-xattn", "attack-every-3"])
+def test_resume_matches_uninterrupted_run(sd_folder, tmp_path, monkeypatch, train, extra):
+    args = [*ARGS, "--train", train, *extra]
     whole = tmp_path / "whole"
     assert run_cli("train", "--model", sd_folder, "--out", whole, *args).exit_code == 0
 

@@ -9,6 +9,7 @@ from helpers import FAST_ARGS, run_cli
 import advunlearn_fast.training.trainer as trainer
 from advunlearn_fast.models.diffusion import ddim_scheduler
 from advunlearn_fast.training.config import TrainConfig
+from advunlearn_fast.training.costs import CONDITIONING_BACKWARD, expected_walk_steps, fresh_rollout_cost
 from advunlearn_fast.training.sampling import retain_indices, retain_prompts_used
 
 
@@ -126,7 +127,7 @@ def test_reference_engine_rolls_out_with_the_trained_unet_in_the_ablations(sd_fo
     assert source("reference", "text-encoder")[1] is None
 
 
-@pytest.mark.parametrize("written", [None, 3])
+@pytest.mark.parametrize("written", [None, 4])
 def test_resume_refuses_a_checkpoint_of_another_training_format(sd_folder, tmp_path, written):
     """A checkpoint without training_format, or of an earlier format, is refused in one line."""
     out = tmp_path / "run"
@@ -139,5 +140,29 @@ def test_resume_refuses_a_checkpoint_of_another_training_format(sd_folder, tmp_p
     result = run_cli(*args, "--iterations", 2, "--resume")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1].endswith(
-        f"is a checkpoint of training format {written or 1}, this advunlearn resumes format 4 only; "
+        f"is a checkpoint of training format {written or 1}, this advunlearn resumes format 5 only; "
         "start a new run (another --out, without --resume)")
+
+
+def test_attack_every_keeps_the_drawn_concept_and_its_embeddings_until_the_next_draw(sd_folder, tmp_path):
+    """As the authors' loop with adv_prompt_update_step 3: a concept is drawn at iterations 0, 3
+    and 6 (in the warm-up too), attacked once the warm-up is over, and trained on, with that
+    attack's embeddings, until the next draw. The warm-up (2) ends between two draws: iteration 2
+    trains clean, where the authors' script has no embeddings yet."""
+    out = tmp_path / "run"
+    result = run_cli("train", "--model", sd_folder, "--concept", "church", "--concept", "Van Gogh", "--out", out,
+                     "--iterations", 9, "--warmup", 2, "--attack-every", 3, "--no-bank", *FAST_ARGS)
+    assert result.exit_code == 0, result.output
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["attack_loss_end"] is not None for r in log] == [False] * 3 + [True, False, False] * 2
+    assert [r["adversarial"] for r in log] == [False] * 3 + [True] * 6
+    for draw in (0, 3, 6):
+        assert len({r["concept"] for r in log[draw : draw + 3]}) == 1, log
+    assert {r["concept"] for r in log} == {"church", "Van Gogh"}  # both drawn, so the test can tell
+    # Two attack rounds, as the cost model expects for these settings.
+    run = json.loads((out / "run.json").read_text())
+    assert run["unet_fwd_equiv_total"]["attack"] == pytest.approx(2 * 2 * (1 + CONDITIONING_BACKWARD))
+    with_attack, without = (fresh_rollout_cost(iterations=9, warmup=2, attacking=attacking, attack_every=3,
+                                               attack_steps=2, retain_batch=2, ddim_steps=4, train_timesteps=1000)
+                            for attacking in (True, False))
+    assert with_attack - without == pytest.approx(2 * 2 * (2 * expected_walk_steps(4, 1000) + 1))

@@ -93,7 +93,7 @@ def fresh_rollout_cost(*, iterations: int, warmup: int, attacking: bool, attack_
     defender = 2 * (1 + retain_batch) * walk + 2 + retain_batch
     rounds = 0
     if attacking:
-        rounds = sum(1 for step in range(warmup, iterations) if (step - warmup) % attack_every == 0)
+        rounds = sum(1 for step in range(warmup, iterations) if step % attack_every == 0)
     return iterations * defender + rounds * attack_steps * (2 * walk + 1)
 
 

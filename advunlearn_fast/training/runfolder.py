@@ -28,9 +28,10 @@ RESUMABLE_CHANGES = {
 STATE_FILE = "training_state.pt"
 # The layout and algorithm of the checkpoints written and read here: z_t where the authors' sampler
 # ends for the drawn index (over ldm's timesteps less the top one), the run's settings under
-# "config", and each process's generator and latest adversarial tokens under "ranks". A checkpoint
-# of another format is refused, never converted.
-TRAINING_FORMAT = 4
+# "config", and each process's generator, latest adversarial tokens and the concept it holds
+# between --attack-every draws under "ranks". A checkpoint of another format is refused, never
+# converted.
+TRAINING_FORMAT = 5
 
 
 def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
@@ -156,10 +157,10 @@ def _write_trained(s: Setup, folder: Path) -> None:
         write_unet(s.unet, folder)
 
 
-def save_checkpoint(out: Path, step: int, s: Setup, optimizer, generator, latest_adv) -> None:
+def save_checkpoint(out: Path, step: int, s: Setup, optimizer, generator, latest_adv, concept: int) -> None:
     """Written by rank 0: the weights and optimiser state (the same on every rank) and each rank's
-    random state and latest adversarial prompts."""
-    ranks = distributed.gather_to_main({"generator": generator.get_state(),
+    random state, latest adversarial prompts and the concept it holds."""
+    ranks = distributed.gather_to_main({"generator": generator.get_state(), "concept": concept,
                                         "latest_adv": {k: v.cpu() for k, v in latest_adv.items()}})
     if ranks is None:
         return
@@ -182,7 +183,9 @@ def save_checkpoint(out: Path, step: int, s: Setup, optimizer, generator, latest
             (older / STATE_FILE).unlink(missing_ok=True)
 
 
-def restore_checkpoint(folder: Path, s: Setup, optimizer, generator, latest_adv) -> int:
+def restore_checkpoint(folder: Path, s: Setup, optimizer, generator, latest_adv) -> tuple[int, int]:
+    """The checkpoint's weights, optimiser and this rank's state restored; returns its iteration and
+    the concept this rank holds there."""
     try:
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -213,7 +216,7 @@ def restore_checkpoint(folder: Path, s: Setup, optimizer, generator, latest_adv)
     mine = state["ranks"][distributed.rank()]
     generator.set_state(mine["generator"])
     latest_adv.update({int(k): v.to(s.device) for k, v in mine["latest_adv"].items()})
-    return int(state["step"])
+    return int(state["step"]), int(mine["concept"])
 
 
 def write_final_outputs(out: Path, s: Setup) -> None:

@@ -430,9 +430,9 @@ def _train(cfg: TrainConfig, progress: bool, after_iteration: Callable[[dict], N
     optimizer = build_optimizer(cfg.optim, list(s.trainable.values()), cfg.lr)
     generator = torch.Generator().manual_seed(rank_seed(cfg.seed, distributed.rank()))
     latest_adv: dict[int, torch.Tensor] = {}
-    start = 0
+    start, concept = 0, None
     if start_checkpoint is not None:
-        start = restore_checkpoint(start_checkpoint, s, optimizer, generator, latest_adv)
+        start, concept = restore_checkpoint(start_checkpoint, s, optimizer, generator, latest_adv)
     log = IterationLog(out / "log.jsonl", keep_until_step=start) if main else None
     if main:
         write_json_atomic(out / "run.json", run_summary(cfg, s, status="running"))
@@ -445,12 +445,17 @@ def _train(cfg: TrainConfig, progress: bool, after_iteration: Callable[[dict], N
     try:
         for step in range(start, cfg.iterations):
             tick = time.time()
-            concept = int(torch.randint(len(cfg.concepts), (1,), generator=generator))
             attacking = cfg.attack != "none" and step >= cfg.warmup
             attack_losses = candidates_end = None
-            if attacking and (step - cfg.warmup) % cfg.attack_every == 0:
-                adv_init = attack_start(s, concept, table, latest_adv, generator)
-                latest_adv[concept], attack_losses, candidates_end = run_attack(s, concept, adv_init, generator)
+            # As the authors: every --attack-every iterations (counted from 0, the warm-up too) a
+            # concept is drawn, attacked once the warm-up is over, and kept with its adversarial
+            # embeddings until the next draw. A warm-up that ends between two draws (the authors'
+            # script fails there) runs on, clean, until the next.
+            if step % cfg.attack_every == 0:
+                concept = int(torch.randint(len(cfg.concepts), (1,), generator=generator))
+                if attacking:
+                    adv_init = attack_start(s, concept, table, latest_adv, generator)
+                    latest_adv[concept], attack_losses, candidates_end = run_attack(s, concept, adv_init, generator)
             adv = latest_adv.get(concept) if attacking else None
 
             try:
@@ -478,7 +483,7 @@ def _train(cfg: TrainConfig, progress: bool, after_iteration: Callable[[dict], N
                 bar.set_postfix(loss=f"{logged['loss']:.4g}", attack=f"{logged['attack_loss_end'] or 0:.4g}")
             bar.update(1)
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.iterations:
-                save_checkpoint(out, step + 1, s, optimizer, generator, latest_adv)
+                save_checkpoint(out, step + 1, s, optimizer, generator, latest_adv, concept)
     except KeyboardInterrupt:
         raise Interrupted(resume_hint(out)) from None
     bar.close()
