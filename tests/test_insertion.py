@@ -27,6 +27,33 @@ def test_each_mode_places_slots_as_specified(mode):
     assert not layout.add
 
 
+def authors_insert_k(words: list[int], k: int) -> list[int]:
+    """The authors' insert_k (AdvUnlearn's attack_util.construct_embd, Diffusion-MU-Attack's
+    attackers), transcribed: k pieces of n // (k + 1) words, each followed by an adversarial slot,
+    then the remaining words."""
+    interval = len(words) // (k + 1)
+    body = []
+    for i in range(k):
+        body += words[interval * i : interval * (i + 1)] + [A]
+    return body + words[interval * k :]
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+@pytest.mark.parametrize("k", range(1, 6))
+def test_insert_places_slots_as_the_authors_insert_k(n, k):
+    sp = SpecialTokens(bos=100, eos=101, pad=102, length=16)
+    words = list(range(1, n + 1))
+    layout = build_layout(words, "insert", k, sp)
+    expected = [100] + authors_insert_k(words, k) + [101]
+    assert layout.positions.tolist() == [i for i, v in enumerate(expected) if v == A]
+    assert layout.ids.tolist()[: len(expected)] == [sp.eos if v == A else v for v in expected]  # slots hold eos
+
+
+def test_insert_with_fewer_words_than_intervals_puts_every_slot_first():
+    assert build_layout([1, 2], "insert", 2, SP).positions.tolist() == [1, 2]  # [bos, a, a, w1, w2]
+    assert build_layout([1, 2, 3, 4, 5], "insert", 2, SP).positions.tolist() == [2, 4]  # [bos, w1, a, w2, a, ...]
+
+
 def test_add_mode_perturbs_every_word():
     layout = build_layout(WORDS, "add", 7, SP)
     assert layout.add and layout.k == 4

@@ -8,7 +8,9 @@ adversarial embeddings and the slots' indices:
 - replace: [start, a_1..a_k, end, end ...] (the words are dropped, the rest is end tokens)
 - add:     [start, w_1..w_n, end, pad ...], k = n, a_i is ADDED to w_i's embedding
 - mid:     [start, w_1..w_m, a_1..a_k, w_m+1..w_n, end, ...] with m = n // 2
-- insert:  a_i placed after word floor(i * n / (k + 1)), i = 1..k (equal intervals)
+- insert:  a_i placed after word i * floor(n / (k + 1)), i = 1..k: the authors' `insert_k`
+           (equal intervals of n // (k + 1) words, the rest after a_k; with n < k + 1 every
+           a_i right after the start token)
 Placeholder slots hold the end-token id: the ids only matter for pooling, which
 SD v1.x does not use.
 """
@@ -95,7 +97,7 @@ def build_layout(words: list[int], mode: str, k: int, special: SpecialTokens) ->
     elif mode == "mid":
         body = words[: n // 2] + [slot] * k + words[n // 2 :]
     else:  # insert
-        cuts = [(i * n) // (k + 1) for i in range(1, k + 1)]
+        cuts = [(n // (k + 1)) * i for i in range(1, k + 1)]
         body, start = [], 0
         for cut in cuts:
             body += words[start:cut] + [slot]
