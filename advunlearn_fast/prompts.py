@@ -30,6 +30,16 @@ from advunlearn_fast.errors import UserError
 # Here, apart from the tensor code, so that reading the training options imports no torch.
 INSERT_MODES = ("prefix", "suffix", "replace", "add", "mid", "insert")
 
+# The concept names the authors' training script expands before anything else (AdvUnlearn.py's
+# "prompt cleaning"), each into one comma-separated concept prompt.
+CONCEPT_SHORTCUTS = {
+    "allartist": "Kelly Mckernan, Thomas Kinkade, Ajin Demi Human, Alena Aenami, Tyler Edlin, Kilian Eng",
+    "i2p": "hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity, bodily fluids, blood",
+    "artifact": "ugly, tiling, poorly drawn hands, poorly drawn feet, poorly drawn face, out of frame, mutation, "
+                "mutated, extra limbs, extra legs, extra arms, disfigured, deformed, cross-eye, body out of frame, "
+                "blurry, bad art, bad anatomy, blurred, text, watermark, grainy",
+}
+
 AUTHORS_RETAIN_FILE = Path(__file__).parent / "data" / "coco_object_retain.csv"
 RETAIN_FILTERS = ("phrase", "related", "none")
 

@@ -166,3 +166,31 @@ def test_attack_every_keeps_the_drawn_concept_and_its_embeddings_until_the_next_
                                                attack_steps=2, retain_batch=2, ddim_steps=4, train_timesteps=1000)
                             for attacking in (True, False))
     assert with_attack - without == pytest.approx(2 * 2 * (2 * expected_walk_steps(4, 1000) + 1))
+
+
+# AdvUnlearn.py's prompt cleaning, as their script has it.
+AUTHORS_SHORTCUTS = {
+    "allartist": "Kelly Mckernan, Thomas Kinkade, Ajin Demi Human, Alena Aenami, Tyler Edlin, Kilian Eng",
+    "i2p": "hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity, bodily fluids, blood",
+    "artifact": ("ugly, tiling, poorly drawn hands, poorly drawn feet, poorly drawn face, out of frame, mutation, "
+                 "mutated, extra limbs, extra legs, extra arms, disfigured, deformed, cross-eye, body out of frame, "
+                 "blurry, bad art, bad anatomy, blurred, text, watermark, grainy"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS_SHORTCUTS))
+def test_the_authors_concept_shortcuts_stand_for_their_lists(name):
+    # One concept prompt, as their script trains it without --seperator; other names stay as typed.
+    assert TrainConfig(concepts=[name, "church"]).validate().concepts == [AUTHORS_SHORTCUTS[name], "church"]
+    assert TrainConfig(concepts=[name.upper()]).validate().concepts == [name.upper()]
+
+
+def test_a_run_on_a_shortcut_trains_and_records_the_list(sd_folder, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", "--model", sd_folder, "--concept", "i2p", "--out", out, "--iterations", 2, "--warmup", 1,
+                     "--adv-tokens", 3, *FAST_ARGS)
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["concepts"] == [AUTHORS_SHORTCUTS["i2p"]]
+    assert [json.loads(line)["concept"] for line in (out / "log.jsonl").read_text().splitlines()] == [
+        AUTHORS_SHORTCUTS["i2p"]] * 2

@@ -18,7 +18,7 @@ from typing import Optional
 from advunlearn_fast.device import check_device
 from advunlearn_fast.errors import UserError
 from advunlearn_fast.models.attention import ATTENTION_BACKENDS
-from advunlearn_fast.prompts import INSERT_MODES, RETAIN_FILTERS
+from advunlearn_fast.prompts import CONCEPT_SHORTCUTS, INSERT_MODES, RETAIN_FILTERS
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 ATTACKS = ("pgd", "fast-at", "none")
@@ -33,7 +33,7 @@ OPTIMS = ("adam", "adam8bit")
 class TrainConfig:
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "SD v1.x model: diffusers folder, .safetensors/.ckpt file, hub id, 'tiny', or 'world' (the shipped concept world)"})
     model_config: Optional[str] = field(default=None, metadata={"help": "local diffusers folder with the configs for a single-file checkpoint"})
-    concepts: list = field(default_factory=list, metadata={"help": "concept to erase; repeatable for several phrases of one concept (e.g. red circle, red square), one sampled per iteration"})
+    concepts: list = field(default_factory=list, metadata={"help": "concept to erase; repeatable for several phrases of one concept (e.g. red circle, red square), one sampled per iteration; allartist, i2p and artifact stand for the authors' lists, as in their script"})
     train: str = field(default="text-encoder", metadata={"help": "what is trained: text-encoder, or the UNet ablations unet-xattn (ESD-x) / unet-noxattn (ESD-u)"})
     layers: str = field(default="all", metadata={"help": "text-encoder layers to train: all, 0-5, 0,1,2 (exact indices)"})
     component: str = field(default="all", metadata={"help": "part of each selected layer to train: all, attn or mlp"})
@@ -78,6 +78,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         self.concepts = [" ".join(str(c).split()) for c in self.concepts]
+        self.concepts = [CONCEPT_SHORTCUTS.get(c, c) for c in self.concepts]
         if not self.concepts or any(not c for c in self.concepts):
             raise UserError("--concept must be given and non-empty")
         _choice("train", self.train, TRAIN_TARGETS)
