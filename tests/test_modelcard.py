@@ -41,8 +41,8 @@ def test_train_writes_a_hugging_face_model_card(run, sd_folder):
     assert "base_model" not in header  # a local folder is no hub id
     assert "# Van Gogh erased: AdvUnlearn text encoder" in body
     assert "- concept: `Van Gogh`" in body
-    assert ("- utility kept on 243 retain prompts from the built-in retain set, every prompt holding a concept "
-            "phrase as whole words left out") in body
+    assert ("- utility kept on 243 retain prompts from the authors' retain set (their coco_object_retain.csv, "
+            "built in), every prompt holding a concept phrase as whole words left out") in body
     assert "| `--iterations` | `2` |" in body and "| `--layers` | `1-2` |" in body
     assert "text-encoder layers 1-2 (component: all), final layer norm frozen" in body
     assert "- `encoder.layers.2.mlp.fc1.weight`" in body and "encoder.layers.0." not in body
@@ -147,8 +147,11 @@ def test_card_of_a_built_in_model_says_how_to_use_it():
 def test_card_says_what_the_retain_filter_left_out():
     assert "sharing a word with the concept or its related terms left out" in card_text(
         "run", _summary(retain_filter="related"), [])
-    assert "retain prompts from the built-in retain set, none left out" in card_text(
-        "run", _summary(retain_filter="none"), [])
+    assert "retain prompts from the authors' retain set (their coco_object_retain.csv, built in), none left out" in \
+        card_text("run", _summary(retain_filter="none"), [])
+    # A model folder's own retain_prompts.txt (the concept world's) is named as the source.
+    own = {**_summary(retain_filter="phrase"), "retain_source": "/models/world/retain_prompts.txt"}
+    assert "retain prompts from `/models/world/retain_prompts.txt`, every prompt holding" in card_text("run", own, [])
     # A run from before the setting existed filtered with the `related` rule.
     assert "sharing a word with the concept or its related terms left out" in card_text("run", _summary(), [])
 

@@ -161,7 +161,9 @@ RETAIN_FILTER_WORDS = {
 
 def _what_was_erased(cfg: dict, summary: dict) -> str:
     concepts = cfg.get("concepts") or []
-    retain = cfg.get("retain_prompts") or "the built-in retain set"
+    source = summary.get("retain_source") or cfg.get("retain_prompts") or "built-in"
+    retain = ("the authors' retain set (their coco_object_retain.csv, built in)" if source == "built-in"
+              else f"`{source}`")
     lines = [
         "## What was erased",
         "",

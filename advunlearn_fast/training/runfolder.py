@@ -48,6 +48,8 @@ def run_summary(cfg: TrainConfig, s: Setup, status: str) -> dict:
         "trained_parameter_count": sum(p.numel() for p in s.trainable.values()),
         "layers": s.layer_indices,
         "retain_prompt_count": len(s.retain_texts),
+        # The file the retain prompts came from: --retain-prompts, the model folder's own, or the built-in one.
+        "retain_source": cfg.retain_prompts or s.parts.default_retain_file or "built-in",
         "unet_dtype": str(s.frozen.unet.dtype).replace("torch.", ""),
         "train_timesteps": s.frozen.train_timesteps,  # the model's T: with --ddim-steps, the walk to z_t
         "attack_step": attack_step_mode(s),
