@@ -38,6 +38,17 @@ def sd_folder(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def other_sd_folder(tmp_path_factory):
+    """Another tiny SD folder, of other weights (seed 1: UNet, VAE and text encoder); the weights
+    of the single-file checkpoints tests build (shared, read-only)."""
+    from helpers import save_sd_folder
+
+    folder = tmp_path_factory.mktemp("other-sd") / "tiny-sd"
+    save_sd_folder(folder, seed=1)
+    return folder
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a connection (a hub download) fails the test."""

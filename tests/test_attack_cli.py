@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from helpers import assert_refused, run_cli, save_narrow_encoder, save_sd_folder
+from helpers import assert_refused, run_cli, save_narrow_encoder
 from PIL import Image
 
 from advunlearn_fast.evaluation.evalsets import PROMPT_SETS
@@ -555,14 +555,6 @@ def test_evaluation_seed_comes_before_sd_seed(tmp_path):
     path.write_text("prompt,evaluation_seed,sd_seed\nboth,3,9\nsd only,,9\nneither,,\n")
     rows = read_prompt_rows(path, seed=5, guidance=None)
     assert [(r.seed, r.target_seed) for r in rows] == [(3, None), (5, 9), (5, None)]
-
-
-@pytest.fixture(scope="module")
-def other_sd_folder(tmp_path_factory):
-    """Another tiny SD folder, of other weights (UNet, VAE and text encoder)."""
-    folder = tmp_path_factory.mktemp("other-sd") / "tiny-sd-1"
-    save_sd_folder(folder, seed=1)
-    return folder
 
 
 def test_target_model_makes_the_targets_with_its_own_text_encoder(sd_folder, other_sd_folder, tmp_path, judge_module):

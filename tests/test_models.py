@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 from checkpoints import save_single_file
-from helpers import FAST_ARGS, run_cli, save_sd_folder
+from helpers import FAST_ARGS, run_cli
 from PIL import Image
 from safetensors.torch import load_file
 from weights import save_tiny_clip
@@ -140,18 +140,10 @@ def test_a_single_files_vae_is_the_files(single_file, sd_folder):
     assert_same_weights(load_vae(loaded), parts["vae"])
 
 
-@pytest.fixture(scope="module")
-def same_weights_as_a_folder(tmp_path_factory):
-    """The single files' weights (seed 1) as a diffusers folder."""
-    folder = tmp_path_factory.mktemp("seed1") / "tiny-sd"
-    save_sd_folder(folder, seed=1)
-    return folder
-
-
-def test_generate_from_a_single_file(single_file, sd_folder, same_weights_as_a_folder, tmp_path):
+def test_generate_from_a_single_file(single_file, sd_folder, other_sd_folder, tmp_path):
     """The file's own VAE decodes: the image is the one the same weights give as a folder."""
     path, _ = single_file
-    for name, model in (("file", path), ("folder", same_weights_as_a_folder)):
+    for name, model in (("file", path), ("folder", other_sd_folder)):
         configs = ["--model-config", sd_folder] if name == "file" else []
         result = run_cli("generate", "--model", model, *configs, "--prompt", "a cat", "--out", tmp_path / name,
                          "--steps", 2)
