@@ -67,9 +67,10 @@ def load_model_folder(folder: Path) -> ModelParts:
     if missing:
         raise UserError(f"{folder} is not a Stable Diffusion diffusers folder: missing {', '.join(p + '/' for p in missing)}")
     index = folder / "model_index.json"
+    scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
     check_sd_v1(
         folder, _read_json(index) if index.is_file() else {}, _read_json(folder / "unet" / "config.json"),
-        _read_json(folder / "text_encoder" / "config.json"), _read_json(folder / "scheduler" / "scheduler_config.json"),
+        _read_json(folder / "text_encoder" / "config.json"), scheduler_config,
         has_second_encoder=(folder / "text_encoder_2").is_dir(),
     )
     try:
@@ -84,7 +85,6 @@ def load_model_folder(folder: Path) -> ModelParts:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet")
     except Exception as err:
         raise load_error("the UNet", folder / "unet", err) from None
-    scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
     vae_config = folder / "vae" / "config.json"
     vae_scale = _vae_scale_from_config(_read_json(vae_config)) if vae_config.is_file() else 1
     retain_file = folder / "retain_prompts.txt"
